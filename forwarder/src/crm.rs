@@ -1,0 +1,281 @@
+//! The HTTP client that calls CRMs: no redirects, a timeout, the exact signed
+//! bytes, and (unless `CRM_ALLOW_PRIVATE_NETWORKS`) no connection to
+//! loopback, private, link-local or other non-public addresses, checked on
+//! the addresses actually resolved so DNS cannot point us inside.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use shared::signing::{
+    HUB_SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
+    WebhookSecret,
+};
+
+/// What one POST to the CRM came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// 408, 429, 5xx, timeout, connection failure: try again later.
+    Retry {
+        status: Option<u16>,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other 4xx, or a URL we refuse to call: retrying will not help.
+    Reject { status: Option<u16>, reason: String },
+}
+
+pub struct CrmClient {
+    http: reqwest::Client,
+    allow_private: bool,
+}
+
+impl CrmClient {
+    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .no_proxy()
+            .user_agent(concat!("instagram-crm-router/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            http: builder.build()?,
+            allow_private,
+        })
+    }
+
+    /// Signs `body` for this attempt and POSTs it.
+    pub async fn deliver(
+        &self,
+        url: &str,
+        secret: &WebhookSecret,
+        message_id: &str,
+        body: Bytes,
+    ) -> Answer {
+        let url = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => {
+                return Answer::Reject {
+                    status: None,
+                    reason: "invalid_url".into(),
+                };
+            }
+        };
+        if !self.allow_private {
+            let literal = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            };
+            if literal.is_some_and(|ip| !is_public(ip)) {
+                return Answer::Reject {
+                    status: None,
+                    reason: "private_address".into(),
+                };
+            }
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        put(HUB_SIGNATURE_HEADER, secret.hub_signature(&body));
+        put(WEBHOOK_ID_HEADER, message_id.to_owned());
+        put(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string());
+        put(
+            WEBHOOK_SIGNATURE_HEADER,
+            secret.standard_signature(message_id, timestamp, &body),
+        );
+        match self.http.post(url).headers(headers).body(body).send().await {
+            Ok(resp) => classify(resp.status(), resp.headers()),
+            Err(e) => classify_error(&e),
+        }
+    }
+}
+
+fn classify(status: StatusCode, headers: &HeaderMap) -> Answer {
+    let code = status.as_u16();
+    if status.is_success() {
+        return Answer::Delivered { status: code };
+    }
+    let reason = format!("http_{code}");
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Answer::Retry {
+            status: Some(code),
+            reason,
+            retry_after,
+        }
+    } else {
+        // Other 4xx and 3xx (we never follow redirects): the CRM must be fixed.
+        Answer::Reject {
+            status: Some(code),
+            reason,
+        }
+    }
+}
+
+fn classify_error(e: &reqwest::Error) -> Answer {
+    let reason = if e.is_timeout() {
+        "timeout"
+    } else if is_refused_address(e) {
+        return Answer::Reject {
+            status: None,
+            reason: "private_address".into(),
+        };
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    Answer::Retry {
+        status: None,
+        reason: reason.into(),
+        retry_after: None,
+    }
+}
+
+fn is_refused_address(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<PrivateAddressError>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the CRM host resolves only to non-public addresses")]
+struct PrivateAddressError;
+
+/// Resolves with the system resolver and keeps only public addresses.
+struct PublicOnlyResolver;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(
+                    Box::new(PrivateAddressError) as Box<dyn std::error::Error + Send + Sync>
+                );
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Whether an address is on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_as_the_design_says() {
+        let h = HeaderMap::new();
+        assert!(matches!(
+            classify(StatusCode::OK, &h),
+            Answer::Delivered { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, &h),
+            Answer::Delivered { .. }
+        ));
+        for s in [408, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(status, &h), Answer::Retry { .. }), "{s}");
+        }
+        for s in [301, 400, 401, 403, 404, 410, 422] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(status, &h), Answer::Reject { .. }), "{s}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, &h),
+            Answer::Retry {
+                status: Some(429),
+                reason: "http_429".into(),
+                retry_after: Some(Duration::from_secs(30))
+            }
+        );
+    }
+
+    #[test]
+    fn private_and_special_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

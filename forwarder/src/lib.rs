@@ -1,0 +1,34 @@
+//! forwarder: takes inbound messages off NATS and delivers them, signed, to
+//! each account's CRM webhook, retrying or dead-lettering by the CRM's answer.
+//!
+//! Architecture invariant: no database, no ingest API calls. NATS is the
+//! only thing a forwarder needs, so any number of them can run anywhere.
+
+pub mod config;
+pub mod crm;
+pub mod health;
+pub mod retry;
+pub mod worker;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs one forwarder process until `shutdown` is cancelled.
+pub async fn run(
+    config: config::ForwarderConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = shared::jetstream::connect(&config.common.nats_url, "forwarder").await?;
+    let health = tokio::spawn(health::serve(
+        config.forwarder_metrics_addr,
+        client.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(addr = %config.forwarder_metrics_addr, "forwarder health endpoint listening");
+    let result = worker::run(config, client.clone(), shutdown.clone()).await;
+    shutdown.cancel();
+    client.flush().await.ok();
+    if let Ok(Err(e)) = health.await {
+        tracing::warn!(error = %e, "health endpoint failed");
+    }
+    result
+}

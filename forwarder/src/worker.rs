@@ -1,0 +1,308 @@
+//! The delivery loop. All forwarder processes share one durable pull
+//! consumer, so JetStream hands each message to exactly one of them at a
+//! time. Each message is signed, POSTed, and then acked (2xx), nak'ed with a
+//! delay (retry) or terminated (dead letter); the outcome is published on
+//! `<prefix>.delivery.<outcome>.<account_id>`.
+//!
+//! Architecture invariant: the forwarder needs NATS and nothing else. The
+//! account's URL, secret and status come from the accounts bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind, kv};
+use futures::StreamExt as _;
+use shared::ids::AccountId;
+use shared::signing::WebhookSecret;
+use shared::subjects::{Outcome, Subjects};
+use shared::wire::{AccountRouting, DeliveryOutcome, InboundMessageWebhook};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::ForwarderConfig;
+use crate::crm::{Answer, CrmClient};
+use crate::retry::{MAX_AGE, RetrySchedule};
+
+/// How long a message for an account missing from the bucket waits before
+/// it is looked up again (the bucket may lag an account's creation).
+const UNROUTABLE_DELAY: Duration = Duration::from_secs(2);
+
+struct Worker {
+    js: jetstream::Context,
+    accounts: kv::Store,
+    subjects: Subjects,
+    crm: CrmClient,
+    schedule: RetrySchedule,
+}
+
+/// The consumer's settings. `ack_wait` is well above the CRM timeout so a
+/// slow CRM never makes JetStream hand the message to another forwarder
+/// while the first attempt is still running.
+pub fn consumer_config(config: &ForwarderConfig) -> pull::Config {
+    let subjects = &config.common.router_subject_prefix;
+    pull::Config {
+        durable_name: Some(subjects.forwarder_consumer()),
+        description: Some("Delivers inbound messages to CRMs; shared by every forwarder".into()),
+        filter_subject: subjects.inbound_all(),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.crm_timeout() * 2 + Duration::from_secs(20),
+        max_deliver: -1,
+        max_ack_pending: 1000,
+        ..Default::default()
+    }
+}
+
+/// Runs until `shutdown`: then stops fetching, lets deliveries in flight
+/// finish (bounded by the CRM timeout), and returns.
+pub async fn run(
+    config: ForwarderConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let subjects = config.common.router_subject_prefix.clone();
+    let js = jetstream::new(client);
+    let (stream, accounts) = loop {
+        let attempt = async {
+            shared::jetstream::ensure_streams(&js, &subjects).await?;
+            let stream = js.get_stream(subjects.inbound_stream()).await?;
+            let accounts = shared::jetstream::accounts_bucket(&js, &subjects).await?;
+            anyhow::Ok((stream, accounts))
+        };
+        match attempt.await {
+            Ok(ok) => break ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "jetstream not available yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let consumer: jetstream::consumer::PullConsumer =
+        stream.create_consumer(consumer_config(&config)).await?;
+    let concurrency = config.forwarder_concurrency as usize;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
+    tracing::info!(
+        stream = %subjects.inbound_stream(),
+        consumer = %subjects.forwarder_consumer(),
+        concurrency,
+        "forwarder consuming"
+    );
+
+    let worker = Arc::new(Worker {
+        js: js.clone(),
+        accounts,
+        subjects,
+        crm: CrmClient::new(config.crm_timeout(), config.crm_allow_private_networks)?,
+        schedule: config.forwarder_retry_schedule.clone(),
+    });
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let in_flight = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p?,
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.next() => m,
+        };
+        match next {
+            Some(Ok(message)) => {
+                let worker = worker.clone();
+                in_flight.spawn(async move {
+                    worker.handle(message).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "fetching from the consumer failed; continuing");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None => anyhow::bail!("the consumer's message stream ended"),
+        }
+    }
+    // Stop pulling first, then wait for what we hold.
+    drop(messages);
+    in_flight.close();
+    let bound = config.crm_timeout() + Duration::from_secs(5);
+    if tokio::time::timeout(bound, in_flight.wait()).await.is_err() {
+        tracing::warn!("deliveries still running at shutdown; JetStream redelivers them");
+    }
+    tracing::info!("forwarder stopped");
+    Ok(())
+}
+
+impl Worker {
+    async fn handle(&self, message: jetstream::Message) {
+        let (attempt, published_at) = match message.info() {
+            Ok(info) => (
+                info.delivered.max(1) as u32,
+                info.published.unix_timestamp(),
+            ),
+            Err(_) => (1, chrono::Utc::now().timestamp()),
+        };
+        let webhook: InboundMessageWebhook = match serde_json::from_slice(&message.payload) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(subject = %message.subject, error = %e, "unreadable inbound message terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("deliver", message_id = %webhook.message_id, account_id = %webhook.account_id, attempt);
+        self.deliver(message, webhook, attempt, published_at)
+            .instrument(span)
+            .await;
+    }
+
+    async fn deliver(
+        &self,
+        message: jetstream::Message,
+        webhook: InboundMessageWebhook,
+        attempt: u32,
+        published_at: i64,
+    ) {
+        let answer = match self.routing(&webhook.account_id).await {
+            Ok(Some(routing)) if routing.status == "active" => {
+                match WebhookSecret::parse(&routing.webhook_secret) {
+                    Ok(secret) => {
+                        self.crm
+                            .deliver(
+                                &routing.crm_webhook_url,
+                                &secret,
+                                &webhook.message_id,
+                                message.payload.clone(),
+                            )
+                            .await
+                    }
+                    Err(_) => Answer::Reject {
+                        status: None,
+                        reason: "invalid_secret".into(),
+                    },
+                }
+            }
+            Ok(Some(_)) => Answer::Reject {
+                status: None,
+                reason: "account_disabled".into(),
+            },
+            Ok(None) => Answer::Retry {
+                status: None,
+                reason: "account_not_routable".into(),
+                retry_after: Some(UNROUTABLE_DELAY),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "accounts bucket unavailable");
+                Answer::Retry {
+                    status: None,
+                    reason: "routing_unavailable".into(),
+                    retry_after: Some(UNROUTABLE_DELAY),
+                }
+            }
+        };
+
+        let too_old = chrono::Utc::now().timestamp() - published_at > MAX_AGE.as_secs() as i64;
+        let (outcome, status_code, error) = match answer {
+            Answer::Delivered { status } => {
+                // Wait for the server to confirm the ack: once it has, no
+                // forwarder will be handed this message again.
+                if let Err(e) = message.double_ack().await {
+                    tracing::warn!(error = %e, "ack after delivery not confirmed; a redelivery would repeat webhook-id");
+                }
+                tracing::info!(status, "delivered");
+                (Outcome::Delivered, Some(status), None)
+            }
+            Answer::Retry {
+                status,
+                reason,
+                retry_after,
+            } => {
+                match self
+                    .schedule
+                    .delay_after(attempt, retry_after)
+                    .filter(|_| !too_old)
+                {
+                    Some(delay) => {
+                        tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        (Outcome::Retrying, status, Some(reason))
+                    }
+                    None => {
+                        tracing::error!(reason = %reason, "delivery failed; retries exhausted, dead-lettered");
+                        let _ = message.double_ack_with(AckKind::Term).await;
+                        (Outcome::Dead, status, Some(reason))
+                    }
+                }
+            }
+            Answer::Reject { status, reason } => {
+                tracing::error!(reason = %reason, "delivery refused; dead-lettered");
+                let _ = message.double_ack_with(AckKind::Term).await;
+                (Outcome::Dead, status, Some(reason))
+            }
+        };
+        self.publish_outcome(&webhook, outcome, attempt, status_code, error)
+            .await;
+    }
+
+    async fn routing(&self, account_id: &str) -> anyhow::Result<Option<AccountRouting>> {
+        match self.accounts.get(account_id).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn publish_outcome(
+        &self,
+        webhook: &InboundMessageWebhook,
+        outcome: Outcome,
+        attempt: u32,
+        status_code: Option<u16>,
+        error: Option<String>,
+    ) {
+        let Ok(account) = AccountId::parse(&webhook.account_id) else {
+            return;
+        };
+        let event = DeliveryOutcome {
+            message_id: webhook.message_id.clone(),
+            account_id: webhook.account_id.clone(),
+            outcome,
+            attempt,
+            status_code,
+            error,
+            at: chrono::Utc::now(),
+        };
+        let Ok(body) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let publish = PublishMessage::build()
+            .payload(body.into())
+            .message_id(format!(
+                "{}-{}-{}",
+                webhook.message_id,
+                attempt,
+                outcome.as_str()
+            ));
+        let subject = self.subjects.delivery(outcome, &account);
+        let result = async {
+            self.js
+                .send_publish(subject, publish)
+                .await?
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(error = %e, "delivery outcome not published");
+        }
+    }
+}

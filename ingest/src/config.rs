@@ -1,0 +1,113 @@
+//! ingest's settings: each an environment variable and a command-line flag.
+//! A missing or invalid one stops the service at start with one clear line
+//! (clap's own message).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use shared::config::CommonConfig;
+
+#[derive(Clone, Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "Receives Instagram webhooks from Meta, stores each message and publishes it on NATS; serves the account API"
+)]
+pub struct IngestConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Database: sqlite://path/to/file.db (created when missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/ingest.db")]
+    pub database_url: String,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "INGEST_ADDR", default_value = "127.0.0.1:8080")]
+    pub ingest_addr: SocketAddr,
+
+    /// Meta app secret: verifies X-Hub-Signature-256 on Meta's webhooks.
+    #[arg(long, env = "META_APP_SECRET", hide_env_values = true, value_parser = non_empty)]
+    pub meta_app_secret: String,
+
+    /// The verify token entered in Meta's webhook settings (handshake).
+    #[arg(long, env = "META_VERIFY_TOKEN", hide_env_values = true, value_parser = non_empty)]
+    pub meta_verify_token: String,
+
+    /// Comma-separated bearer tokens accepted on /api/v1.
+    #[arg(long, env = "ROUTER_API_TOKENS", hide_env_values = true, value_parser = parse_tokens)]
+    pub router_api_tokens: ApiTokens,
+
+    /// Base URL of Meta's Graph API (tests point it at a fake).
+    #[arg(
+        long,
+        env = "GRAPH_API_BASE",
+        default_value = "https://graph.instagram.com/v23.0"
+    )]
+    pub graph_api_base: url::Url,
+
+    /// Largest webhook body accepted from Meta, in bytes (413 above it).
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub ingest_max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("ingest_addr", &self.ingest_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// The accepted API tokens. Compared in constant time; never printed.
+#[derive(Clone)]
+pub struct ApiTokens(Vec<String>);
+
+impl ApiTokens {
+    pub fn accepts(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        // Look at every token so the time taken does not tell which matched.
+        self.0.iter().fold(false, |found, t| {
+            found | bool::from(t.as_bytes().ct_eq(candidate.as_bytes()))
+        })
+    }
+}
+
+fn parse_tokens(s: &str) -> Result<ApiTokens, String> {
+    let tokens: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        return Err("must list at least one token".into());
+    }
+    if tokens.iter().any(|t| t.len() < 16) {
+        return Err("every token must be at least 16 characters".into());
+    }
+    Ok(ApiTokens(tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_split_trimmed_and_checked() {
+        let t = parse_tokens(" aaaaaaaaaaaaaaaa , bbbbbbbbbbbbbbbb,").unwrap();
+        assert!(t.accepts("aaaaaaaaaaaaaaaa"));
+        assert!(t.accepts("bbbbbbbbbbbbbbbb"));
+        assert!(!t.accepts("aaaaaaaaaaaaaaa"));
+        assert!(!t.accepts(""));
+        assert!(parse_tokens(" , ").is_err());
+        assert!(parse_tokens("short").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! ingest: the HTTP side of the router. It receives Meta's signed webhooks,
+//! saves every message with an outbox entry, publishes it on NATS, and serves
+//! the account API and its OpenAPI document.
+//!
+//! Architecture invariant: ingest is the only process that touches the
+//! database. The forwarder learns about accounts through the NATS
+//! key-value bucket that [`routing`] keeps in step.
+
+pub mod accounts;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod meta;
+pub mod nats;
+pub mod openapi;
+pub mod outbox;
+pub mod routing;
+pub mod store;
+pub mod webhooks;

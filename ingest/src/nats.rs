@@ -1,0 +1,72 @@
+//! ingest's link to NATS. The connection is made in the background and
+//! retried forever, so ingest starts, saves and answers Meta while NATS is
+//! down; the streams and the accounts bucket are set up as soon as it is up.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use shared::subjects::Subjects;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub struct NatsLink {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    /// Set once streams and bucket exist; until then nothing is published.
+    accounts: OnceCell<kv::Store>,
+}
+
+impl NatsLink {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let client = shared::jetstream::connect(url, "ingest").await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            accounts: OnceCell::new(),
+        })
+    }
+
+    /// The accounts bucket, once the JetStream layout is in place.
+    pub fn accounts(&self) -> Option<&kv::Store> {
+        self.accounts.get()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.accounts.initialized()
+            && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the streams and the bucket, retrying until NATS answers.
+    pub async fn set_up(&self, subjects: &Subjects, shutdown: &CancellationToken) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                shared::jetstream::ensure_streams(&self.js, subjects).await?;
+                shared::jetstream::accounts_bucket(&self.js, subjects).await
+            };
+            match attempt.await {
+                Ok(store) => {
+                    let _ = self.accounts.set(store);
+                    tracing::info!(
+                        inbound = %subjects.inbound_stream(),
+                        delivery = %subjects.delivery_stream(),
+                        bucket = %subjects.accounts_bucket(),
+                        "jetstream streams and accounts bucket ready"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "jetstream set-up failed");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The outbox publisher: every saved message has an outbox row until
+//! JetStream acknowledges its publish. Rows are published oldest first with
+//! `Nats-Msg-Id` = message id, so a republish after a crash or a lost ack is
+//! dropped by the stream's duplicate window instead of making a second copy.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+
+const BATCH: u32 = 256;
+
+/// Publishes what is pending until the outbox is empty or a publish fails.
+/// Returns how many messages JetStream acknowledged.
+pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
+    if state.nats.accounts().is_none() {
+        anyhow::bail!("NATS not set up yet");
+    }
+    let mut published = 0;
+    loop {
+        let batch = state.store.pending_outbox(BATCH).await?;
+        if batch.is_empty() {
+            return Ok(published);
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        for entry in &batch {
+            let publish = PublishMessage::build()
+                .payload(entry.payload.clone().into())
+                .message_id(&entry.message_id);
+            match state
+                .nats
+                .js
+                .send_publish(entry.subject.clone(), publish)
+                .await
+            {
+                Ok(ack) => acks.push((entry.message_id.clone(), ack)),
+                Err(e) => {
+                    tracing::warn!(message_id = %entry.message_id, error = %e, "publish failed");
+                    break;
+                }
+            }
+        }
+        let results = join_all(
+            acks.into_iter()
+                .map(|(id, ack)| async move { (id, ack.await) }),
+        )
+        .await;
+        let mut done = Vec::with_capacity(results.len());
+        let mut failed = None;
+        for (id, result) in results {
+            match result {
+                Ok(_) => done.push(id),
+                Err(e) => {
+                    let _ = state.store.count_publish_failure(&id).await;
+                    failed.get_or_insert((id, e));
+                }
+            }
+        }
+        published += done.len();
+        state.store.remove_from_outbox(&done).await?;
+        if let Some((id, e)) = failed {
+            anyhow::bail!("publish of {id} not acknowledged: {e}");
+        }
+        if done.len() < batch.len() {
+            anyhow::bail!("publishing stopped early");
+        }
+    }
+}
+
+/// Runs until shutdown: publishes when woken by a save, and every second in
+/// case a wake-up was missed or NATS came back.
+pub async fn run(state: &AppState, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match publish_pending_outbox(state).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(published = n, "outbox published");
+                }
+                if failures > 0 {
+                    tracing::info!("outbox publishing recovered");
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(error = %e, failures, "outbox publish failed; messages stay saved and will be retried");
+                }
+            }
+        }
+        let wait = if failures == 0 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250 * 2u64.pow(failures.min(4)))
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = state.outbox_wakeup.notified(), if failures == 0 => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// On shutdown: one last bounded attempt to publish what is saved. Whatever
+/// is left stays in the outbox and is published by the next start.
+pub async fn flush(state: &AppState, within: Duration) {
+    match tokio::time::timeout(within, publish_pending_outbox(state)).await {
+        Ok(Ok(n)) => tracing::info!(published = n, "outbox flushed"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "outbox not fully flushed; the rest is published at next start")
+        }
+        Err(_) => tracing::warn!("outbox flush timed out; the rest is published at next start"),
+    }
+}

@@ -1,0 +1,125 @@
+//! Persistence behind one small trait, so the HTTP layer and the outbox never
+//! see SQL. SQLite is the embedded default; PostgreSQL implements the same
+//! trait (chosen by the scheme of `DATABASE_URL`).
+//!
+//! Rows here are storage shapes, not API objects and not wire types.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use sqlite::SqliteStore;
+
+/// One connected Instagram account as stored, secrets included.
+#[derive(Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub id: String,
+    pub name: String,
+    pub instagram_account_id: String,
+    pub crm_webhook_url: String,
+    pub auto_reply_text: Option<String>,
+    pub status: String,
+    pub instagram_access_token: Option<String>,
+    pub webhook_secret: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for AccountRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountRow")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message to store, with the outbox entry that publishes it.
+#[derive(Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub account_id: String,
+    pub instagram_message_id: String,
+    pub direction: &'static str,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub recipient_id: String,
+    pub message_type: String,
+    pub text: Option<String>,
+    /// JSON array of attachments.
+    pub attachments: String,
+    pub sent_at: DateTime<Utc>,
+    /// Where and what to publish once saved.
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SaveOutcome {
+    Saved,
+    /// The account already has a message with this Instagram `mid`.
+    Duplicate,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxEntry {
+    pub message_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an account with this instagram_account_id already exists")]
+    DuplicateInstagramAccount,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_account(&self, account: &AccountRow) -> Result<(), StoreError>;
+    async fn get_account(&self, id: &str) -> Result<Option<AccountRow>, StoreError>;
+    /// Accounts ordered by id, starting after `after`.
+    async fn list_accounts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AccountRow>, StoreError>;
+    /// Writes every field of an existing account; false when it is gone.
+    async fn update_account(&self, account: &AccountRow) -> Result<bool, StoreError>;
+    /// Removes the account and its messages; false when there was none.
+    async fn delete_account(&self, id: &str) -> Result<bool, StoreError>;
+    async fn account_by_instagram_id(
+        &self,
+        instagram_account_id: &str,
+    ) -> Result<Option<AccountRow>, StoreError>;
+
+    /// Saves a message and its outbox entry in one transaction, unless the
+    /// account already has a message with the same Instagram id.
+    async fn save_message(&self, message: &NewMessage) -> Result<SaveOutcome, StoreError>;
+
+    /// The oldest outbox entries first.
+    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Called once JetStream acknowledged the publish.
+    async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError>;
+    async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `DATABASE_URL` and applies its migrations.
+pub async fn open(database_url: &str) -> anyhow::Result<DynStore> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(database_url).await?))
+    } else {
+        anyhow::bail!("DATABASE_URL must start with sqlite: (PostgreSQL support is not built yet)")
+    }
+}

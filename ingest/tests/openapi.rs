@@ -1,0 +1,73 @@
+//! The committed OpenAPI document must be what the code generates, and its
+//! description of the CRM webhook must match the wire type the forwarder
+//! actually sends. Regenerate with `UPDATE_OPENAPI=1 cargo test -p ingest --test openapi`.
+
+use std::path::PathBuf;
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json")
+}
+
+#[test]
+fn committed_openapi_document_matches_the_code() {
+    let generated = ingest::openapi::spec_json();
+    let path = committed_path();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, format!("{generated}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "openapi/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p ingest --test openapi` and commit it"
+    );
+}
+
+#[test]
+fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
+    let spec: serde_json::Value = serde_json::from_str(&ingest::openapi::spec_json()).unwrap();
+    let schema = &spec["components"]["schemas"]["InboundMessageWebhook"]["properties"];
+    let mut documented: Vec<String> = schema.as_object().unwrap().keys().cloned().collect();
+    documented.sort();
+
+    let sample = shared::wire::InboundMessageWebhook {
+        event: "message.received".into(),
+        message_id: "msg_1".into(),
+        account_id: "acc_1".into(),
+        sender_id: "1".into(),
+        sender_username: None,
+        message: None,
+        message_type: "text".into(),
+        timestamp: "2025-11-08T10:30:00Z".into(),
+        instagram_message_id: "mid".into(),
+        conversation_id: "conv_1_2".into(),
+        attachments: vec![],
+    };
+    let wire = serde_json::to_value(sample).unwrap();
+    let mut sent: Vec<String> = wire.as_object().unwrap().keys().cloned().collect();
+    sent.sort();
+    assert_eq!(documented, sent);
+
+    let webhook = &spec["webhooks"]["message.received"]["post"];
+    let headers: Vec<&str> = webhook["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for h in ["X-Hub-Signature-256", "webhook-id", "webhook-timestamp", "webhook-signature"] {
+        assert!(headers.contains(&h), "webhook header {h} is not documented");
+    }
+}
+
+#[test]
+fn every_api_route_requires_the_bearer_token() {
+    let spec: serde_json::Value = serde_json::from_str(&ingest::openapi::spec_json()).unwrap();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1") {
+            continue;
+        }
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(op["security"].is_array(), "{method} {path} has no security requirement");
+        }
+    }
+}

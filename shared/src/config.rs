@@ -1,0 +1,89 @@
+//! Settings both services read: each an environment variable and a flag.
+
+use clap::{Args, ValueEnum};
+
+use crate::subjects::Subjects;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CommonConfig {
+    /// NATS server with JetStream.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// First token(s) of every subject, stream and bucket name.
+    #[arg(long, env = "ROUTER_SUBJECT_PREFIX", default_value = "router", value_parser = parse_subjects)]
+    pub router_subject_prefix: Subjects,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_subjects(s: &str) -> Result<Subjects, String> {
+    Subjects::new(s)
+}
+
+/// A duration such as `500ms`, `10s`, `1m`, `6h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 1m or 6h"))?;
+    let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Parses the command line and environment. `--help` and `--version` print
+/// as usual; any other problem stops the process with one clear line.
+pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let summary: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let summary = summary.join(" ");
+            let summary = summary.strip_prefix("error: ").unwrap_or(&summary);
+            eprintln!("{service}: invalid configuration: {summary} (see {service} --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(21600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! The JetStream layout, declared once. Both services call these at start so
+//! that whichever starts first creates the streams and the bucket with the
+//! settings the README documents; a later start updates them to the same.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::subjects::Subjects;
+
+/// How long inbound messages and outcomes stay in their streams for
+/// inspection, replay and late consumers.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A republish of the same `Nats-Msg-Id` within this window is dropped by
+/// JetStream. Longer than any outbox retry gap we expect in practice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
+
+pub fn inbound_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.inbound_stream(),
+        description: Some("Inbound Instagram messages, one subject per account".into()),
+        subjects: vec![subjects.inbound_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+pub fn delivery_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.delivery_stream(),
+        description: Some("Delivery outcomes published by forwarders".into()),
+        subjects: vec![subjects.delivery_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+pub fn accounts_bucket_config(subjects: &Subjects) -> kv::Config {
+    kv::Config {
+        bucket: subjects.accounts_bucket(),
+        description: "Per-account routing for forwarders, kept by ingest".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Creates (or updates to the documented settings) both streams.
+pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
+    js.create_or_update_stream(inbound_stream_config(subjects))
+        .await?;
+    js.create_or_update_stream(delivery_stream_config(subjects))
+        .await?;
+    Ok(())
+}
+
+/// Opens the accounts bucket, creating it when missing.
+pub async fn accounts_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<kv::Store> {
+    match js.get_key_value(subjects.accounts_bucket()).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js
+            .create_key_value(accounts_bucket_config(subjects))
+            .await?),
+    }
+}
+
+/// Connects to NATS, retrying forever in the background once connected, and
+/// naming the connection after the service for `nats server report connections`.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    Ok(client)
+}

@@ -1,0 +1,127 @@
+//! NATS names derived from `ROUTER_SUBJECT_PREFIX`: subjects, stream names,
+//! the consumer and the key-value bucket. Both services derive them here so
+//! that they can never disagree.
+
+use crate::ids::AccountId;
+
+/// Where a delivery ended up, as published on `<prefix>.delivery.<outcome>.<account_id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Delivered,
+    Retrying,
+    Dead,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retrying => "retrying",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// The prefix must be one or more NATS tokens without wildcards or spaces.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let valid = !prefix.is_empty()
+            && prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if valid {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "ROUTER_SUBJECT_PREFIX {prefix:?} must be dot-separated tokens of letters, digits, '_' or '-'"
+            ))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn inbound(&self, account: &AccountId) -> String {
+        format!("{}.inbound.{}", self.prefix, account)
+    }
+
+    pub fn inbound_all(&self) -> String {
+        format!("{}.inbound.>", self.prefix)
+    }
+
+    pub fn delivery(&self, outcome: Outcome, account: &AccountId) -> String {
+        format!("{}.delivery.{}.{}", self.prefix, outcome.as_str(), account)
+    }
+
+    pub fn delivery_all(&self) -> String {
+        format!("{}.delivery.>", self.prefix)
+    }
+
+    /// `router` → `ROUTER`, `acme.router` → `ACME_ROUTER`: stream names allow no dots.
+    fn name_base(&self) -> String {
+        self.prefix.replace(['.', '-'], "_").to_uppercase()
+    }
+
+    pub fn inbound_stream(&self) -> String {
+        format!("{}_INBOUND", self.name_base())
+    }
+
+    pub fn delivery_stream(&self) -> String {
+        format!("{}_DELIVERY", self.name_base())
+    }
+
+    /// The durable pull consumer that every forwarder process shares.
+    pub fn forwarder_consumer(&self) -> String {
+        "forwarder".to_owned()
+    }
+
+    /// The durable consumer through which ingest records delivery outcomes.
+    pub fn outcome_consumer(&self) -> String {
+        "ingest-outcomes".to_owned()
+    }
+
+    /// The key-value bucket holding each account's routing (CRM URL, secret, status).
+    pub fn accounts_bucket(&self) -> String {
+        format!("{}_accounts", self.prefix.replace('.', "_"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let s = Subjects::new("router").unwrap();
+        let acc = AccountId::parse("acc_x1").unwrap();
+        assert_eq!(s.inbound(&acc), "router.inbound.acc_x1");
+        assert_eq!(
+            s.delivery(Outcome::Dead, &acc),
+            "router.delivery.dead.acc_x1"
+        );
+        assert_eq!(s.inbound_stream(), "ROUTER_INBOUND");
+        assert_eq!(s.accounts_bucket(), "router_accounts");
+        let s = Subjects::new("acme.router").unwrap();
+        assert_eq!(s.inbound_stream(), "ACME_ROUTER_INBOUND");
+        assert_eq!(s.accounts_bucket(), "acme_router_accounts");
+    }
+
+    #[test]
+    fn prefixes_with_wildcards_or_empty_tokens_are_refused() {
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
+            assert!(Subjects::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

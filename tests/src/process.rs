@@ -1,0 +1,209 @@
+//! Spawning the real binaries, capturing their output, stopping them.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{API_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, eventually};
+
+/// The cargo target directory holding this test binary (`target/debug/deps/…`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    profile_dir.to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running child process whose stdout and stderr are captured.
+pub struct Service {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<u8>>>,
+    command: Vec<(String, String)>,
+}
+
+impl Service {
+    pub async fn ingest(nats_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let db = format!("sqlite://{}/ingest.db", data_dir.display());
+        let mut env = vec![
+            ("NATS_URL", nats_url.to_owned()),
+            ("DATABASE_URL", db),
+            ("INGEST_ADDR", format!("127.0.0.1:{port}")),
+            ("META_APP_SECRET", META_APP_SECRET.to_owned()),
+            ("META_VERIFY_TOKEN", META_VERIFY_TOKEN.to_owned()),
+            (
+                "ROUTER_API_TOKENS",
+                format!("other-token-abcdefghijkl,{API_TOKEN}"),
+            ),
+            ("RUST_LOG", "info,ingest=debug".to_owned()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let service = Self::spawn("ingest", port, env);
+        service.wait_healthy("/healthz").await;
+        service.wait_healthy("/readyz").await;
+        service
+    }
+
+    pub async fn forwarder(nats_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut env = vec![
+            ("NATS_URL", nats_url.to_owned()),
+            ("FORWARDER_METRICS_ADDR", format!("127.0.0.1:{port}")),
+            ("CRM_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+            ("FORWARDER_RETRY_SCHEDULE", "1s,1s,1s".to_owned()),
+            ("RUST_LOG", "info,forwarder=debug".to_owned()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let service = Self::spawn("forwarder", port, env);
+        service.wait_healthy("/readyz").await;
+        // Give the consumer a moment to be created before messages flow.
+        eventually(Duration::from_secs(20), "forwarder consuming", || async {
+            service.logs().contains("forwarder consuming").then_some(())
+        })
+        .await;
+        service
+    }
+
+    fn spawn(name: &'static str, port: u16, env: Vec<(&str, String)>) -> Self {
+        let command: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let mut service = Self {
+            name,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            output: Arc::new(Mutex::new(Vec::new())),
+            command,
+        };
+        service.start();
+        service
+    }
+
+    /// Starts (or restarts) the process with the same settings.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let mut cmd = Command::new(binary(self.name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.command.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = self.output.clone();
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    pub async fn wait_healthy(&self, path: &str) {
+        let url = format!("http://{}{}", self.addr, path);
+        let client = crate::http_client();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{} {path}", self.name),
+            || async {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit` for a clean exit; returns its status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- {} output -----\n{}", self.name, self.logs());
+        }
+    }
+}
