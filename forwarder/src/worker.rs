@@ -76,6 +76,9 @@ pub async fn run(
         match attempt.await {
             Ok(ok) => break ok,
             Err(e) => {
+                if let Some(why) = shared::jetstream::unsupported_server(&js.client()) {
+                    tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
+                }
                 tracing::warn!(error = %e, "jetstream not available yet; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),

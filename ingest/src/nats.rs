@@ -59,6 +59,9 @@ impl NatsLink {
                     return;
                 }
                 Err(e) => {
+                    if let Some(why) = shared::jetstream::unsupported_server(&self.client) {
+                        tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
+                    }
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "jetstream set-up failed");
                 }
             }

@@ -54,7 +54,12 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for h in ["X-Hub-Signature-256", "webhook-id", "webhook-timestamp", "webhook-signature"] {
+    for h in [
+        "X-Hub-Signature-256",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    ] {
         assert!(headers.contains(&h), "webhook header {h} is not documented");
     }
 }
@@ -67,7 +72,10 @@ fn every_api_route_requires_the_bearer_token() {
             continue;
         }
         for (method, op) in ops.as_object().unwrap() {
-            assert!(op["security"].is_array(), "{method} {path} has no security requirement");
+            assert!(
+                op["security"].is_array(),
+                "{method} {path} has no security requirement"
+            );
         }
     }
 }

@@ -86,3 +86,42 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         .await?;
     Ok(client)
 }
+
+/// The oldest nats-server whose JetStream API this build speaks.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// Whether a server version string (`2.10.22`) is new enough.
+pub fn server_version_supported(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= MIN_SERVER_VERSION,
+        _ => true,
+    }
+}
+
+/// A clear explanation when the connected server is too old, else `None`.
+pub fn unsupported_server(client: &async_nats::Client) -> Option<String> {
+    let version = client.server_info().version;
+    (!version.is_empty() && !server_version_supported(&version)).then(|| {
+        format!(
+            "nats-server {version} is too old: {}.{} or newer is required",
+            MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_2_10_are_refused() {
+        assert!(!server_version_supported("2.9.10"));
+        assert!(server_version_supported("2.10.0"));
+        assert!(server_version_supported("2.15.1"));
+        assert!(server_version_supported("3.0.0"));
+    }
+}

@@ -12,6 +12,7 @@ pub mod crm;
 pub mod meta;
 pub mod nats;
 pub mod process;
+pub mod readme_verify;
 
 use std::time::Duration;
 

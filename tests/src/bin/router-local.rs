@@ -1,0 +1,183 @@
+//! `router-local`: the whole system on one machine, for trying it out.
+//!
+//! Runs ingest and one forwarder in this process, with SQLite under
+//! `./data/`. When nothing answers at `NATS_URL` (default
+//! `nats://127.0.0.1:4222`), it starts a nats-server with JetStream storing
+//! under `./data/nats` and stops it on exit. Every variable of ingest and
+//! forwarder applies; the three ingest needs get development defaults here
+//! (never in the services themselves), listed in the README.
+
+use std::net::ToSocketAddrs as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+const DEV_DEFAULTS: [(&str, &str); 4] = [
+    ("META_APP_SECRET", "dev-app-secret"),
+    ("META_VERIFY_TOKEN", "dev-verify-token"),
+    ("ROUTER_API_TOKENS", "dev-api-token-change-me"),
+    // A CRM on this machine (the README's walk-through) must be reachable.
+    ("CRM_ALLOW_PRIVATE_NETWORKS", "true"),
+];
+
+/// What answers at a NATS URL.
+enum Probe {
+    Nothing,
+    /// A server we can use.
+    Usable,
+    /// A server older than the JetStream API we speak (Debian's 2.9, say).
+    TooOld(String),
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("nats://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// Connects and reads the server's INFO line for its version.
+fn probe(url: &str) -> Probe {
+    use std::io::{BufRead as _, BufReader};
+    let Some(addr) = host_port(url)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return Probe::Nothing;
+    };
+    let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return Probe::Nothing;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let _ = BufReader::new(stream).read_line(&mut line);
+    let version = line
+        .strip_prefix("INFO ")
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .and_then(|info| info["version"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if shared::jetstream::server_version_supported(&version) {
+        Probe::Usable
+    } else {
+        Probe::TooOld(version)
+    }
+}
+
+/// Starts nats-server on `port`, storing under ./data/nats.
+fn start_nats(port: u16) -> anyhow::Result<Child> {
+    let binary = router_tests::nats::nats_server_binary();
+    std::fs::create_dir_all("data/nats")?;
+    eprintln!(
+        "router-local: starting {} on 127.0.0.1:{port} (log: data/nats/nats-server.log)",
+        binary.display()
+    );
+    let child = Command::new(&binary)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            "data/nats",
+        ])
+        .args(["-l", "data/nats/nats-server.log"])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("could not start {}: {e}", binary.display()))?;
+    for _ in 0..100 {
+        if matches!(probe(&format!("nats://127.0.0.1:{port}")), Probe::Usable) {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("nats-server did not come up on port {port}")
+}
+
+/// Makes sure a usable NATS answers; returns the server we started, if any.
+fn ensure_nats() -> anyhow::Result<Option<Child>> {
+    let explicit = std::env::var("NATS_URL").ok();
+    let url = explicit
+        .clone()
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let port_of = |u: &str| u.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    match probe(&url) {
+        Probe::Usable => Ok(None),
+        Probe::Nothing => {
+            eprintln!("router-local: nothing answers at {url}");
+            let port = port_of(&url).unwrap_or(4222);
+            Ok(Some(start_nats(port)?))
+        }
+        Probe::TooOld(version) if explicit.is_none() => {
+            // Leave the old server alone and run a current one beside it.
+            let port = if matches!(probe("nats://127.0.0.1:4223"), Probe::Nothing) {
+                4223
+            } else {
+                router_tests::free_port()
+            };
+            eprintln!(
+                "router-local: the nats-server at {url} is {version}; JetStream here needs 2.10 or newer"
+            );
+            let child = start_nats(port)?;
+            // SAFETY: set before any other thread reads the environment.
+            unsafe { std::env::set_var("NATS_URL", format!("nats://127.0.0.1:{port}")) };
+            Ok(Some(child))
+        }
+        Probe::TooOld(version) => {
+            anyhow::bail!(
+                "the nats-server at NATS_URL={url} is {version}; 2.10 or newer is required"
+            )
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::install_crypto_provider();
+    for (key, value) in DEV_DEFAULTS {
+        if std::env::var_os(key).is_none() {
+            // SAFETY: set before any other thread reads the environment.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    let mut nats = ensure_nats()?;
+    let ingest_config =
+        ingest::config::IngestConfig::try_parse_from(["ingest"]).unwrap_or_else(|e| e.exit());
+    let forwarder_config = forwarder::config::ForwarderConfig::try_parse_from(["forwarder"])
+        .unwrap_or_else(|e| e.exit());
+    shared::telemetry::init_logging(ingest_config.common.log_format);
+
+    let nats_url = ingest_config.common.nats_url.clone();
+
+    eprintln!(
+        "router-local: ingest on http://{}, forwarder health on http://{}, NATS at {nats_url}, database {}",
+        ingest_config.ingest_addr,
+        forwarder_config.forwarder_metrics_addr,
+        ingest_config.database_url
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shared::shutdown::on_signal(shutdown.clone()));
+    let (ingest_result, forwarder_result) = tokio::join!(
+        async {
+            let r = ingest::app::run(ingest_config, shutdown.clone()).await;
+            shutdown.cancel();
+            r
+        },
+        async {
+            let r = forwarder::run(forwarder_config, shutdown.clone()).await;
+            shutdown.cancel();
+            r
+        },
+    );
+    if let Some(child) = nats.as_mut() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+    }
+    ingest_result?;
+    forwarder_result
+}
