@@ -31,6 +31,21 @@ use crate::retry::{MAX_AGE, RetrySchedule};
 /// it is looked up again (the bucket may lag an account's creation).
 const UNROUTABLE_DELAY: Duration = Duration::from_secs(2);
 
+/// How long one pull request waits for messages; also the longest a
+/// shutdown waits for an open pull to end.
+const FETCH_WAIT: Duration = Duration::from_secs(3);
+
+/// Which delivery of which publication of a message this is.
+#[derive(Clone, Copy, Debug)]
+struct Attempt {
+    /// JetStream's delivery count: 1 for the first attempt.
+    number: u32,
+    /// The message's sequence in the inbound stream (a replay gets a new one).
+    inbound_sequence: u64,
+    /// Unix seconds when the message entered the stream; after 24 h no retry.
+    published_at: i64,
+}
+
 struct Worker {
     js: jetstream::Context,
     accounts: kv::Store,
@@ -39,9 +54,10 @@ struct Worker {
     schedule: RetrySchedule,
 }
 
-/// The consumer's settings. `ack_wait` is well above the CRM timeout so a
-/// slow CRM never makes JetStream hand the message to another forwarder
-/// while the first attempt is still running.
+/// The consumer's settings. `ack_wait` is above the CRM timeout, and each
+/// attempt starts with a progress ack, so a slow CRM never makes JetStream
+/// hand the message to another forwarder while the attempt is running;
+/// after a crash, the message comes back within `ack_wait`.
 pub fn consumer_config(config: &ForwarderConfig) -> pull::Config {
     let subjects = &config.common.router_subject_prefix;
     pull::Config {
@@ -50,7 +66,7 @@ pub fn consumer_config(config: &ForwarderConfig) -> pull::Config {
         filter_subject: subjects.inbound_all(),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: config.crm_timeout() * 2 + Duration::from_secs(20),
+        ack_wait: config.crm_timeout() + Duration::from_secs(10),
         max_deliver: -1,
         max_ack_pending: 1000,
         ..Default::default()
@@ -90,12 +106,6 @@ pub async fn run(
     let consumer: jetstream::consumer::PullConsumer =
         stream.create_consumer(consumer_config(&config)).await?;
     let concurrency = config.forwarder_concurrency as usize;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await?;
     tracing::info!(
         stream = %subjects.inbound_stream(),
         consumer = %subjects.forwarder_consumer(),
@@ -112,32 +122,59 @@ pub async fn run(
     });
     let slots = Arc::new(Semaphore::new(concurrency));
     let in_flight = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
+    // Pull only as many messages as there are free slots, so a message is
+    // never held without being worked on: at shutdown there is nothing
+    // buffered to lose time over, only deliveries in flight.
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p?,
         };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => m,
+        let wanted = 1 + slots.available_permits();
+        let mut batch = match consumer
+            .batch()
+            .max_messages(wanted)
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching from the consumer failed; retrying");
+                drop(first);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
         };
-        match next {
-            Some(Ok(message)) => {
-                let worker = worker.clone();
-                in_flight.spawn(async move {
-                    worker.handle(message).await;
-                    drop(permit);
-                });
+        let mut first = Some(first);
+        // Read the batch to its end even when shutting down: a message the
+        // server already sent is handed straight back rather than left to
+        // time out.
+        while let Some(next) = batch.next().await {
+            let message = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch interrupted");
+                    break;
+                }
+            };
+            if shutdown.is_cancelled() {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                continue;
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "fetching from the consumer failed; continuing");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            None => anyhow::bail!("the consumer's message stream ended"),
+            let permit = match first.take() {
+                Some(p) => p,
+                None => slots.clone().acquire_owned().await?,
+            };
+            let worker = worker.clone();
+            in_flight.spawn(async move {
+                worker.handle(message).await;
+                drop(permit);
+            });
         }
     }
-    // Stop pulling first, then wait for what we hold.
-    drop(messages);
     in_flight.close();
     let bound = config.crm_timeout() + Duration::from_secs(5);
     if tokio::time::timeout(bound, in_flight.wait()).await.is_err() {
@@ -149,12 +186,14 @@ pub async fn run(
 
 impl Worker {
     async fn handle(&self, message: jetstream::Message) {
-        let (attempt, published_at) = match message.info() {
-            Ok(info) => (
-                info.delivered.max(1) as u32,
-                info.published.unix_timestamp(),
-            ),
-            Err(_) => (1, chrono::Utc::now().timestamp()),
+        let Ok(info) = message.info() else {
+            tracing::error!(subject = %message.subject, "message without JetStream metadata dropped");
+            return;
+        };
+        let attempt = Attempt {
+            number: info.delivered.max(1) as u32,
+            inbound_sequence: info.stream_sequence,
+            published_at: info.published.unix_timestamp(),
         };
         let webhook: InboundMessageWebhook = match serde_json::from_slice(&message.payload) {
             Ok(w) => w,
@@ -164,8 +203,13 @@ impl Worker {
                 return;
             }
         };
-        let span = tracing::info_span!("deliver", message_id = %webhook.message_id, account_id = %webhook.account_id, attempt);
-        self.deliver(message, webhook, attempt, published_at)
+        let span = tracing::info_span!(
+            "deliver",
+            message_id = %webhook.message_id,
+            account_id = %webhook.account_id,
+            attempt = attempt.number
+        );
+        self.deliver(message, webhook, attempt)
             .instrument(span)
             .await;
     }
@@ -174,13 +218,14 @@ impl Worker {
         &self,
         message: jetstream::Message,
         webhook: InboundMessageWebhook,
-        attempt: u32,
-        published_at: i64,
+        attempt: Attempt,
     ) {
         let answer = match self.routing(&webhook.account_id).await {
             Ok(Some(routing)) if routing.status == "active" => {
                 match WebhookSecret::parse(&routing.webhook_secret) {
                     Ok(secret) => {
+                        // Restart the ack timer: the attempt gets the whole ack wait.
+                        let _ = message.ack_with(AckKind::Progress).await;
                         self.crm
                             .deliver(
                                 &routing.crm_webhook_url,
@@ -215,7 +260,8 @@ impl Worker {
             }
         };
 
-        let too_old = chrono::Utc::now().timestamp() - published_at > MAX_AGE.as_secs() as i64;
+        let too_old =
+            chrono::Utc::now().timestamp() - attempt.published_at > MAX_AGE.as_secs() as i64;
         let (outcome, status_code, error) = match answer {
             Answer::Delivered { status } => {
                 // Wait for the server to confirm the ack: once it has, no
@@ -233,7 +279,7 @@ impl Worker {
             } => {
                 match self
                     .schedule
-                    .delay_after(attempt, retry_after)
+                    .delay_after(attempt.number, retry_after)
                     .filter(|_| !too_old)
                 {
                     Some(delay) => {
@@ -269,7 +315,7 @@ impl Worker {
         &self,
         webhook: &InboundMessageWebhook,
         outcome: Outcome,
-        attempt: u32,
+        attempt: Attempt,
         status_code: Option<u16>,
         error: Option<String>,
     ) {
@@ -280,7 +326,8 @@ impl Worker {
             message_id: webhook.message_id.clone(),
             account_id: webhook.account_id.clone(),
             outcome,
-            attempt,
+            inbound_sequence: attempt.inbound_sequence,
+            attempt: attempt.number,
             status_code,
             error,
             at: chrono::Utc::now(),
@@ -291,9 +338,10 @@ impl Worker {
         let publish = PublishMessage::build()
             .payload(body.into())
             .message_id(format!(
-                "{}-{}-{}",
+                "{}-{}-{}-{}",
                 webhook.message_id,
-                attempt,
+                attempt.inbound_sequence,
+                attempt.number,
                 outcome.as_str()
             ));
         let subject = self.subjects.delivery(outcome, &account);

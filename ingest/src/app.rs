@@ -15,7 +15,7 @@ use crate::config::IngestConfig;
 use crate::nats::NatsLink;
 use crate::routing::RoutingSync;
 use crate::store::{self, DynStore};
-use crate::{error, openapi, outbox, webhooks};
+use crate::{error, openapi, outbox, outcomes, webhooks};
 
 pub struct AppState {
     pub config: IngestConfig,
@@ -69,7 +69,8 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
             state.nats.set_up(&state.subjects, &stop).await;
             let outbox_task = outbox::run(&state, stop.clone());
             let routing_task = state.routing.run(&state, stop.clone());
-            tokio::join!(outbox_task, routing_task);
+            let outcomes_task = outcomes::run(&state, stop.clone());
+            tokio::join!(outbox_task, routing_task, outcomes_task);
         });
     }
 

@@ -7,12 +7,18 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApiService, Tags, Webhook};
 
 use crate::accounts::AccountsApi;
+use crate::dead_letters::DeadLettersApi;
 use crate::health::HealthApi;
+use crate::messages::MessagesApi;
 
 #[derive(Tags)]
 pub enum ApiTags {
     /// Connected Instagram accounts and where their messages go.
     Accounts,
+    /// Stored messages and where each stands on its way to the CRM.
+    Messages,
+    /// Messages the CRM refused or that ran out of retries: list, replay, discard.
+    DeadLetters,
     /// Liveness and readiness.
     Health,
 }
@@ -89,11 +95,12 @@ pub trait CrmWebhooks {
     );
 }
 
-pub type ApiService = OpenApiService<(AccountsApi, HealthApi), &'static dyn CrmWebhooks>;
+pub type ApiService =
+    OpenApiService<(AccountsApi, MessagesApi, DeadLettersApi, HealthApi), &'static dyn CrmWebhooks>;
 
 pub fn service() -> ApiService {
     OpenApiService::new(
-        (AccountsApi, HealthApi),
+        (AccountsApi, MessagesApi, DeadLettersApi, HealthApi),
         "Instagram → CRM message router",
         env!("CARGO_PKG_VERSION"),
     )

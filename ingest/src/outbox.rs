@@ -29,7 +29,7 @@ pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
         for entry in &batch {
             let publish = PublishMessage::build()
                 .payload(entry.payload.clone().into())
-                .message_id(&entry.message_id);
+                .message_id(entry.nats_msg_id.as_deref().unwrap_or(&entry.message_id));
             match state
                 .nats
                 .js

@@ -77,7 +77,10 @@ pub struct DeliveryOutcome {
     pub message_id: String,
     pub account_id: String,
     pub outcome: Outcome,
-    /// 1 for the first attempt.
+    /// The inbound message's sequence in the inbound stream: a replay is a
+    /// new sequence, so (sequence, attempt) orders and identifies attempts.
+    pub inbound_sequence: u64,
+    /// 1 for the first attempt of this publication of the message.
     pub attempt: u32,
     /// The CRM's HTTP status, when it answered.
     pub status_code: Option<u16>,

@@ -67,8 +67,9 @@ impl Delivery {
 #[derive(Default)]
 struct Shared {
     deliveries: Mutex<Vec<Delivery>>,
-    /// Scripted answers, used in order; 200 once they run out.
-    answers: Mutex<VecDeque<u16>>,
+    /// Scripted answers (status, delay before answering), used in order;
+    /// then `delay` and 200.
+    answers: Mutex<VecDeque<(u16, Option<Duration>)>>,
     delay: Mutex<Option<Duration>>,
 }
 
@@ -87,11 +88,11 @@ async fn receive(headers: &HeaderMap, body: Body, Data(shared): Data<&Arc<Shared
         body,
         json,
     });
-    let delay = *shared.delay.lock().unwrap();
+    let scripted = shared.answers.lock().unwrap().pop_front();
+    let (code, delay) = scripted.unwrap_or((200, *shared.delay.lock().unwrap()));
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    let code = shared.answers.lock().unwrap().pop_front().unwrap_or(200);
     StatusCode::from_u16(code).unwrap()
 }
 
@@ -124,13 +125,20 @@ impl CrmReceiver {
 
     /// Answers the next requests with these statuses, then 200.
     pub fn answer_with(&self, statuses: &[u16]) {
+        let mut answers = self.shared.answers.lock().unwrap();
+        answers.extend(statuses.iter().map(|s| (*s, None)));
+    }
+
+    /// Answers the next request with `status` only after `delay`.
+    pub fn answer_late(&self, status: u16, delay: Duration) {
         self.shared
             .answers
             .lock()
             .unwrap()
-            .extend(statuses.iter().copied());
+            .push_back((status, Some(delay)));
     }
 
+    /// Delays every unscripted answer.
     pub fn delay_answers(&self, delay: Option<Duration>) {
         *self.shared.delay.lock().unwrap() = delay;
     }

@@ -124,6 +124,100 @@ impl System {
             .unwrap()
     }
 
+    /// GETs an `/api/v1` path with the API token and returns the JSON.
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// The stored message with this id, as the messages API lists it.
+    pub async fn message(&self, account_id: &str, message_id: &str) -> Option<serde_json::Value> {
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .api_get(&format!(
+                    "/api/v1/accounts/{account_id}/messages?limit=200&cursor={cursor}"
+                ))
+                .await;
+            if let Some(m) = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == message_id)
+            {
+                return Some(m.clone());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return None,
+            }
+        }
+    }
+
+    /// How many of the account's messages have each delivery status.
+    pub async fn status_counts(
+        &self,
+        account_id: &str,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .api_get(&format!(
+                    "/api/v1/accounts/{account_id}/messages?limit=200&cursor={cursor}"
+                ))
+                .await;
+            for m in page["data"].as_array().unwrap() {
+                let status = m["delivery"]["status"].as_str().unwrap().to_owned();
+                *counts.entry(status).or_insert(0) += 1;
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return counts,
+            }
+        }
+    }
+
+    /// Waits until all `n` of the account's messages are delivered.
+    pub async fn wait_all_delivered(&self, account_id: &str, n: usize, limit: Duration) {
+        eventually(limit, &format!("{n} messages delivered"), || async {
+            let counts = self.status_counts(account_id).await;
+            (counts.get("delivered") == Some(&n)).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the message's delivery status is `status`; returns the message.
+    pub async fn wait_for_status(
+        &self,
+        account_id: &str,
+        message_id: &str,
+        status: &str,
+    ) -> serde_json::Value {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{message_id} {status}"),
+            || async {
+                self.message(account_id, message_id)
+                    .await
+                    .filter(|m| m["delivery"]["status"] == status)
+            },
+        )
+        .await
+    }
+
+    /// Starts another forwarder on the same NATS.
+    pub async fn another_forwarder(&self, env: &[(&str, &str)]) -> Service {
+        Service::forwarder(&self.nats.url(), env).await
+    }
+
     /// Both services' log output so far.
     pub fn logs(&self) -> String {
         format!("{}\n{}", self.ingest.logs(), self.forwarder.logs())

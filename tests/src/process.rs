@@ -105,6 +105,21 @@ impl Service {
         service
     }
 
+    /// Starts the forwarder again after `kill` or `terminate` and waits until
+    /// it consumes.
+    pub async fn restart_forwarder(&mut self) {
+        let before = self.logs().matches("forwarder consuming").count();
+        self.start();
+        eventually(
+            Duration::from_secs(20),
+            "restarted forwarder consuming",
+            || async {
+                (self.logs().matches("forwarder consuming").count() > before).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Starts (or restarts) the process with the same settings.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
@@ -179,7 +194,9 @@ impl Service {
     }
 
     /// SIGTERM, then waits up to `limit` for a clean exit; returns its status.
-    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    /// Waits without blocking the runtime, so servers in the test (the CRM)
+    /// keep answering while the process shuts down.
+    pub async fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -195,7 +212,7 @@ impl Service {
                 let _ = child.wait();
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

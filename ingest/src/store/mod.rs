@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use shared::wire::DeliveryOutcome;
 
 pub use sqlite::SqliteStore;
 
@@ -66,9 +67,44 @@ pub enum SaveOutcome {
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OutboxEntry {
     pub message_id: String,
+    /// The `Nats-Msg-Id` to publish under: the message id, or a replay's own id.
+    pub nats_msg_id: Option<String>,
     pub subject: String,
     pub payload: Vec<u8>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A stored message with its delivery state, as the API lists it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: String,
+    pub account_id: String,
+    pub instagram_message_id: String,
+    pub direction: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub recipient_id: String,
+    pub message_type: String,
+    pub sent_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// `pending`, `retrying`, `delivered`, `dead` or `discarded`.
+    pub delivery_status: String,
+    pub delivery_attempts: i64,
+    pub last_error: Option<String>,
+    pub last_status_code: Option<i64>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub replays: i64,
+}
+
+/// Which dead letters an operator means.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    pub account_id: Option<String>,
+    /// Dead-lettered at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    pub until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +149,31 @@ pub trait Store: Send + Sync + 'static {
     /// Called once JetStream acknowledged the publish.
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError>;
     async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
+
+    /// Records one delivery attempt's outcome; recording the same attempt
+    /// twice changes nothing, and an older outcome never overwrites a newer
+    /// one. False when the message is unknown (its account was deleted).
+    async fn record_outcome(&self, outcome: &DeliveryOutcome) -> Result<bool, StoreError>;
+    async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError>;
+    /// An account's messages in the order they were saved, optionally one conversation.
+    async fn list_messages(
+        &self,
+        account_id: &str,
+        conversation_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError>;
+    async fn list_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError>;
+    /// Puts a dead letter back in the outbox under its own message id; false
+    /// when the message is not a dead letter.
+    async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError>;
+    /// Marks a dead letter as discarded; false when it is not a dead letter.
+    async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens the store named by `DATABASE_URL` and applies its migrations.

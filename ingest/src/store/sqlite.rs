@@ -8,7 +8,16 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::{AccountRow, NewMessage, OutboxEntry, SaveOutcome, Store, StoreError};
+use shared::wire::DeliveryOutcome;
+
+use super::{
+    AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, Store,
+    StoreError,
+};
+
+const MESSAGE_COLUMNS: &str = "id, account_id, instagram_message_id, direction, conversation_id,
+    sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
+    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -136,11 +145,12 @@ impl Store for SqliteStore {
 
     async fn save_message(&self, m: &NewMessage) -> Result<SaveOutcome, StoreError> {
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
             "INSERT INTO messages (id, account_id, instagram_message_id, direction, conversation_id,
-                sender_id, recipient_id, message_type, text, attachments, sent_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                sender_id, recipient_id, message_type, text, attachments, sent_at, created_at,
+                subject, payload)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (account_id, instagram_message_id) DO NOTHING",
         )
         .bind(&m.id)
@@ -155,6 +165,8 @@ impl Store for SqliteStore {
         .bind(&m.attachments)
         .bind(m.sent_at)
         .bind(now)
+        .bind(&m.subject)
+        .bind(&m.payload)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -175,7 +187,7 @@ impl Store for SqliteStore {
 
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT message_id, subject, payload, created_at FROM outbox
+            "SELECT message_id, nats_msg_id, subject, payload, created_at FROM outbox
              ORDER BY created_at, message_id LIMIT ?",
         )
         .bind(limit)
@@ -184,7 +196,7 @@ impl Store for SqliteStore {
     }
 
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for id in message_ids {
             sqlx::query("DELETE FROM outbox WHERE message_id = ?")
                 .bind(id)
@@ -203,5 +215,172 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn record_outcome(&self, o: &DeliveryOutcome) -> Result<bool, StoreError> {
+        let outcome = o.outcome.as_str();
+        let seq = o.inbound_sequence as i64;
+        let attempt = i64::from(o.attempt);
+        let status_code = o.status_code.map(i64::from);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let known = sqlx::query("SELECT 1 FROM messages WHERE id = ?")
+            .bind(&o.message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !known {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&o.message_id)
+        .bind(seq)
+        .bind(attempt)
+        .bind(outcome)
+        .bind(status_code)
+        .bind(&o.error)
+        .bind(o.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET delivery_attempts =
+                (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = ?) WHERE id = ?",
+        )
+        .bind(&o.message_id)
+        .bind(&o.message_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET
+                delivery_status = ?,
+                last_error = CASE WHEN ? = 'delivered' THEN last_error ELSE ? END,
+                last_status_code = ?,
+                delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,
+                dead_at = CASE WHEN ? = 'dead' THEN ? ELSE NULL END,
+                last_inbound_seq = ?,
+                last_attempt = ?
+             WHERE id = ?
+               AND delivery_status NOT IN ('delivered', 'discarded')
+               AND (last_inbound_seq < ? OR (last_inbound_seq = ? AND last_attempt < ?))",
+        )
+        .bind(outcome)
+        .bind(outcome)
+        .bind(&o.error)
+        .bind(status_code)
+        .bind(outcome)
+        .bind(o.at)
+        .bind(outcome)
+        .bind(o.at)
+        .bind(seq)
+        .bind(attempt)
+        .bind(&o.message_id)
+        .bind(seq)
+        .bind(seq)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_messages(
+        &self,
+        account_id: &str,
+        conversation_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE account_id = ? AND (? IS NULL OR conversation_id = ?) AND id > ?
+             ORDER BY id LIMIT ?"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(account_id)
+            .bind(conversation_id)
+            .bind(conversation_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE delivery_status = 'dead'
+               AND (? IS NULL OR account_id = ?)
+               AND (? IS NULL OR dead_at >= ?)
+               AND (? IS NULL OR dead_at < ?)
+               AND id > ?
+             ORDER BY id LIMIT ?"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(&f.account_id)
+            .bind(&f.account_id)
+            .bind(f.since)
+            .bind(f.since)
+            .bind(f.until)
+            .bind(f.until)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "UPDATE messages SET delivery_status = 'pending', dead_at = NULL, replays = replays + 1
+             WHERE id = ? AND delivery_status = 'dead' AND payload IS NOT NULL
+             RETURNING subject, payload, replays",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((subject, payload, replays)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO outbox (message_id, nats_msg_id, subject, payload, created_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (message_id) DO UPDATE SET nats_msg_id = excluded.nats_msg_id",
+        )
+        .bind(message_id)
+        .bind(format!("{message_id}-replay-{replays}"))
+        .bind(subject)
+        .bind(payload)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET delivery_status = 'discarded' WHERE id = ? AND delivery_status = 'dead'",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
