@@ -26,7 +26,8 @@ pub async fn run(
     tracing::info!(addr = %config.forwarder_metrics_addr, "forwarder health endpoint listening");
     let result = worker::run(config, client.clone(), shutdown.clone()).await;
     shutdown.cancel();
-    client.flush().await.ok();
+    // Bounded: with NATS down a flush would wait for ever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
     if let Ok(Err(e)) = health.await {
         tracing::warn!(error = %e, "health endpoint failed");
     }

@@ -26,6 +26,21 @@ impl RetrySchedule {
         self.delays.len() as u32
     }
 
+    /// What follows failed attempt number `attempt` (1-based) of a message
+    /// that entered the stream `age` ago: the delay before the next attempt,
+    /// or `None` for a dead letter (retries used up, or older than 24 h).
+    pub fn next_retry(
+        &self,
+        attempt: u32,
+        age: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        if age > MAX_AGE {
+            return None;
+        }
+        self.delay_after(attempt, retry_after)
+    }
+
     /// The delay after failed attempt number `attempt` (1-based), or `None`
     /// when the retries are used up.
     pub fn delay_after(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
@@ -57,6 +72,17 @@ mod tests {
         assert!(d >= Duration::from_secs(48) && d <= Duration::from_secs(72));
         assert_eq!(s.delay_after(3, None), None);
         assert_eq!(s.delay_after(0, None), None);
+    }
+
+    #[test]
+    fn messages_older_than_a_day_are_not_retried() {
+        let s = RetrySchedule::new(vec![Duration::from_secs(10); 5]);
+        assert!(s.next_retry(1, Duration::from_secs(3600), None).is_some());
+        assert!(
+            s.next_retry(1, MAX_AGE + Duration::from_secs(1), None)
+                .is_none()
+        );
+        assert!(s.next_retry(6, Duration::ZERO, None).is_none());
     }
 
     #[test]

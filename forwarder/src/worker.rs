@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 
 use crate::config::ForwarderConfig;
 use crate::crm::{Answer, CrmClient};
-use crate::retry::{MAX_AGE, RetrySchedule};
+use crate::retry::RetrySchedule;
 
 /// How long a message for an account missing from the bucket waits before
 /// it is looked up again (the bucket may lag an account's creation).
@@ -260,8 +260,9 @@ impl Worker {
             }
         };
 
-        let too_old =
-            chrono::Utc::now().timestamp() - attempt.published_at > MAX_AGE.as_secs() as i64;
+        let age = Duration::from_secs(
+            (chrono::Utc::now().timestamp() - attempt.published_at).max(0) as u64,
+        );
         let (outcome, status_code, error) = match answer {
             Answer::Delivered { status } => {
                 // Wait for the server to confirm the ack: once it has, no
@@ -276,24 +277,18 @@ impl Worker {
                 status,
                 reason,
                 retry_after,
-            } => {
-                match self
-                    .schedule
-                    .delay_after(attempt.number, retry_after)
-                    .filter(|_| !too_old)
-                {
-                    Some(delay) => {
-                        tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
-                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                        (Outcome::Retrying, status, Some(reason))
-                    }
-                    None => {
-                        tracing::error!(reason = %reason, "delivery failed; retries exhausted, dead-lettered");
-                        let _ = message.double_ack_with(AckKind::Term).await;
-                        (Outcome::Dead, status, Some(reason))
-                    }
+            } => match self.schedule.next_retry(attempt.number, age, retry_after) {
+                Some(delay) => {
+                    tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    (Outcome::Retrying, status, Some(reason))
                 }
-            }
+                None => {
+                    tracing::error!(reason = %reason, "delivery failed; retries exhausted, dead-lettered");
+                    let _ = message.double_ack_with(AckKind::Term).await;
+                    (Outcome::Dead, status, Some(reason))
+                }
+            },
             Answer::Reject { status, reason } => {
                 tracing::error!(reason = %reason, "delivery refused; dead-lettered");
                 let _ = message.double_ack_with(AckKind::Term).await;

@@ -91,7 +91,8 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
     if state.nats.accounts().is_some() {
         outbox::flush(&state, Duration::from_secs(5)).await;
     }
-    state.nats.client.flush().await.ok();
+    // Bounded: with NATS down a flush would wait for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), state.nats.client.flush()).await;
     tracing::info!("ingest stopped");
     Ok(())
 }

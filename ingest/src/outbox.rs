@@ -75,7 +75,13 @@ pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
 pub async fn run(state: &AppState, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match publish_pending_outbox(state).await {
+        // Stopping mid-publish is safe: rows stay until acknowledged, and a
+        // republish is dropped by the stream's duplicate window.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = publish_pending_outbox(state) => r,
+        };
+        match result {
             Ok(n) => {
                 if n > 0 {
                     tracing::debug!(published = n, "outbox published");

@@ -20,13 +20,28 @@ pub fn target_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
+/// The service binary, refusing one older than its library: `cargo test -p
+/// router-tests` alone does not rebuild the binaries, `cargo test --workspace` does.
 fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
-        path.display()
-    );
+    let hint = "run the tests with `cargo test --workspace` (it builds the binaries)";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
+    let newest_lib = std::fs::read_dir(target_dir().join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let file = e.file_name();
+            let file = file.to_string_lossy();
+            file.starts_with(&format!("lib{name}-")) && file.ends_with(".rlib")
+        })
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    if newest_lib.is_some_and(|lib| lib > built) {
+        panic!("{} is older than its library: {hint}", path.display());
+    }
     path
 }
 
