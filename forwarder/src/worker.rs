@@ -221,7 +221,7 @@ impl Worker {
         attempt: Attempt,
     ) {
         let answer = match self.routing(&webhook.account_id).await {
-            Ok(Some(routing)) if routing.status == "active" => {
+            Ok(Some(routing)) if routing.status != "disabled" => {
                 match WebhookSecret::parse(&routing.webhook_secret) {
                     Ok(secret) => {
                         // Restart the ack timer: the attempt gets the whole ack wait.
@@ -263,15 +263,10 @@ impl Worker {
         let age = Duration::from_secs(
             (chrono::Utc::now().timestamp() - attempt.published_at).max(0) as u64,
         );
-        let (outcome, status_code, error) = match answer {
+        let (outcome, status_code, error, ack) = match answer {
             Answer::Delivered { status } => {
-                // Wait for the server to confirm the ack: once it has, no
-                // forwarder will be handed this message again.
-                if let Err(e) = message.double_ack().await {
-                    tracing::warn!(error = %e, "ack after delivery not confirmed; a redelivery would repeat webhook-id");
-                }
                 tracing::info!(status, "delivered");
-                (Outcome::Delivered, Some(status), None)
+                (Outcome::Delivered, Some(status), None, AckKind::Ack)
             }
             Answer::Retry {
                 status,
@@ -280,23 +275,48 @@ impl Worker {
             } => match self.schedule.next_retry(attempt.number, age, retry_after) {
                 Some(delay) => {
                     tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    (Outcome::Retrying, status, Some(reason))
+                    (
+                        Outcome::Retrying,
+                        status,
+                        Some(reason),
+                        AckKind::Nak(Some(delay)),
+                    )
                 }
                 None => {
                     tracing::error!(reason = %reason, "delivery failed; retries exhausted, dead-lettered");
-                    let _ = message.double_ack_with(AckKind::Term).await;
-                    (Outcome::Dead, status, Some(reason))
+                    (Outcome::Dead, status, Some(reason), AckKind::Term)
                 }
             },
             Answer::Reject { status, reason } => {
                 tracing::error!(reason = %reason, "delivery refused; dead-lettered");
-                let _ = message.double_ack_with(AckKind::Term).await;
-                (Outcome::Dead, status, Some(reason))
+                (Outcome::Dead, status, Some(reason), AckKind::Term)
             }
         };
-        self.publish_outcome(&webhook, outcome, attempt, status_code, error)
+        // The outcome is written to the connection before the ack, so if the
+        // server has the ack it has the outcome too: a crash in between can
+        // repeat a delivery (same webhook-id) but never leave its status
+        // unrecorded.
+        let recorded = self
+            .publish_outcome(&webhook, outcome, attempt, status_code, error)
             .await;
+        let acked = match ack {
+            // Wait for the server's confirmation: once it has the ack, no
+            // forwarder is handed this message again.
+            AckKind::Ack | AckKind::Term => message.double_ack_with(ack).await,
+            other => message.ack_with(other).await,
+        };
+        if let Err(e) = acked {
+            tracing::warn!(error = %e, "ack not confirmed; JetStream may redeliver (same webhook-id)");
+        }
+        if let Some(pending) = recorded {
+            match tokio::time::timeout(Duration::from_secs(5), pending).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "delivery outcome not stored by JetStream")
+                }
+                Err(_) => tracing::warn!("delivery outcome not acknowledged by JetStream"),
+            }
+        }
     }
 
     async fn routing(&self, account_id: &str) -> anyhow::Result<Option<AccountRouting>> {
@@ -306,6 +326,7 @@ impl Worker {
         }
     }
 
+    /// Writes the outcome event; returns JetStream's pending acknowledgement.
     async fn publish_outcome(
         &self,
         webhook: &InboundMessageWebhook,
@@ -313,10 +334,8 @@ impl Worker {
         attempt: Attempt,
         status_code: Option<u16>,
         error: Option<String>,
-    ) {
-        let Ok(account) = AccountId::parse(&webhook.account_id) else {
-            return;
-        };
+    ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let account = AccountId::parse(&webhook.account_id).ok()?;
         let event = DeliveryOutcome {
             message_id: webhook.message_id.clone(),
             account_id: webhook.account_id.clone(),
@@ -327,9 +346,7 @@ impl Worker {
             error,
             at: chrono::Utc::now(),
         };
-        let Ok(body) = serde_json::to_vec(&event) else {
-            return;
-        };
+        let body = serde_json::to_vec(&event).ok()?;
         let publish = PublishMessage::build()
             .payload(body.into())
             .message_id(format!(
@@ -340,15 +357,12 @@ impl Worker {
                 outcome.as_str()
             ));
         let subject = self.subjects.delivery(outcome, &account);
-        let result = async {
-            self.js
-                .send_publish(subject, publish)
-                .await?
-                .await
-                .map_err(anyhow::Error::from)
-        };
-        if let Err(e) = result.await {
-            tracing::warn!(error = %e, "delivery outcome not published");
+        match self.js.send_publish(subject, publish).await {
+            Ok(pending) => Some(pending),
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery outcome not published");
+                None
+            }
         }
     }
 }

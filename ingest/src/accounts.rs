@@ -27,6 +27,9 @@ pub enum AccountStatus {
     Active,
     /// Webhooks for the account are accepted but nothing is saved or forwarded.
     Disabled,
+    /// Meta rejected the access token: messages still flow to the CRM, but
+    /// replies fail until a new `instagram_access_token` is set.
+    CredentialsInvalid,
 }
 
 impl AccountStatus {
@@ -34,13 +37,81 @@ impl AccountStatus {
         match self {
             Self::Active => "active",
             Self::Disabled => "disabled",
+            Self::CredentialsInvalid => "credentials_invalid",
         }
     }
     fn from_stored(s: &str) -> Self {
-        if s == "disabled" {
-            Self::Disabled
-        } else {
-            Self::Active
+        match s {
+            "disabled" => Self::Disabled,
+            "credentials_invalid" => Self::CredentialsInvalid,
+            _ => Self::Active,
+        }
+    }
+}
+
+/// An event the CRM can receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum EventKind {
+    #[oai(rename = "message.received")]
+    MessageReceived,
+    #[oai(rename = "message.echo")]
+    MessageEcho,
+    #[oai(rename = "message.reaction")]
+    MessageReaction,
+    #[oai(rename = "message.deleted")]
+    MessageDeleted,
+    #[oai(rename = "message.read")]
+    MessageRead,
+    #[oai(rename = "message.postback")]
+    MessagePostback,
+    #[oai(rename = "message.referral")]
+    MessageReferral,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        use shared::wire::*;
+        match self {
+            Self::MessageReceived => EVENT_MESSAGE_RECEIVED,
+            Self::MessageEcho => EVENT_MESSAGE_ECHO,
+            Self::MessageReaction => EVENT_MESSAGE_REACTION,
+            Self::MessageDeleted => EVENT_MESSAGE_DELETED,
+            Self::MessageRead => EVENT_MESSAGE_READ,
+            Self::MessagePostback => EVENT_MESSAGE_POSTBACK,
+            Self::MessageReferral => EVENT_MESSAGE_REFERRAL,
+        }
+    }
+
+    fn all() -> Vec<Self> {
+        vec![
+            Self::MessageReceived,
+            Self::MessageEcho,
+            Self::MessageReaction,
+            Self::MessageDeleted,
+            Self::MessageRead,
+            Self::MessagePostback,
+            Self::MessageReferral,
+        ]
+    }
+}
+
+/// The stored form of an event selection: `None` means every event.
+fn events_to_stored(events: Option<Vec<EventKind>>) -> Option<String> {
+    events.map(|list| {
+        let names: Vec<&str> = list.iter().map(|e| e.as_str()).collect();
+        serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+    })
+}
+
+fn events_from_stored(stored: &Option<String>) -> Vec<EventKind> {
+    let all = EventKind::all();
+    match stored {
+        None => all,
+        Some(json) => {
+            let names: Vec<String> = serde_json::from_str(json).unwrap_or_default();
+            all.into_iter()
+                .filter(|e| names.iter().any(|n| n == e.as_str()))
+                .collect()
         }
     }
 }
@@ -56,6 +127,10 @@ pub struct Account {
     /// Where the forwarder POSTs this account's messages.
     pub crm_webhook_url: String,
     pub auto_reply_text: Option<String>,
+    /// An auto-reply goes to a conversation at most once per this many seconds.
+    pub auto_reply_cooldown_secs: i64,
+    /// The events the CRM receives.
+    pub events: Vec<EventKind>,
     pub status: AccountStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -69,6 +144,8 @@ impl From<&AccountRow> for Account {
             instagram_account_id: r.instagram_account_id.clone(),
             crm_webhook_url: r.crm_webhook_url.clone(),
             auto_reply_text: r.auto_reply_text.clone(),
+            auto_reply_cooldown_secs: r.auto_reply_cooldown_secs,
+            events: events_from_stored(&r.events),
             status: AccountStatus::from_stored(&r.status),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -104,6 +181,11 @@ pub struct CreateAccount {
     pub webhook_secret: Option<String>,
     /// Defaults to `active`.
     pub status: Option<AccountStatus>,
+    /// Seconds between two auto-replies in one conversation; default 86400 (24 h).
+    #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
+    pub auto_reply_cooldown_secs: Option<i64>,
+    /// The events the CRM receives; every event when omitted.
+    pub events: Option<Vec<EventKind>>,
 }
 
 /// Only the fields present are changed; `auto_reply_text: null` clears it.
@@ -121,6 +203,10 @@ pub struct UpdateAccount {
     pub instagram_access_token: Option<String>,
     /// Rotates the webhook secret (write-only).
     pub webhook_secret: Option<String>,
+    #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
+    pub auto_reply_cooldown_secs: Option<i64>,
+    /// The events the CRM receives; `null` for every event.
+    pub events: MaybeUndefined<Vec<EventKind>>,
 }
 
 #[derive(Debug, Object)]
@@ -205,6 +291,8 @@ impl AccountsApi {
             webhook_secret: secret.expose().to_owned(),
             created_at: now,
             updated_at: now,
+            events: events_to_stored(body.events),
+            auto_reply_cooldown_secs: body.auto_reply_cooldown_secs.unwrap_or(86_400),
         };
         state.store.insert_account(&row).await?;
         state.routing.account_changed(state, &row.id).await;
@@ -302,6 +390,18 @@ impl AccountsApi {
         }
         if let Some(token) = body.instagram_access_token {
             row.instagram_access_token = Some(token);
+            // A new token is the fix for rejected credentials.
+            if row.status == AccountStatus::CredentialsInvalid.as_str() && body.status.is_none() {
+                row.status = AccountStatus::Active.as_str().to_owned();
+            }
+        }
+        if let Some(secs) = body.auto_reply_cooldown_secs {
+            row.auto_reply_cooldown_secs = secs;
+        }
+        match body.events {
+            MaybeUndefined::Value(list) => row.events = events_to_stored(Some(list)),
+            MaybeUndefined::Null => row.events = None,
+            MaybeUndefined::Undefined => {}
         }
         if let Some(secret) = body.webhook_secret {
             row.webhook_secret = parse_secret(&secret)?.expose().to_owned();

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::IngestConfig;
+use crate::followups::UsernameCache;
+use crate::graph::GraphClient;
 use crate::nats::NatsLink;
 use crate::routing::RoutingSync;
 use crate::store::{self, DynStore};
@@ -25,6 +27,9 @@ pub struct AppState {
     /// Rung after a save so the outbox publishes without waiting for its tick.
     pub outbox_wakeup: Notify,
     pub routing: RoutingSync,
+    /// Meta's Graph API: Send API and username lookups.
+    pub graph: GraphClient,
+    pub usernames: UsernameCache,
 }
 
 /// The HTTP application: Meta's webhook, the API, the spec and its UI.
@@ -52,6 +57,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
     let nats = NatsLink::connect(&config.common.nats_url).await?;
     let subjects = config.common.router_subject_prefix.clone();
     let addr = config.ingest_addr;
+    let graph = GraphClient::new(
+        &config.graph_api_base,
+        Duration::from_secs(config.graph_api_timeout_secs),
+    )?;
     let state = Arc::new(AppState {
         config,
         store,
@@ -59,6 +68,8 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
         subjects,
         outbox_wakeup: Notify::new(),
         routing: RoutingSync::default(),
+        graph,
+        usernames: UsernameCache::default(),
     });
 
     let tasks = TaskTracker::new();

@@ -45,6 +45,10 @@ pub struct IngestConfig {
     )]
     pub graph_api_base: url::Url,
 
+    /// Seconds to wait for Meta's Graph API.
+    #[arg(long, env = "GRAPH_API_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub graph_api_timeout_secs: u64,
+
     /// Largest webhook body accepted from Meta, in bytes (413 above it).
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub ingest_max_body_bytes: usize,

@@ -15,6 +15,14 @@ pub struct ErrorBody {
     pub code: String,
     /// Human-readable explanation. Never contains secrets or message text.
     pub message: String,
+    /// Meta's error code, when Meta's Graph API failed.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_code: Option<i64>,
+    /// Meta's trace id, for Meta's support.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fbtrace_id: Option<String>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -32,16 +40,36 @@ pub enum ApiError {
     /// The request conflicts with an existing resource.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request is valid but cannot be carried out as it stands.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// Slow down: retry after the given number of seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Unexpected failure; the request can be retried.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// Meta's Graph API failed.
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
+    /// Meta's Graph API did not answer in time.
+    #[oai(status = 504)]
+    GatewayTimeout(Json<ErrorBody>),
 }
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
-    Json(ErrorBody {
-        code: code.to_owned(),
-        message: message.into(),
-    })
+    Json(ErrorBody::new(code, message))
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            meta_code: None,
+            fbtrace_id: None,
+        }
+    }
 }
 
 impl ApiError {
@@ -53,6 +81,26 @@ impl ApiError {
     }
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         Self::Conflict(body(code, message))
+    }
+    pub fn unprocessable(code: &str, message: impl Into<String>) -> Self {
+        Self::Unprocessable(body(code, message))
+    }
+    pub fn rate_limited(code: &str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::RateLimited(body(code, message), retry_after_secs)
+    }
+    pub fn gateway_timeout(code: &str, message: impl Into<String>) -> Self {
+        Self::GatewayTimeout(body(code, message))
+    }
+    pub fn bad_gateway(
+        code: &str,
+        message: impl Into<String>,
+        meta_code: Option<i64>,
+        fbtrace_id: Option<String>,
+    ) -> Self {
+        let mut b = ErrorBody::new(code, message);
+        b.meta_code = meta_code;
+        b.fbtrace_id = fbtrace_id;
+        Self::BadGateway(Json(b))
     }
     /// Logs the cause (which never holds secrets or content) and answers 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -114,18 +162,7 @@ pub async fn render_error(err: poem::Error) -> Response {
     };
     (
         status,
-        Json(ErrorBody {
-            code: code_for(status).to_owned(),
-            message,
-        })
-        .0
-        .into_json(),
+        poem::web::Json(ErrorBody::new(code_for(status), message)),
     )
         .into_response()
-}
-
-impl ErrorBody {
-    fn into_json(self) -> poem::web::Json<ErrorBody> {
-        poem::web::Json(self)
-    }
 }

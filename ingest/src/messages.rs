@@ -29,6 +29,9 @@ pub enum DeliveryStatus {
     Delivered,
     /// Retries exhausted or refused by the CRM: see the dead-letter API.
     Dead,
+    /// Not forwarded: an outbound message sent through this API, or an event
+    /// the account does not receive.
+    Skipped,
     /// A dead letter an operator discarded.
     Discarded,
 }
@@ -40,6 +43,7 @@ impl DeliveryStatus {
             "delivered" => Self::Delivered,
             "dead" => Self::Dead,
             "discarded" => Self::Discarded,
+            "skipped" => Self::Skipped,
             _ => Self::Pending,
         }
     }
@@ -66,6 +70,8 @@ pub struct Message {
     /// `msg_…`, the CRM's `message_id` and `webhook-id`.
     pub id: String,
     pub account_id: String,
+    /// `message.received`, `message.echo`, `message.sent` (through this API), `message.reaction`, ...
+    pub event: String,
     /// `inbound` (from the customer) or `outbound`.
     pub direction: String,
     pub conversation_id: String,
@@ -78,6 +84,8 @@ pub struct Message {
     pub timestamp: DateTime<Utc>,
     /// When ingest saved it.
     pub created_at: DateTime<Utc>,
+    /// When the customer deleted (unsent) it.
+    pub deleted_at: Option<DateTime<Utc>>,
     pub delivery: Delivery,
 }
 
@@ -86,6 +94,7 @@ impl From<MessageRow> for Message {
         Self {
             id: r.id,
             account_id: r.account_id,
+            event: r.event,
             direction: r.direction,
             conversation_id: r.conversation_id,
             sender_id: r.sender_id,
@@ -94,6 +103,7 @@ impl From<MessageRow> for Message {
             instagram_message_id: r.instagram_message_id,
             timestamp: r.sent_at,
             created_at: r.created_at,
+            deleted_at: r.deleted_at,
             delivery: Delivery {
                 status: DeliveryStatus::from_stored(&r.delivery_status),
                 attempts: r.delivery_attempts,

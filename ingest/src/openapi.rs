@@ -10,6 +10,7 @@ use crate::accounts::AccountsApi;
 use crate::dead_letters::DeadLettersApi;
 use crate::health::HealthApi;
 use crate::messages::MessagesApi;
+use crate::send::SendApi;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -61,46 +62,168 @@ pub struct InboundMessageWebhookDoc {
     pub conversation_id: String,
     /// Every attachment, in order; empty for text.
     pub attachments: Vec<AttachmentDoc>,
+    /// The message or story this message answers.
+    #[oai(skip_serializing_if_is_none)]
+    pub reply_to: Option<ReplyToDoc>,
+    /// The quick reply the customer tapped.
+    #[oai(skip_serializing_if_is_none)]
+    pub quick_reply: Option<QuickReplyDoc>,
+    /// `message.reaction`: what the customer did.
+    #[oai(skip_serializing_if_is_none)]
+    pub reaction: Option<ReactionDoc>,
+    /// `message.postback`: the button tapped.
+    #[oai(skip_serializing_if_is_none)]
+    pub postback: Option<PostbackDoc>,
+    /// `message.referral` (or a message opened from one): Meta's referral object as sent (`ref`, `source`, `type`, ...).
+    #[oai(skip_serializing_if_is_none)]
+    pub referral: Option<serde_json::Value>,
 }
 
-/// Webhooks the forwarder sends to each account's `crm_webhook_url`.
-///
-/// Verify either signature with the account's `webhook_secret`; answer 2xx
-/// to acknowledge. Any other answer, a timeout (10 s) or a redirect counts as
-/// a failure.
-#[Webhook]
-#[allow(dead_code)]
-pub trait CrmWebhooks {
-    /// A customer sent a direct message
-    #[oai(
-        name = "message.received",
-        method = "post",
-        operation_id = "message_received"
-    )]
-    fn message_received(
-        &self,
-        /// `sha256=<lowercase hex HMAC-SHA256(key = webhook_secret as UTF-8, raw body)>`
-        #[oai(name = "X-Hub-Signature-256")]
-        hub_signature: Header<String>,
-        /// The message id: the same on every retry or replay, so use it to drop repeats.
-        #[oai(name = "webhook-id")]
-        webhook_id: Header<String>,
-        /// Unix seconds of this attempt; reject old ones to stop replays.
-        #[oai(name = "webhook-timestamp")]
-        webhook_timestamp: Header<i64>,
-        /// `v1,<base64 HMAC-SHA256 over "<webhook-id>.<webhook-timestamp>.<body>">`, keyed with the base64-decoded part of the secret after `whsec_`.
-        #[oai(name = "webhook-signature")]
-        webhook_signature: Header<String>,
-        body: Json<InboundMessageWebhookDoc>,
-    );
+#[derive(Debug, Object)]
+#[oai(rename = "ReplyTo")]
+pub struct ReplyToDoc {
+    /// The `mid` of the message answered.
+    pub mid: Option<String>,
+    /// The story answered (`message_type` is `story_reply`).
+    pub story: Option<StoryRefDoc>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename = "StoryRef")]
+pub struct StoryRefDoc {
+    pub id: Option<String>,
+    /// The story's CDN URL; it expires.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename = "QuickReply")]
+pub struct QuickReplyDoc {
+    pub payload: String,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename = "Reaction")]
+pub struct ReactionDoc {
+    /// `react` or `unreact`.
+    pub action: String,
+    /// Meta's reaction name, e.g. `love`.
+    pub reaction: Option<String>,
+    pub emoji: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename = "Postback")]
+pub struct PostbackDoc {
+    pub title: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// One CRM webhook per event. poem-openapi keeps one operation per HTTP
+/// method in a webhook trait, so each event has a trait of its own and
+/// [`CrmWebhooks`] lists them all.
+macro_rules! crm_webhook {
+    ($trait_name:ident, $name:literal, $op:ident, $doc:literal) => {
+        #[Webhook]
+        #[allow(dead_code)]
+        pub trait $trait_name {
+            #[doc = $doc]
+            ///
+            /// Headers: `X-Hub-Signature-256` is `sha256=<lowercase hex HMAC-SHA256(key = webhook_secret
+            /// as UTF-8, raw body)>`; `webhook-id` is the `message_id`, the same on every retry or
+            /// replay (use it to drop repeats); `webhook-timestamp` is the attempt's Unix seconds;
+            /// `webhook-signature` is `v1,<base64 HMAC-SHA256 over "<webhook-id>.<webhook-timestamp>.<body>">`
+            /// keyed with the base64-decoded part of the secret after `whsec_`. Answer 2xx to
+            /// acknowledge; any other answer, a timeout (10 s) or a redirect is a failure.
+            #[oai(name = $name, method = "post", operation_id = $name)]
+            fn $op(
+                &self,
+                #[oai(name = "X-Hub-Signature-256")] hub_signature: Header<String>,
+                #[oai(name = "webhook-id")] webhook_id: Header<String>,
+                #[oai(name = "webhook-timestamp")] webhook_timestamp: Header<i64>,
+                #[oai(name = "webhook-signature")] webhook_signature: Header<String>,
+                body: Json<InboundMessageWebhookDoc>,
+            );
+        }
+    };
+}
+
+crm_webhook!(
+    ReceivedWebhook,
+    "message.received",
+    message_received,
+    "A customer sent a direct message (text, attachments, story mention or reply, share, reel, quick reply)"
+);
+crm_webhook!(
+    EchoWebhook,
+    "message.echo",
+    message_echo,
+    "The business sent a message from the Instagram app (not through this API)"
+);
+crm_webhook!(
+    ReactionWebhook,
+    "message.reaction",
+    message_reaction,
+    "A customer reacted to a message, or removed a reaction (`instagram_message_id` is the message reacted to)"
+);
+crm_webhook!(
+    DeletedWebhook,
+    "message.deleted",
+    message_deleted,
+    "A customer deleted (unsent) a message (`instagram_message_id` is the deleted message)"
+);
+crm_webhook!(
+    ReadWebhook,
+    "message.read",
+    message_read,
+    "A customer read the conversation up to `instagram_message_id`"
+);
+crm_webhook!(
+    PostbackWebhook,
+    "message.postback",
+    message_postback,
+    "A customer tapped a button (icebreaker, template, persistent menu)"
+);
+crm_webhook!(
+    ReferralWebhook,
+    "message.referral",
+    message_referral,
+    "A customer opened the conversation from a referral (ig.me link, ad)"
+);
+
+/// Every webhook the CRM can receive, for the OpenAPI document.
+pub struct CrmWebhooks;
+
+impl poem_openapi::Webhook for CrmWebhooks {
+    fn meta() -> Vec<poem_openapi::registry::MetaWebhook> {
+        let mut all = Vec::new();
+        all.extend(<&dyn ReceivedWebhook>::meta());
+        all.extend(<&dyn EchoWebhook>::meta());
+        all.extend(<&dyn ReactionWebhook>::meta());
+        all.extend(<&dyn DeletedWebhook>::meta());
+        all.extend(<&dyn ReadWebhook>::meta());
+        all.extend(<&dyn PostbackWebhook>::meta());
+        all.extend(<&dyn ReferralWebhook>::meta());
+        all
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <&dyn ReceivedWebhook>::register(registry);
+        <&dyn EchoWebhook>::register(registry);
+        <&dyn ReactionWebhook>::register(registry);
+        <&dyn DeletedWebhook>::register(registry);
+        <&dyn ReadWebhook>::register(registry);
+        <&dyn PostbackWebhook>::register(registry);
+        <&dyn ReferralWebhook>::register(registry);
+    }
 }
 
 pub type ApiService =
-    OpenApiService<(AccountsApi, MessagesApi, DeadLettersApi, HealthApi), &'static dyn CrmWebhooks>;
+    OpenApiService<(AccountsApi, MessagesApi, SendApi, DeadLettersApi, HealthApi), CrmWebhooks>;
 
 pub fn service() -> ApiService {
     OpenApiService::new(
-        (AccountsApi, MessagesApi, DeadLettersApi, HealthApi),
+        (AccountsApi, MessagesApi, SendApi, DeadLettersApi, HealthApi),
         "Instagram → CRM message router",
         env!("CARGO_PKG_VERSION"),
     )
@@ -108,7 +231,7 @@ pub fn service() -> ApiService {
         "The ingest API: connect Instagram accounts and route their direct messages to your CRM. \
          Every /api/v1 route needs `Authorization: Bearer <token>`. Errors are JSON `{code, message}`.",
     )
-    .webhooks::<&'static dyn CrmWebhooks>()
+    .webhooks::<CrmWebhooks>()
 }
 
 /// The document as committed under `openapi/openapi.json`.

@@ -4,18 +4,20 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use poem::http::StatusCode;
 use poem::web::{Data, Query};
 use poem::{Body, IntoResponse, Request, Response, handler};
 use serde::Deserialize;
 use shared::ids::{AccountId, MessageId};
 use shared::signing::{HUB_SIGNATURE_HEADER, verify_hub_signature};
-use shared::wire::{self, Attachment, EVENT_MESSAGE_RECEIVED, InboundMessageWebhook};
+use shared::wire::{self, InboundMessageWebhook};
 
 use crate::app::AppState;
 use crate::error::ErrorBody;
-use crate::meta::{self, MessagingEvent, WebhookPayload};
-use crate::store::{NewMessage, SaveOutcome};
+use crate::followups;
+use crate::meta::{self, Classified, WebhookPayload};
+use crate::store::{AccountRow, NewMessage, SaveOutcome};
 
 #[derive(Deserialize)]
 pub struct Handshake {
@@ -28,10 +30,7 @@ pub struct Handshake {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = ErrorBody {
-        code: code.into(),
-        message: message.into(),
-    };
+    let body = ErrorBody::new(code, message);
     (status, poem::web::Json(body)).into_response()
 }
 
@@ -159,105 +158,141 @@ pub async fn receive(req: &Request, body: Body, Data(state): Data<&Arc<AppState>
     }
 }
 
-async fn save_events(state: &AppState, payload: &WebhookPayload) -> anyhow::Result<Tally> {
+async fn save_events(state: &Arc<AppState>, payload: &WebhookPayload) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
     if payload.object != "instagram" {
         tracing::info!(object = %payload.object, "ignoring webhook for another object");
         return Ok(tally);
     }
     for entry in &payload.entry {
-        let events = entry.messaging.iter().chain(entry.standby.iter());
+        let (direct, from_changes, ignored_changes) = entry.events();
+        tally.not_forwarded += ignored_changes as u32;
+        let count = direct.len() + from_changes.len();
         let account = state.store.account_by_instagram_id(&entry.id).await?;
         let Some(account) = account else {
-            let count = entry.messaging.len() + entry.standby.len() + entry.changes.len();
             tracing::info!(instagram_account_id = %entry.id, events = count, "webhook for an unknown account ignored");
             tally.unknown_account += count as u32;
             continue;
         };
         if account.status == "disabled" {
-            let count = entry.messaging.len() + entry.standby.len() + entry.changes.len();
             tracing::info!(account_id = %account.id, events = count, "webhook for a disabled account ignored");
             tally.not_forwarded += count as u32;
             continue;
         }
-        tally.not_forwarded += entry.changes.len() as u32;
         let account_id = AccountId::parse(&account.id)?;
-        for event in events {
-            let Some(message) = forwardable(event) else {
-                tracing::debug!(account_id = %account.id, kind = event.kind(), "event accepted, not forwarded");
+        for event in direct.into_iter().chain(from_changes.iter()) {
+            let Some(c) = meta::classify(&entry.id, event) else {
+                tracing::debug!(account_id = %account.id, "event kind not forwarded");
                 tally.not_forwarded += 1;
                 continue;
             };
-            let new = inbound_message(state, &account_id, &entry.id, event, message)?;
-            match state.store.save_message(&new).await? {
-                SaveOutcome::Saved => {
-                    tracing::info!(account_id = %account.id, message_id = %new.id, "message saved");
-                    tally.saved += 1
-                }
-                SaveOutcome::Duplicate => {
-                    tracing::info!(account_id = %account.id, "redelivered message ignored");
-                    tally.duplicates += 1
-                }
-            }
+            save_event(state, &account, &account_id, &entry.id, c, &mut tally).await?;
         }
     }
     Ok(tally)
 }
 
-/// The messages this version forwards: received text and attachments.
-/// Echoes, deletions, reactions, reads and the rest are accepted and counted.
-fn forwardable(event: &MessagingEvent) -> Option<&meta::Message> {
-    event
-        .message
-        .as_ref()
-        .filter(|m| !m.is_echo && !m.is_deleted)
-}
-
-fn inbound_message(
-    state: &AppState,
+async fn save_event(
+    state: &Arc<AppState>,
+    account: &AccountRow,
     account_id: &AccountId,
     instagram_account_id: &str,
-    event: &MessagingEvent,
-    message: &meta::Message,
-) -> anyhow::Result<NewMessage> {
+    c: Classified,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    if c.event == wire::EVENT_MESSAGE_DELETED {
+        state
+            .store
+            .mark_deleted(&account.id, &c.mid, c.time)
+            .await?;
+    }
+    if c.event == wire::EVENT_MESSAGE_ECHO
+        && state
+            .store
+            .confirm_echo(&account.id, &c.mid, c.time)
+            .await?
+    {
+        tracing::info!(account_id = %account.id, "echo of a message sent through the API recorded");
+        tally.duplicates += 1;
+        return Ok(());
+    }
+    // The customer's username: from the cache now, or looked up after the
+    // 200 while the outbox holds the message for a moment.
+    let token = account
+        .instagram_access_token
+        .as_deref()
+        .filter(|t| !t.is_empty());
+    let (sender_username, lookup) = match (c.direction, token) {
+        ("inbound", Some(_)) => match state.usernames.cached(&account.id, &c.sender_id) {
+            Some(known) => (known, false),
+            None => (None, true),
+        },
+        _ => (None, false),
+    };
+    let publish = account.receives(c.event);
     let id = MessageId::generate();
-    let sent_at = event.time();
-    let customer = &event.sender.id;
-    let conversation_id = wire::conversation_id(customer, instagram_account_id);
-    let attachments: Vec<Attachment> = message
-        .attachments
-        .iter()
-        .map(|a| Attachment {
-            kind: meta::attachment_type(&a.kind).to_owned(),
-            url: a.payload.as_ref().and_then(|p| p.url.clone()),
-        })
-        .collect();
     let webhook = InboundMessageWebhook {
-        event: EVENT_MESSAGE_RECEIVED.to_owned(),
+        event: c.event.to_owned(),
         message_id: id.to_string(),
         account_id: account_id.to_string(),
-        sender_id: customer.clone(),
-        sender_username: None,
-        message: message.text.clone(),
-        message_type: message.message_type(),
-        timestamp: wire::rfc3339(sent_at),
-        instagram_message_id: message.mid.clone(),
-        conversation_id: conversation_id.clone(),
-        attachments: attachments.clone(),
+        sender_id: c.sender_id.clone(),
+        sender_username,
+        message: c.text.clone(),
+        message_type: c.message_type.clone(),
+        timestamp: wire::rfc3339(c.time),
+        instagram_message_id: c.mid.clone(),
+        conversation_id: wire::conversation_id(&c.customer_id, instagram_account_id),
+        attachments: c.attachments.clone(),
+        reply_to: c.reply_to,
+        quick_reply: c.quick_reply,
+        reaction: c.reaction,
+        postback: c.postback,
+        referral: c.referral,
     };
-    Ok(NewMessage {
+    let new = NewMessage {
         id: id.to_string(),
         account_id: account_id.to_string(),
-        instagram_message_id: message.mid.clone(),
-        direction: "inbound",
-        conversation_id,
-        sender_id: customer.clone(),
-        recipient_id: event.recipient.id.clone(),
-        message_type: webhook.message_type.clone(),
-        text: message.text.clone(),
-        attachments: serde_json::to_string(&attachments)?,
-        sent_at,
+        event: c.event,
+        event_key: c.event_key,
+        instagram_message_id: c.mid,
+        direction: c.direction,
+        conversation_id: webhook.conversation_id.clone(),
+        sender_id: c.sender_id.clone(),
+        recipient_id: c.recipient_id,
+        message_type: c.message_type,
+        text: c.text,
+        attachments: serde_json::to_string(&c.attachments)?,
+        sent_at: c.time,
         subject: state.subjects.inbound(account_id),
         payload: serde_json::to_vec(&webhook)?,
-    })
+        publish,
+        hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
+    };
+    match state.store.save_message(&new).await? {
+        SaveOutcome::Saved => {
+            tracing::info!(account_id = %account.id, message_id = %new.id, event = new.event, "message saved");
+            tally.saved += 1;
+            if new.hold_until.is_some() {
+                followups::spawn_username_lookup(
+                    state.clone(),
+                    account.clone(),
+                    new.id.clone(),
+                    webhook.clone(),
+                );
+            }
+            if new.event == wire::EVENT_MESSAGE_RECEIVED {
+                followups::spawn_auto_reply(
+                    state.clone(),
+                    account.clone(),
+                    c.customer_id,
+                    webhook.conversation_id,
+                );
+            }
+        }
+        SaveOutcome::Duplicate => {
+            tracing::info!(account_id = %account.id, event = new.event, "redelivered event ignored");
+            tally.duplicates += 1;
+        }
+    }
+    Ok(())
 }

@@ -41,12 +41,32 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
         instagram_message_id: "mid".into(),
         conversation_id: "conv_1_2".into(),
         attachments: vec![],
+        reply_to: Some(Default::default()),
+        quick_reply: Some(shared::wire::QuickReply {
+            payload: "p".into(),
+        }),
+        reaction: Some(shared::wire::Reaction {
+            action: "react".into(),
+            reaction: None,
+            emoji: None,
+        }),
+        postback: Some(shared::wire::Postback {
+            title: None,
+            payload: None,
+        }),
+        referral: Some(serde_json::json!({})),
     };
     let wire = serde_json::to_value(sample).unwrap();
     let mut sent: Vec<String> = wire.as_object().unwrap().keys().cloned().collect();
     sent.sort();
     assert_eq!(documented, sent);
 
+    for event in shared::wire::ALL_EVENTS {
+        assert!(
+            spec["webhooks"][event]["post"].is_object(),
+            "webhook {event} is not documented"
+        );
+    }
     let webhook = &spec["webhooks"]["message.received"]["post"];
     let headers: Vec<&str> = webhook["parameters"]
         .as_array()

@@ -10,10 +10,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::subjects::Outcome;
 
-/// The `event` of a received direct message.
+/// A customer sent a direct message.
 pub const EVENT_MESSAGE_RECEIVED: &str = "message.received";
+/// The business sent a message from the Instagram app (not through our API).
+pub const EVENT_MESSAGE_ECHO: &str = "message.echo";
+/// A customer reacted to a message, or removed a reaction.
+pub const EVENT_MESSAGE_REACTION: &str = "message.reaction";
+/// A customer deleted (unsent) a message.
+pub const EVENT_MESSAGE_DELETED: &str = "message.deleted";
+/// A customer read the conversation up to a message.
+pub const EVENT_MESSAGE_READ: &str = "message.read";
+/// A customer tapped a button (icebreaker, generic template, persistent menu).
+pub const EVENT_MESSAGE_POSTBACK: &str = "message.postback";
+/// A customer opened the conversation from a referral (ig.me link, ad).
+pub const EVENT_MESSAGE_REFERRAL: &str = "message.referral";
 
-/// What the CRM receives for each inbound Instagram message.
+/// Every event a CRM can receive, in the order the README lists them.
+pub const ALL_EVENTS: [&str; 7] = [
+    EVENT_MESSAGE_RECEIVED,
+    EVENT_MESSAGE_ECHO,
+    EVENT_MESSAGE_REACTION,
+    EVENT_MESSAGE_DELETED,
+    EVENT_MESSAGE_READ,
+    EVENT_MESSAGE_POSTBACK,
+    EVENT_MESSAGE_REFERRAL,
+];
+
+/// What the CRM receives for each Instagram event: the base fields always,
+/// and the event's own fields (`reply_to`, `reaction`, ...) when it has them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InboundMessageWebhook {
     pub event: String,
@@ -31,6 +55,57 @@ pub struct InboundMessageWebhook {
     /// Every attachment of the message, in Meta's order.
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// The message or story this message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+    /// The quick reply the customer tapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quick_reply: Option<QuickReply>,
+    /// For `message.reaction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Reaction>,
+    /// For `message.postback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postback: Option<Postback>,
+    /// For `message.referral` (and messages that carry one): Meta's referral object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    /// The `mid` of the message answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    /// The story answered (`message_type` is then `story_reply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub story: Option<StoryRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoryRef {
+    pub id: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuickReply {
+    pub payload: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// `react` or `unreact`.
+    pub action: String,
+    /// Meta's name of the reaction (`love`, ...), when reacting.
+    pub reaction: Option<String>,
+    pub emoji: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Postback {
+    pub title: Option<String>,
+    pub payload: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +182,11 @@ mod tests {
             instagram_message_id: "mid_1".into(),
             conversation_id: conversation_id("123", "456"),
             attachments: vec![],
+            reply_to: None,
+            quick_reply: None,
+            reaction: None,
+            postback: None,
+            referral: None,
         };
         let v = serde_json::to_value(&w).unwrap();
         for key in [

@@ -9,6 +9,7 @@
 //! tests of their own, which makes cargo build them).
 
 pub mod crm;
+pub mod graph;
 pub mod meta;
 pub mod nats;
 pub mod process;
@@ -17,6 +18,7 @@ pub mod readme_verify;
 use std::time::Duration;
 
 pub use crm::{CrmReceiver, Delivery};
+pub use graph::{FakeGraph, SendAnswer};
 pub use nats::NatsServer;
 pub use process::{Service, free_port, target_dir};
 
@@ -106,6 +108,20 @@ impl System {
             body["id"].as_str().unwrap().to_owned(),
             body["webhook_secret"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Creates an account from a full JSON body; returns the create response.
+    pub async fn create_account_with(&self, body: serde_json::Value) -> serde_json::Value {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "create account");
+        resp.json().await.unwrap()
     }
 
     /// POSTs `body` to the webhook endpoint signed with Meta's app secret.

@@ -20,7 +20,23 @@ pub fn target_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-/// The service binary, refusing one older than its library: `cargo test -p
+/// The newest modification time of any file under `dir`.
+fn newest_file(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                newest_file(&path)
+            } else {
+                e.metadata().and_then(|m| m.modified()).ok()
+            }
+        })
+        .max()
+}
+
+/// The service binary, refusing one older than its sources: `cargo test -p
 /// router-tests` alone does not rebuild the binaries, `cargo test --workspace` does.
 fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
@@ -28,19 +44,16 @@ fn binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
-    let newest_lib = std::fs::read_dir(target_dir().join("deps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let file = e.file_name();
-            let file = file.to_string_lossy();
-            file.starts_with(&format!("lib{name}-")) && file.ends_with(".rlib")
-        })
-        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .max();
-    if newest_lib.is_some_and(|lib| lib > built) {
-        panic!("{} is older than its library: {hint}", path.display());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest_source = [
+        workspace.join(name).join("src"),
+        workspace.join("shared").join("src"),
+    ]
+    .iter()
+    .filter_map(|dir| newest_file(dir))
+    .max();
+    if newest_source.is_some_and(|source| source > built) {
+        panic!("{} is older than its sources: {hint}", path.display());
     }
     path
 }

@@ -312,10 +312,10 @@ async fn a_webhook_for_an_unknown_account_is_answered_200_and_ignored() {
         ))
         .await;
     assert_eq!(resp.status(), 200);
-    // Other event kinds for a known account are accepted too, not forwarded.
+    // An event kind we do not forward (an edit) is accepted too, and counted.
     let read = serde_json::json!({
         "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_800_000i64,
-        "read": { "mid": "mid_whatever" }
+        "message_edit": { "mid": "mid_whatever", "text": "edited", "num_edit": 1 }
     });
     assert_eq!(
         sys.send_meta_webhook(&payload(vec![entry(BUSINESS, vec![read])]))

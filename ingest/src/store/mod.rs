@@ -27,6 +27,21 @@ pub struct AccountRow {
     pub webhook_secret: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// JSON array of the events the CRM receives; `None` for every one.
+    pub events: Option<String>,
+    pub auto_reply_cooldown_secs: i64,
+}
+
+impl AccountRow {
+    /// Whether the account's CRM receives this event.
+    pub fn receives(&self, event: &str) -> bool {
+        match &self.events {
+            None => true,
+            Some(json) => serde_json::from_str::<Vec<String>>(json)
+                .map(|list| list.iter().any(|e| e == event))
+                .unwrap_or(true),
+        }
+    }
 }
 
 impl std::fmt::Debug for AccountRow {
@@ -42,6 +57,10 @@ impl std::fmt::Debug for AccountRow {
 pub struct NewMessage {
     pub id: String,
     pub account_id: String,
+    /// `message.received`, `message.echo`, `message.sent`, ...
+    pub event: &'static str,
+    /// Recognises a redelivery of the same event (the mid for messages).
+    pub event_key: String,
     pub instagram_message_id: String,
     pub direction: &'static str,
     pub conversation_id: String,
@@ -55,6 +74,10 @@ pub struct NewMessage {
     /// Where and what to publish once saved.
     pub subject: String,
     pub payload: Vec<u8>,
+    /// False for what the CRM does not receive: saved with status `skipped`.
+    pub publish: bool,
+    /// Not published before this time (a short wait for enrichment).
+    pub hold_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +102,7 @@ pub struct OutboxEntry {
 pub struct MessageRow {
     pub id: String,
     pub account_id: String,
+    pub event: String,
     pub instagram_message_id: String,
     pub direction: String,
     pub conversation_id: String,
@@ -95,6 +119,8 @@ pub struct MessageRow {
     pub delivered_at: Option<DateTime<Utc>>,
     pub dead_at: Option<DateTime<Utc>>,
     pub replays: i64,
+    /// When the customer deleted (unsent) it.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// Which dead letters an operator means.
@@ -174,6 +200,39 @@ pub trait Store: Send + Sync + 'static {
     async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError>;
     /// Marks a dead letter as discarded; false when it is not a dead letter.
     async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError>;
+
+    /// Records that the customer deleted the message with this mid.
+    async fn mark_deleted(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The echo of a message we sent: true (and its time recorded) when a
+    /// message with this mid was sent through the API.
+    async fn confirm_echo(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Replaces a held outbox entry's body (and the stored copy) and lets it go.
+    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError>;
+    /// Claims the conversation's auto-reply if none was sent within the
+    /// cooldown; only one caller, across every ingest, gets true.
+    async fn claim_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        cooldown_secs: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives a claim back after the send failed, so the next message retries.
+    async fn release_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// Opens the store named by `DATABASE_URL` and applies its migrations.

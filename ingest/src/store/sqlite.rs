@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use shared::wire::DeliveryOutcome;
@@ -15,9 +15,10 @@ use super::{
     StoreError,
 };
 
-const MESSAGE_COLUMNS: &str = "id, account_id, instagram_message_id, direction, conversation_id,
+const MESSAGE_COLUMNS: &str =
+    "id, account_id, event, instagram_message_id, direction, conversation_id,
     sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
-    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays";
+    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -58,8 +59,9 @@ impl Store for SqliteStore {
     async fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
-                status, instagram_access_token, webhook_secret, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                status, instagram_access_token, webhook_secret, created_at, updated_at, events,
+                auto_reply_cooldown_secs)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&a.id)
         .bind(&a.name)
@@ -71,6 +73,8 @@ impl Store for SqliteStore {
         .bind(&a.webhook_secret)
         .bind(a.created_at)
         .bind(a.updated_at)
+        .bind(&a.events)
+        .bind(a.auto_reply_cooldown_secs)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -107,7 +111,8 @@ impl Store for SqliteStore {
     async fn update_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE accounts SET name = ?, crm_webhook_url = ?, auto_reply_text = ?, status = ?,
-                instagram_access_token = ?, webhook_secret = ?, updated_at = ?
+                instagram_access_token = ?, webhook_secret = ?, updated_at = ?, events = ?,
+                auto_reply_cooldown_secs = ?
              WHERE id = ?",
         )
         .bind(&a.name)
@@ -117,6 +122,8 @@ impl Store for SqliteStore {
         .bind(&a.instagram_access_token)
         .bind(&a.webhook_secret)
         .bind(a.updated_at)
+        .bind(&a.events)
+        .bind(a.auto_reply_cooldown_secs)
         .bind(&a.id)
         .execute(&self.pool)
         .await?;
@@ -147,14 +154,16 @@ impl Store for SqliteStore {
         let now = Utc::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
-            "INSERT INTO messages (id, account_id, instagram_message_id, direction, conversation_id,
-                sender_id, recipient_id, message_type, text, attachments, sent_at, created_at,
-                subject, payload)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (account_id, instagram_message_id) DO NOTHING",
+            "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
+                conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
+                created_at, subject, payload, delivery_status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (account_id, event_key) DO NOTHING",
         )
         .bind(&m.id)
         .bind(&m.account_id)
+        .bind(m.event)
+        .bind(&m.event_key)
         .bind(&m.instagram_message_id)
         .bind(m.direction)
         .bind(&m.conversation_id)
@@ -167,20 +176,25 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(&m.subject)
         .bind(&m.payload)
+        .bind(if m.publish { "pending" } else { "skipped" })
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Ok(SaveOutcome::Duplicate);
         }
-        sqlx::query(
-            "INSERT INTO outbox (message_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&m.id)
-        .bind(&m.subject)
-        .bind(&m.payload)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        if m.publish {
+            sqlx::query(
+                "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&m.id)
+            .bind(&m.subject)
+            .bind(&m.payload)
+            .bind(now)
+            .bind(m.hold_until)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(SaveOutcome::Saved)
     }
@@ -188,8 +202,10 @@ impl Store for SqliteStore {
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT message_id, nats_msg_id, subject, payload, created_at FROM outbox
+             WHERE hold_until IS NULL OR hold_until <= ?
              ORDER BY created_at, message_id LIMIT ?",
         )
+        .bind(Utc::now())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -382,5 +398,92 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_deleted(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET deleted_at = ?
+             WHERE account_id = ? AND event_key = ? AND deleted_at IS NULL",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm_echo(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET sent_at = ?
+             WHERE account_id = ? AND event_key = ? AND event = 'message.sent'",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE outbox SET payload = ?, hold_until = NULL WHERE message_id = ?")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE messages SET payload = ? WHERE id = ?")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        cooldown_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let cutoff = now - chrono::Duration::seconds(cooldown_secs);
+        let done = sqlx::query(
+            "INSERT INTO auto_replies (account_id, conversation_id, sent_at) VALUES (?, ?, ?)
+             ON CONFLICT (account_id, conversation_id)
+             DO UPDATE SET sent_at = excluded.sent_at WHERE auto_replies.sent_at <= ?",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auto_replies WHERE account_id = ? AND conversation_id = ?")
+            .bind(account_id)
+            .bind(conversation_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

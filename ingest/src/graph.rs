@@ -1,0 +1,150 @@
+//! Meta's Graph API, behind `GRAPH_API_BASE`: the Send API and the user
+//! profile lookup. Errors keep Meta's code, subcode, message and trace id so
+//! callers can map them to stable codes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum GraphError {
+    /// Meta answered with an error object.
+    Meta {
+        http_status: u16,
+        code: i64,
+        subcode: Option<i64>,
+        message: String,
+        fbtrace_id: Option<String>,
+    },
+    /// No answer within the timeout.
+    Timeout,
+    /// Connection failure or an answer that is not Meta's JSON.
+    Transport(String),
+}
+
+impl std::fmt::Display for GraphError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphError::Meta {
+                http_status,
+                code,
+                subcode,
+                ..
+            } => {
+                write!(
+                    f,
+                    "graph api error: http {http_status}, code {code}, subcode {subcode:?}"
+                )
+            }
+            GraphError::Timeout => f.write_str("graph api timeout"),
+            GraphError::Transport(e) => write!(f, "graph api unreachable: {e}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: MetaError,
+}
+
+#[derive(Deserialize)]
+struct MetaError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    code: i64,
+    error_subcode: Option<i64>,
+    fbtrace_id: Option<String>,
+}
+
+/// Meta's answer to a send.
+#[derive(Debug, Deserialize)]
+pub struct Sent {
+    pub message_id: String,
+    #[serde(default)]
+    pub recipient_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Profile {
+    pub username: Option<String>,
+}
+
+impl GraphClient {
+    pub fn new(base: &url::Url, timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("instagram-crm-router/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.as_str().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, GraphError> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                GraphError::Timeout
+            } else {
+                GraphError::Transport(e.without_url().to_string())
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                GraphError::Timeout
+            } else {
+                GraphError::Transport(e.without_url().to_string())
+            }
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|_| GraphError::Transport("answer is not JSON".into()));
+        }
+        match serde_json::from_slice::<ErrorEnvelope>(&body) {
+            Ok(env) => Err(GraphError::Meta {
+                http_status: status.as_u16(),
+                code: env.error.code,
+                subcode: env.error.error_subcode,
+                message: env.error.message.chars().take(300).collect(),
+                fbtrace_id: env.error.fbtrace_id,
+            }),
+            Err(_) => Err(GraphError::Transport(format!(
+                "http {} without an error object",
+                status.as_u16()
+            ))),
+        }
+    }
+
+    /// `POST {base}/{instagram_account_id}/messages` with the account's token.
+    pub async fn send_message(
+        &self,
+        instagram_account_id: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<Sent, GraphError> {
+        let url = format!("{}/{}/messages", self.base, instagram_account_id);
+        let value = self
+            .call(self.http.post(url).bearer_auth(token).json(body))
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|_| GraphError::Transport("send answer without message_id".into()))
+    }
+
+    /// `GET {base}/{user_id}?fields=username,name` with the account's token.
+    pub async fn profile(&self, user_id: &str, token: &str) -> Result<Profile, GraphError> {
+        let url = format!("{}/{}?fields=username,name", self.base, user_id);
+        let value = self.call(self.http.get(url).bearer_auth(token)).await?;
+        serde_json::from_value(value)
+            .map_err(|_| GraphError::Transport("unexpected profile answer".into()))
+    }
+}
