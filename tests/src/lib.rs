@@ -50,14 +50,87 @@ where
     }
 }
 
+/// The database ingest runs on in this test binary: SQLite, or PostgreSQL in
+/// the `pg_*` binaries (compiled when `TEST_DATABASE_URL` is set).
+pub enum TestDatabase {
+    Sqlite(tempfile::TempDir),
+    Postgres { server: String, name: String },
+}
+
+impl TestDatabase {
+    /// A fresh, empty database for one test.
+    pub async fn create() -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let postgres = exe
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pg_");
+        if !postgres {
+            return Self::Sqlite(tempfile::tempdir().unwrap());
+        }
+        let server =
+            std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL for the pg_ tests");
+        let name = format!(
+            "router_test_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+            .await
+            .expect("TEST_DATABASE_URL reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        Self::Postgres { server, name }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}/ingest.db", dir.path().display()),
+            Self::Postgres { server, name } => {
+                let mut url = url::Url::parse(server).unwrap();
+                url.set_path(name);
+                url.to_string()
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Self::Postgres { server, name } = self {
+            let (server, name) = (server.clone(), name.clone());
+            // Dropped from a plain thread: this may run outside any runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut admin) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&server).await
+                    {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut admin)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
 /// A whole system: nats-server, one ingest, one forwarder.
 pub struct System {
     pub nats: NatsServer,
     pub ingest: Service,
     pub forwarder: Service,
     pub http: reqwest::Client,
-    /// Holds the SQLite file for as long as the system runs.
-    _data: tempfile::TempDir,
+    /// The test's own database, removed when the test ends.
+    pub database: TestDatabase,
 }
 
 impl System {
@@ -68,15 +141,15 @@ impl System {
     /// Starts everything; `env` is added to both services' environment.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().await;
-        let data = tempfile::tempdir().unwrap();
-        let ingest = Service::ingest(&nats.url(), data.path(), env).await;
+        let database = TestDatabase::create().await;
+        let ingest = Service::ingest(&nats.url(), &database.url(), env).await;
         let forwarder = Service::forwarder(&nats.url(), env).await;
         Self {
             nats,
             ingest,
             forwarder,
             http: http_client(),
-            _data: data,
+            database,
         }
     }
 
@@ -126,18 +199,7 @@ impl System {
 
     /// POSTs `body` to the webhook endpoint signed with Meta's app secret.
     pub async fn send_meta_webhook(&self, body: &serde_json::Value) -> reqwest::Response {
-        let bytes = serde_json::to_vec(body).unwrap();
-        self.http
-            .post(self.url("/webhooks/instagram"))
-            .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                meta::sign(META_APP_SECRET.as_bytes(), &bytes),
-            )
-            .body(bytes)
-            .send()
-            .await
-            .unwrap()
+        self.send_meta_webhook_to(&self.ingest, body).await
     }
 
     /// GETs an `/api/v1` path with the API token and returns the JSON.
@@ -227,6 +289,31 @@ impl System {
             },
         )
         .await
+    }
+
+    /// Starts another ingest on the same NATS and database.
+    pub async fn another_ingest(&self, env: &[(&str, &str)]) -> Service {
+        Service::ingest(&self.nats.url(), &self.database.url(), env).await
+    }
+
+    /// POSTs a signed Meta webhook to a given ingest.
+    pub async fn send_meta_webhook_to(
+        &self,
+        ingest: &Service,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.http
+            .post(format!("http://{}/webhooks/instagram", ingest.addr))
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                meta::sign(META_APP_SECRET.as_bytes(), &bytes),
+            )
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Starts another forwarder on the same NATS.

@@ -77,9 +77,9 @@ pub struct Service {
 }
 
 impl Service {
-    pub async fn ingest(nats_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Self {
+    pub async fn ingest(nats_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let db = format!("sqlite://{}/ingest.db", data_dir.display());
+        let db = database_url.to_owned();
         let mut env = vec![
             ("NATS_URL", nats_url.to_owned()),
             ("DATABASE_URL", db),

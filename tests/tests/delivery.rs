@@ -226,7 +226,7 @@ async fn a_forwarder_killed_mid_stream_loses_nothing_and_repeats_keep_their_webh
     let mut sys = System::start_with(&[("CRM_TIMEOUT_SECS", "2")]).await;
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
-    crm.delay_answers(Some(Duration::from_millis(200)));
+    crm.delay_answers(Some(Duration::from_millis(500)));
     let mids = send_many(&sys, 300).await;
 
     crm.wait_for(100, WAIT).await;
@@ -262,7 +262,7 @@ async fn a_forwarder_stopped_with_sigterm_mid_stream_delivers_each_message_exact
     let mut sys = System::start().await;
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
-    crm.delay_answers(Some(Duration::from_millis(200)));
+    crm.delay_answers(Some(Duration::from_millis(500)));
     let mids = send_many(&sys, 300).await;
 
     crm.wait_for(100, WAIT).await;

@@ -4,6 +4,7 @@
 //!
 //! Rows here are storage shapes, not API objects and not wire types.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shared::wire::DeliveryOutcome;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// One connected Instagram account as stored, secrets included.
@@ -239,7 +241,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(database_url: &str) -> anyhow::Result<DynStore> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(database_url).await?))
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(database_url).await?))
     } else {
-        anyhow::bail!("DATABASE_URL must start with sqlite: (PostgreSQL support is not built yet)")
+        anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
     }
 }

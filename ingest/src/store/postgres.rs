@@ -1,0 +1,489 @@
+//! The PostgreSQL store, for production and for several ingests sharing one
+//! database. The same contract as the SQLite store; the outbox is leased
+//! row by row so concurrent publishers never work on the same message.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use shared::wire::DeliveryOutcome;
+
+use super::{
+    AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, Store,
+    StoreError,
+};
+
+const MESSAGE_COLUMNS: &str =
+    "id, account_id, event, instagram_message_id, direction, conversation_id,
+    sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
+    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at";
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
+                status, instagram_access_token, webhook_secret, created_at, updated_at, events,
+                auto_reply_cooldown_secs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.instagram_account_id)
+        .bind(&a.crm_webhook_url)
+        .bind(&a.auto_reply_text)
+        .bind(&a.status)
+        .bind(&a.instagram_access_token)
+        .bind(&a.webhook_secret)
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .bind(&a.events)
+        .bind(a.auto_reply_cooldown_secs)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::DuplicateInstagramAccount
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_accounts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM accounts WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn update_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET name = $1, crm_webhook_url = $2, auto_reply_text = $3, status = $4,
+                instagram_access_token = $5, webhook_secret = $6, updated_at = $7, events = $8,
+                auto_reply_cooldown_secs = $9
+             WHERE id = $10",
+        )
+        .bind(&a.name)
+        .bind(&a.crm_webhook_url)
+        .bind(&a.auto_reply_text)
+        .bind(&a.status)
+        .bind(&a.instagram_access_token)
+        .bind(&a.webhook_secret)
+        .bind(a.updated_at)
+        .bind(&a.events)
+        .bind(a.auto_reply_cooldown_secs)
+        .bind(&a.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_account(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM accounts WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn account_by_instagram_id(
+        &self,
+        instagram_account_id: &str,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM accounts WHERE instagram_account_id = $1")
+                .bind(instagram_account_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn save_message(&self, m: &NewMessage) -> Result<SaveOutcome, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
+                conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
+                created_at, subject, payload, delivery_status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT (account_id, event_key) DO NOTHING",
+        )
+        .bind(&m.id)
+        .bind(&m.account_id)
+        .bind(m.event)
+        .bind(&m.event_key)
+        .bind(&m.instagram_message_id)
+        .bind(m.direction)
+        .bind(&m.conversation_id)
+        .bind(&m.sender_id)
+        .bind(&m.recipient_id)
+        .bind(&m.message_type)
+        .bind(&m.text)
+        .bind(&m.attachments)
+        .bind(m.sent_at)
+        .bind(now)
+        .bind(&m.subject)
+        .bind(&m.payload)
+        .bind(if m.publish { "pending" } else { "skipped" })
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(SaveOutcome::Duplicate);
+        }
+        if m.publish {
+            sqlx::query(
+                "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&m.id)
+            .bind(&m.subject)
+            .bind(&m.payload)
+            .bind(now)
+            .bind(m.hold_until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(SaveOutcome::Saved)
+    }
+
+    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        // Lease the rows for a while so another ingest's publisher skips
+        // them; a publisher that dies just lets its lease run out.
+        let mut rows: Vec<OutboxEntry> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + interval '30 seconds'
+             WHERE message_id IN (
+                 SELECT message_id FROM outbox
+                 WHERE (hold_until IS NULL OR hold_until <= now())
+                   AND (claimed_until IS NULL OR claimed_until < now())
+                 ORDER BY created_at, message_id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING message_id, nats_msg_id, subject, payload, created_at",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.sort_by(|a, b| (a.created_at, &a.message_id).cmp(&(b.created_at, &b.message_id)));
+        Ok(rows)
+    }
+
+    async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in message_ids {
+            sqlx::query("DELETE FROM outbox WHERE message_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET publish_attempts = publish_attempts + 1 WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_outcome(&self, o: &DeliveryOutcome) -> Result<bool, StoreError> {
+        let outcome = o.outcome.as_str();
+        let seq = o.inbound_sequence as i64;
+        let attempt = i64::from(o.attempt);
+        let status_code = o.status_code.map(i64::from);
+        let mut tx = self.pool.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM messages WHERE id = $1")
+            .bind(&o.message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !known {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&o.message_id)
+        .bind(seq)
+        .bind(attempt)
+        .bind(outcome)
+        .bind(status_code)
+        .bind(&o.error)
+        .bind(o.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET delivery_attempts =
+                (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $1) WHERE id = $2",
+        )
+        .bind(&o.message_id)
+        .bind(&o.message_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET
+                delivery_status = $1,
+                last_error = CASE WHEN $2 = 'delivered' THEN last_error ELSE $3 END,
+                last_status_code = $4,
+                delivered_at = CASE WHEN $5 = 'delivered' THEN $6 ELSE delivered_at END,
+                dead_at = CASE WHEN $7 = 'dead' THEN $8 ELSE NULL END,
+                last_inbound_seq = $9,
+                last_attempt = $10
+             WHERE id = $11
+               AND delivery_status NOT IN ('delivered', 'discarded')
+               AND (last_inbound_seq < $12 OR (last_inbound_seq = $13 AND last_attempt < $14))",
+        )
+        .bind(outcome)
+        .bind(outcome)
+        .bind(&o.error)
+        .bind(status_code)
+        .bind(outcome)
+        .bind(o.at)
+        .bind(outcome)
+        .bind(o.at)
+        .bind(seq)
+        .bind(attempt)
+        .bind(&o.message_id)
+        .bind(seq)
+        .bind(seq)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_messages(
+        &self,
+        account_id: &str,
+        conversation_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE account_id = $1 AND ($2::text IS NULL OR conversation_id = $3) AND id > $4
+             ORDER BY id LIMIT $5"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(account_id)
+            .bind(conversation_id)
+            .bind(conversation_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE delivery_status = 'dead'
+               AND ($1::text IS NULL OR account_id = $2)
+               AND ($3::timestamptz IS NULL OR dead_at >= $4)
+               AND ($5::timestamptz IS NULL OR dead_at < $6)
+               AND id > $7
+             ORDER BY id LIMIT $8"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(&f.account_id)
+            .bind(&f.account_id)
+            .bind(f.since)
+            .bind(f.since)
+            .bind(f.until)
+            .bind(f.until)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "UPDATE messages SET delivery_status = 'pending', dead_at = NULL, replays = replays + 1
+             WHERE id = $1 AND delivery_status = 'dead' AND payload IS NOT NULL
+             RETURNING subject, payload, replays",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((subject, payload, replays)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO outbox (message_id, nats_msg_id, subject, payload, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (message_id) DO UPDATE SET nats_msg_id = excluded.nats_msg_id",
+        )
+        .bind(message_id)
+        .bind(format!("{message_id}-replay-{replays}"))
+        .bind(subject)
+        .bind(payload)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET delivery_status = 'discarded' WHERE id = $1 AND delivery_status = 'dead'",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_deleted(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET deleted_at = $1
+             WHERE account_id = $2 AND event_key = $3 AND deleted_at IS NULL",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm_echo(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET sent_at = $1
+             WHERE account_id = $2 AND event_key = $3 AND event = 'message.sent'",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE outbox SET payload = $1, hold_until = NULL WHERE message_id = $2")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE messages SET payload = $1 WHERE id = $2")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        cooldown_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let cutoff = now - chrono::Duration::seconds(cooldown_secs);
+        let done = sqlx::query(
+            "INSERT INTO auto_replies (account_id, conversation_id, sent_at) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id, conversation_id)
+             DO UPDATE SET sent_at = excluded.sent_at WHERE auto_replies.sent_at <= $4",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auto_replies WHERE account_id = $1 AND conversation_id = $2")
+            .bind(account_id)
+            .bind(conversation_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
