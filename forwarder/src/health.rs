@@ -21,6 +21,14 @@ fn readyz(Data(client): Data<&async_nats::Client>) -> (StatusCode, &'static str)
     }
 }
 
+/// Prometheus text format: deliveries by outcome, attempt latency, in flight,
+/// the consumer's pending and redelivered counts.
+#[handler]
+fn metrics_endpoint() -> poem::web::WithContentType<String> {
+    use poem::IntoResponse as _;
+    shared::observe::render().with_content_type("text/plain; version=0.0.4")
+}
+
 pub async fn serve(
     addr: std::net::SocketAddr,
     client: async_nats::Client,
@@ -29,6 +37,7 @@ pub async fn serve(
     let app = Route::new()
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics_endpoint))
         .data(client);
     Server::new(TcpListener::bind(addr))
         .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), None)

@@ -18,14 +18,29 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = shared::jetstream::connect(&config.common.nats_url, "forwarder").await?;
+    shared::observe::prometheus();
     let health = tokio::spawn(health::serve(
         config.forwarder_metrics_addr,
         client.clone(),
         shutdown.clone(),
     ));
     tracing::info!(addr = %config.forwarder_metrics_addr, "forwarder health endpoint listening");
-    let result = worker::run(config, client.clone(), shutdown.clone()).await;
+    let throughput = std::sync::Arc::new(shared::observe::Throughput::default());
+    let instance = shared::observe::instance_name();
+    let stats = tokio::spawn(shared::observe::publish_stats(
+        client.clone(),
+        config
+            .common
+            .router_subject_prefix
+            .stats("forwarder", &instance),
+        "forwarder",
+        instance,
+        throughput.clone(),
+        shutdown.clone(),
+    ));
+    let result = worker::run(config, client.clone(), throughput, shutdown.clone()).await;
     shutdown.cancel();
+    let _ = stats.await;
     // Bounded: with NATS down a flush would wait for ever.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
     if let Ok(Err(e)) = health.await {

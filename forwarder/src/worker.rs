@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 use crate::config::ForwarderConfig;
 use crate::crm::{Answer, CrmClient};
 use crate::retry::RetrySchedule;
+use shared::observe::Throughput;
 
 /// How long a message for an account missing from the bucket waits before
 /// it is looked up again (the bucket may lag an account's creation).
@@ -52,6 +53,7 @@ struct Worker {
     subjects: Subjects,
     crm: CrmClient,
     schedule: RetrySchedule,
+    throughput: Arc<Throughput>,
 }
 
 /// The consumer's settings. `ack_wait` is above the CRM timeout, and each
@@ -78,6 +80,7 @@ pub fn consumer_config(config: &ForwarderConfig) -> pull::Config {
 pub async fn run(
     config: ForwarderConfig,
     client: async_nats::Client,
+    throughput: Arc<Throughput>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let subjects = config.common.router_subject_prefix.clone();
@@ -119,7 +122,13 @@ pub async fn run(
         subjects,
         crm: CrmClient::new(config.crm_timeout(), config.crm_allow_private_networks)?,
         schedule: config.forwarder_retry_schedule.clone(),
+        throughput: throughput.clone(),
     });
+    tokio::spawn(watch_consumer(
+        consumer.clone(),
+        throughput.clone(),
+        shutdown.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(concurrency));
     let in_flight = TaskTracker::new();
     // Pull only as many messages as there are free slots, so a message is
@@ -169,8 +178,12 @@ pub async fn run(
                 None => slots.clone().acquire_owned().await?,
             };
             let worker = worker.clone();
+            Throughput::add(&worker.throughput.received, 1);
             in_flight.spawn(async move {
+                let gauge = metrics::gauge!("router_forwarder_in_flight");
+                gauge.increment(1.0);
                 worker.handle(message).await;
+                gauge.decrement(1.0);
                 drop(permit);
             });
         }
@@ -226,14 +239,19 @@ impl Worker {
                     Ok(secret) => {
                         // Restart the ack timer: the attempt gets the whole ack wait.
                         let _ = message.ack_with(AckKind::Progress).await;
-                        self.crm
+                        let started = std::time::Instant::now();
+                        let answer = self
+                            .crm
                             .deliver(
                                 &routing.crm_webhook_url,
                                 &secret,
                                 &webhook.message_id,
                                 message.payload.clone(),
                             )
-                            .await
+                            .await;
+                        metrics::histogram!("router_forwarder_attempt_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        answer
                     }
                     Err(_) => Answer::Reject {
                         status: None,
@@ -292,6 +310,12 @@ impl Worker {
                 (Outcome::Dead, status, Some(reason), AckKind::Term)
             }
         };
+        metrics::counter!("router_forwarder_deliveries_total", "outcome" => outcome.as_str())
+            .increment(1);
+        match outcome {
+            Outcome::Delivered => Throughput::add(&self.throughput.sent, 1),
+            _ => Throughput::add(&self.throughput.errors, 1),
+        }
         // The outcome is written to the connection before the ack, so if the
         // server has the ack it has the outcome too: a crash in between can
         // repeat a delivery (same webhook-id) but never leave its status
@@ -363,6 +387,31 @@ impl Worker {
                 tracing::warn!(error = %e, "delivery outcome not published");
                 None
             }
+        }
+    }
+}
+
+/// Every few seconds: the consumer's backlog and redeliveries, for
+/// `/metrics` and the stats summary (`nats consumer report` shows the same).
+async fn watch_consumer(
+    mut consumer: jetstream::consumer::PullConsumer,
+    throughput: Arc<Throughput>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            metrics::gauge!("router_forwarder_consumer_pending").set(info.num_pending as f64);
+            metrics::gauge!("router_forwarder_consumer_ack_pending")
+                .set(info.num_ack_pending as f64);
+            metrics::gauge!("router_forwarder_consumer_redelivered")
+                .set(info.num_redelivered as f64);
+            throughput
+                .pending
+                .store(info.num_pending, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::nats::NatsLink;
 use crate::routing::RoutingSync;
 use crate::store::{self, DynStore};
 use crate::{error, openapi, outbox, outcomes, webhooks};
+use shared::observe::Throughput;
 
 pub struct AppState {
     pub config: IngestConfig,
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Meta's Graph API: Send API and username lookups.
     pub graph: GraphClient,
     pub usernames: UsernameCache,
+    /// Totals behind the live summary on `<prefix>.stats.ingest.<instance>`.
+    pub throughput: Arc<Throughput>,
 }
 
 /// The HTTP application: Meta's webhook, the API, the spec and its UI.
@@ -43,6 +46,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
             get(webhooks::handshake).post(webhooks::receive),
         )
         .at("/openapi.json", spec)
+        .at("/metrics", get(metrics_endpoint))
         .nest("/docs", docs)
         .nest("/", api)
         .data(state)
@@ -70,7 +74,9 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
         routing: RoutingSync::default(),
         graph,
         usernames: UsernameCache::default(),
+        throughput: Arc::new(Throughput::default()),
     });
+    shared::observe::prometheus();
 
     let tasks = TaskTracker::new();
     let background = shutdown.child_token();
@@ -81,7 +87,16 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::R
             let outbox_task = outbox::run(&state, stop.clone());
             let routing_task = state.routing.run(&state, stop.clone());
             let outcomes_task = outcomes::run(&state, stop.clone());
-            tokio::join!(outbox_task, routing_task, outcomes_task);
+            let instance = shared::observe::instance_name();
+            let stats_task = shared::observe::publish_stats(
+                state.nats.client.clone(),
+                state.subjects.stats("ingest", &instance),
+                "ingest",
+                instance,
+                state.throughput.clone(),
+                stop.clone(),
+            );
+            tokio::join!(outbox_task, routing_task, outcomes_task, stats_task);
         });
     }
 
@@ -127,4 +142,11 @@ async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Re
         "http request"
     );
     result
+}
+
+/// `GET /metrics`: Prometheus text format. Counts and durations only.
+#[poem::handler]
+fn metrics_endpoint() -> poem::web::WithContentType<String> {
+    use poem::IntoResponse as _;
+    shared::observe::render().with_content_type("text/plain; version=0.0.4")
 }

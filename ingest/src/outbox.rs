@@ -10,6 +10,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use shared::observe::Throughput;
 
 const BATCH: u32 = 256;
 
@@ -43,6 +44,7 @@ pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
                 }
             }
         }
+        let started = std::time::Instant::now();
         let results = join_all(
             acks.into_iter()
                 .map(|(id, ack)| async move { (id, ack.await) }),
@@ -58,6 +60,15 @@ pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
                     failed.get_or_insert((id, e));
                 }
             }
+        }
+        metrics::histogram!("router_ingest_publish_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("router_ingest_published_total").increment(done.len() as u64);
+        Throughput::add(&state.throughput.sent, done.len() as u64);
+        if done.len() < batch.len() {
+            let failed = (batch.len() - done.len()) as u64;
+            metrics::counter!("router_ingest_publish_failures_total").increment(failed);
+            Throughput::add(&state.throughput.errors, failed);
         }
         published += done.len();
         state.store.remove_from_outbox(&done).await?;
@@ -98,6 +109,7 @@ pub async fn run(state: &AppState, shutdown: CancellationToken) {
                 }
             }
         }
+        record_backlog(state).await;
         let wait = if failures == 0 {
             Duration::from_secs(1)
         } else {
@@ -108,6 +120,21 @@ pub async fn run(state: &AppState, shutdown: CancellationToken) {
             _ = state.outbox_wakeup.notified(), if failures == 0 => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Outbox size and age, for `/metrics` and the stats summary.
+async fn record_backlog(state: &AppState) {
+    if let Ok((count, oldest)) = state.store.outbox_backlog().await {
+        let age = oldest.map_or(0.0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        metrics::gauge!("router_ingest_outbox_backlog").set(count as f64);
+        metrics::gauge!("router_ingest_outbox_oldest_age_seconds").set(age);
+        state
+            .throughput
+            .pending
+            .store(count.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

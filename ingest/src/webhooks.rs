@@ -18,6 +18,7 @@ use crate::error::ErrorBody;
 use crate::followups;
 use crate::meta::{self, Classified, WebhookPayload};
 use crate::store::{AccountRow, NewMessage, SaveOutcome};
+use shared::observe::Throughput;
 
 #[derive(Deserialize)]
 pub struct Handshake {
@@ -30,6 +31,7 @@ pub struct Handshake {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    metrics::counter!("router_ingest_webhooks_total", "result" => code.to_owned()).increment(1);
     let body = ErrorBody::new(code, message);
     (status, poem::web::Json(body)).into_response()
 }
@@ -139,7 +141,18 @@ pub async fn receive(req: &Request, body: Body, Data(state): Data<&Arc<AppState>
                 not_forwarded = tally.not_forwarded,
                 "meta webhook accepted"
             );
+            metrics::counter!("router_ingest_webhooks_total", "result" => "accepted").increment(1);
+            for (kind, n) in [
+                ("saved", tally.saved),
+                ("duplicate", tally.duplicates),
+                ("unknown_account", tally.unknown_account),
+                ("not_forwarded", tally.not_forwarded),
+            ] {
+                metrics::counter!("router_ingest_events_total", "result" => kind)
+                    .increment(u64::from(n));
+            }
             if tally.saved > 0 {
+                Throughput::add(&state.throughput.received, u64::from(tally.saved));
                 state.outbox_wakeup.notify_one();
             }
             "EVENT_RECEIVED"

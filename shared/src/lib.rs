@@ -8,6 +8,7 @@
 pub mod config;
 pub mod ids;
 pub mod jetstream;
+pub mod observe;
 pub mod shutdown;
 pub mod signing;
 pub mod subjects;

@@ -69,6 +69,11 @@ impl Subjects {
         format!("{}.delivery.>", self.prefix)
     }
 
+    /// Where a service instance publishes its live summary.
+    pub fn stats(&self, service: &str, instance: &str) -> String {
+        format!("{}.stats.{service}.{instance}", self.prefix)
+    }
+
     /// `router` → `ROUTER`, `acme.router` → `ACME_ROUTER`: stream names allow no dots.
     fn name_base(&self) -> String {
         self.prefix.replace(['.', '-'], "_").to_uppercase()

@@ -177,6 +177,8 @@ pub trait Store: Send + Sync + 'static {
     /// Called once JetStream acknowledged the publish.
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError>;
     async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
+    /// How many messages wait to be published, and since when the oldest.
+    async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
 
     /// Records one delivery attempt's outcome; recording the same attempt
     /// twice changes nothing, and an older outcome never overwrites a newer

@@ -233,6 +233,14 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        Ok(
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn record_outcome(&self, o: &DeliveryOutcome) -> Result<bool, StoreError> {
         let outcome = o.outcome.as_str();
         let seq = o.inbound_sequence as i64;

@@ -1,0 +1,119 @@
+//! compose.yaml is what a user runs: every setting a service requires (no
+//! default in its `--help`) is set there, the services reach each other by
+//! name, data lives on volumes, and everything has a health check.
+
+use std::process::Command;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn compose() -> Yaml {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../compose.yaml")).unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+/// The variables a binary's `--help` lists without a default.
+fn required_vars(binary: &str) -> Vec<String> {
+    let path = router_tests::target_dir().join(binary);
+    let help =
+        String::from_utf8(Command::new(path).arg("--help").output().unwrap().stdout).unwrap();
+    let mut required = Vec::new();
+    let blocks: Vec<&str> = help.split("\n\n").collect();
+    for block in blocks {
+        if let Some(start) = block.find("[env: ") {
+            let var: String = block[start + 6..]
+                .chars()
+                .take_while(|c| *c != '=' && *c != ']')
+                .collect();
+            if !block.contains("[default:") {
+                required.push(var);
+            }
+        }
+    }
+    required
+}
+
+fn env_of(service: &Yaml) -> &yaml_rust2::yaml::Hash {
+    service["environment"]
+        .as_hash()
+        .expect("environment as a map")
+}
+
+#[test]
+fn every_required_setting_is_set_for_each_service() {
+    let doc = compose();
+    for (service, binary) in [("ingest", "ingest"), ("forwarder", "forwarder")] {
+        let env = env_of(&doc["services"][service]);
+        let required = required_vars(binary);
+        if binary == "ingest" {
+            assert!(
+                required.contains(&"META_APP_SECRET".to_owned()),
+                "help parsing found {required:?}"
+            );
+        }
+        for var in required.iter().chain(["NATS_URL".to_owned()].iter()) {
+            let value = env.get(&Yaml::String(var.clone())).and_then(Yaml::as_str);
+            assert!(
+                value.is_some_and(|v| !v.is_empty()),
+                "{service} does not set {var}"
+            );
+        }
+        let nats = env[&Yaml::String("NATS_URL".into())].as_str().unwrap();
+        assert_eq!(
+            nats, "nats://nats:4222",
+            "{service} reaches NATS by service name"
+        );
+    }
+    let ingest = env_of(&doc["services"]["ingest"]);
+    let db = ingest[&Yaml::String("DATABASE_URL".into())]
+        .as_str()
+        .unwrap();
+    assert!(
+        db.starts_with("postgres://") && db.contains("@postgres:5432/"),
+        "{db}"
+    );
+    let addr = ingest[&Yaml::String("INGEST_ADDR".into())]
+        .as_str()
+        .unwrap();
+    assert!(
+        addr.starts_with("0.0.0.0:"),
+        "ingest must listen beyond the container"
+    );
+}
+
+#[test]
+fn data_is_on_volumes_and_services_are_health_checked_and_scaled() {
+    let doc = compose();
+    for service in ["nats", "postgres", "ingest", "forwarder"] {
+        assert!(
+            doc["services"][service]["healthcheck"]["test"]
+                .as_vec()
+                .is_some(),
+            "{service} has no health check"
+        );
+    }
+    for (service, volume) in [("nats", "nats-data"), ("postgres", "postgres-data")] {
+        let mounts = doc["services"][service]["volumes"].as_vec().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.as_str().unwrap().starts_with(volume)),
+            "{service} data not on {volume}"
+        );
+        assert!(
+            !doc["volumes"][volume].is_badvalue(),
+            "volume {volume} not declared"
+        );
+    }
+    let replicas = doc["services"]["forwarder"]["deploy"]["replicas"]
+        .as_i64()
+        .unwrap();
+    assert!(replicas >= 2, "forwarders are replicated");
+    for service in ["ingest", "forwarder"] {
+        assert_eq!(
+            doc["services"][service]["build"].as_str(),
+            Some("."),
+            "{service} is built from the repository"
+        );
+    }
+}
