@@ -54,6 +54,8 @@ struct Worker {
     crm: CrmClient,
     schedule: RetrySchedule,
     throughput: Arc<Throughput>,
+    /// Opens webhook secrets sealed with `ROUTER_ENCRYPTION_KEY`.
+    key: Option<shared::secrets::SecretBox>,
 }
 
 /// The consumer's settings. `ack_wait` is above the CRM timeout, and each
@@ -123,6 +125,7 @@ pub async fn run(
         crm: CrmClient::new(config.crm_timeout(), config.crm_allow_private_networks)?,
         schedule: config.forwarder_retry_schedule.clone(),
         throughput: throughput.clone(),
+        key: config.common.router_encryption_key.clone(),
     });
     tokio::spawn(watch_consumer(
         consumer.clone(),
@@ -235,7 +238,16 @@ impl Worker {
     ) {
         let answer = match self.routing(&webhook.account_id).await {
             Ok(Some(routing)) if routing.status != "disabled" => {
-                match WebhookSecret::parse(&routing.webhook_secret) {
+                let secret = match shared::secrets::open(self.key.as_ref(), &routing.webhook_secret)
+                {
+                    Ok(secret) => secret,
+                    Err(e) => {
+                        // A configuration fault: keep the message and retry.
+                        tracing::error!(error = %e, "cannot read the account's webhook secret; set ROUTER_ENCRYPTION_KEY as on ingest");
+                        String::new()
+                    }
+                };
+                match WebhookSecret::parse(&secret) {
                     Ok(secret) => {
                         // Restart the ack timer: the attempt gets the whole ack wait.
                         let _ = message.ack_with(AckKind::Progress).await;
@@ -253,6 +265,11 @@ impl Worker {
                             .record(started.elapsed().as_secs_f64());
                         answer
                     }
+                    Err(_) if secret.is_empty() => Answer::Retry {
+                        status: None,
+                        reason: "secret_unreadable".into(),
+                        retry_after: None,
+                    },
                     Err(_) => Answer::Reject {
                         status: None,
                         reason: "invalid_secret".into(),

@@ -20,6 +20,7 @@ fn help_lists_every_setting() {
         "FORWARDER_CONCURRENCY",
         "CRM_TIMEOUT_SECS",
         "CRM_ALLOW_PRIVATE_NETWORKS",
+        "ROUTER_ENCRYPTION_KEY",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

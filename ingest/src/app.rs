@@ -57,7 +57,13 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
 /// Runs ingest until `shutdown` is cancelled, then drains HTTP, flushes the
 /// outbox within a bound, and returns.
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = store::open(&config.database_url).await?;
+    let key = config.common.router_encryption_key.clone();
+    if key.is_none() {
+        tracing::warn!(
+            "ROUTER_ENCRYPTION_KEY is not set: webhook secrets and access tokens are stored unencrypted"
+        );
+    }
+    let store = store::open(&config.database_url, key).await?;
     let nats = NatsLink::connect(&config.common.nats_url).await?;
     let subjects = config.common.router_subject_prefix.clone();
     let addr = config.ingest_addr;

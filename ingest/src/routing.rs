@@ -27,11 +27,13 @@ pub struct RoutingSync {
     wakeup: Notify,
 }
 
-fn routing_of(row: &AccountRow) -> AccountRouting {
+/// The bucket entry: the secret sealed like in the database.
+fn routing_of(state: &AppState, row: &AccountRow) -> AccountRouting {
+    let key = state.config.common.router_encryption_key.as_ref();
     AccountRouting {
         account_id: row.id.clone(),
         crm_webhook_url: row.crm_webhook_url.clone(),
-        webhook_secret: row.webhook_secret.clone(),
+        webhook_secret: shared::secrets::seal(key, &row.webhook_secret),
         status: row.status.clone(),
     }
 }
@@ -94,8 +96,11 @@ async fn sync_one(state: &AppState, account_id: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("NATS not set up yet"))?;
     match state.store.get_account(account_id).await? {
         Some(row) => {
-            kv.put(account_id, serde_json::to_vec(&routing_of(&row))?.into())
-                .await?;
+            kv.put(
+                account_id,
+                serde_json::to_vec(&routing_of(state, &row))?.into(),
+            )
+            .await?;
         }
         None => kv.delete(account_id).await?,
     }
@@ -115,7 +120,7 @@ async fn reconcile_all(state: &AppState) -> anyhow::Result<usize> {
         let Some(last) = page.last() else { break };
         cursor = Some(last.id.clone());
         for row in &page {
-            kv.put(&row.id, serde_json::to_vec(&routing_of(row))?.into())
+            kv.put(&row.id, serde_json::to_vec(&routing_of(state, row))?.into())
                 .await?;
             known.insert(row.id.clone());
         }

@@ -25,6 +25,8 @@ fn help_lists_every_setting() {
         "ROUTER_SUBJECT_PREFIX",
         "LOG_FORMAT",
         "INGEST_MAX_BODY_BYTES",
+        "GRAPH_API_TIMEOUT_SECS",
+        "ROUTER_ENCRYPTION_KEY",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

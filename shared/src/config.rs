@@ -22,9 +22,18 @@ pub struct CommonConfig {
     #[arg(long, env = "ROUTER_SUBJECT_PREFIX", default_value = "router", value_parser = parse_subjects)]
     pub router_subject_prefix: Subjects,
 
+    /// 32 random bytes, standard base64: encrypts webhook secrets and access
+    /// tokens at rest (database and accounts bucket). Unset: stored in plaintext.
+    #[arg(long, env = "ROUTER_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_key)]
+    pub router_encryption_key: Option<crate::secrets::SecretBox>,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+fn parse_key(s: &str) -> Result<crate::secrets::SecretBox, String> {
+    crate::secrets::SecretBox::from_base64(s)
 }
 
 fn parse_subjects(s: &str) -> Result<Subjects, String> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod jetstream;
 pub mod observe;
+pub mod secrets;
 pub mod shutdown;
 pub mod signing;
 pub mod subjects;

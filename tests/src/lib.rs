@@ -25,6 +25,8 @@ pub use process::{Service, free_port, target_dir};
 pub const API_TOKEN: &str = "test-api-token-0123456789";
 pub const META_APP_SECRET: &str = "test-meta-app-secret";
 pub const META_VERIFY_TOKEN: &str = "test-verify-token";
+/// `ROUTER_ENCRYPTION_KEY` of both services in the tests.
+pub const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// An HTTP client for tests (installs the process-wide TLS provider first).
 pub fn http_client() -> reqwest::Client {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{API_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, eventually};
+use crate::{API_TOKEN, ENCRYPTION_KEY, META_APP_SECRET, META_VERIFY_TOKEN, eventually};
 
 /// The cargo profile directory (`target/debug`) holding the running
 /// executable, whether a test (`target/debug/deps/…`) or a binary.
@@ -90,6 +90,7 @@ impl Service {
                 "ROUTER_API_TOKENS",
                 format!("other-token-abcdefghijkl,{API_TOKEN}"),
             ),
+            ("ROUTER_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("RUST_LOG", "info,ingest=debug".to_owned()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
@@ -106,6 +107,7 @@ impl Service {
             ("FORWARDER_METRICS_ADDR", format!("127.0.0.1:{port}")),
             ("CRM_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
             ("FORWARDER_RETRY_SCHEDULE", "1s,1s,1s".to_owned()),
+            ("ROUTER_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
             ("RUST_LOG", "info,forwarder=debug".to_owned()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));

@@ -324,3 +324,60 @@ async fn changes_to_an_account_reach_the_forwarder() {
     assert_eq!(old_crm.deliveries().len(), 1);
     assert_eq!(new_crm.deliveries().len(), 1);
 }
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest_in_the_database_and_the_bucket() {
+    let sys = System::start().await;
+    let crm = CrmReceiver::start().await;
+    let token = "IGAA-token-kept-sealed";
+    let created = sys
+        .create_account_with(json!({
+            "name": "Sealed", "instagram_account_id": BUSINESS, "crm_webhook_url": crm.url(),
+            "instagram_access_token": token,
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let secret = created["webhook_secret"].as_str().unwrap();
+
+    let (stored_secret, stored_token): (String, Option<String>) = match &sys.database {
+        router_tests::TestDatabase::Sqlite(_) => {
+            let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sys.database.url())
+                .await
+                .unwrap();
+            sqlx::query_as("SELECT webhook_secret, instagram_access_token FROM accounts")
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+        router_tests::TestDatabase::Postgres { .. } => {
+            let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&sys.database.url())
+                .await
+                .unwrap();
+            sqlx::query_as("SELECT webhook_secret, instagram_access_token FROM accounts")
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(stored_secret.starts_with("enc:v1:") && !stored_secret.contains(&secret[6..]));
+    let stored_token = stored_token.unwrap();
+    assert!(stored_token.starts_with("enc:v1:") && !stored_token.contains(token));
+
+    let nats = async_nats::connect(sys.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nats)
+        .get_key_value("router_accounts")
+        .await
+        .unwrap();
+    let entry = String::from_utf8(kv.get(id).await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(
+        !entry.contains(&secret[6..]),
+        "the bucket holds the secret in the clear: {entry}"
+    );
+    assert!(entry.contains("enc:v1:"));
+
+    // And the forwarder, holding the same key, still signs with the real secret.
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_sealed", "hi"))
+        .await;
+    let d = crm.wait_for(1, WAIT).await;
+    assert!(d[0].hub_signature_valid(secret) && d[0].standard_signature_valid(secret));
+}

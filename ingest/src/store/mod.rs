@@ -5,12 +5,14 @@
 //! Rows here are storage shapes, not API objects and not wire types.
 
 mod postgres;
+mod sealed;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use shared::secrets::SecretBox;
 use shared::wire::DeliveryOutcome;
 
 pub use postgres::PgStore;
@@ -143,6 +145,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Secret(#[from] shared::secrets::SecretError),
 }
 
 pub type DynStore = Arc<dyn Store>;
@@ -239,13 +243,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by `DATABASE_URL` and applies its migrations.
-pub async fn open(database_url: &str) -> anyhow::Result<DynStore> {
-    if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(database_url).await?))
+/// Opens the store named by `DATABASE_URL`, applies its migrations, and
+/// seals account secrets with `key` when there is one.
+pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<DynStore> {
+    let inner: DynStore = if database_url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(database_url).await?)
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::open(database_url).await?))
+        Arc::new(PgStore::open(database_url).await?)
     } else {
         anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
-    }
+    };
+    Ok(Arc::new(sealed::SealedStore { inner, key }))
 }
