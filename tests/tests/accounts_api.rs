@@ -58,6 +58,22 @@ async fn api_routes_need_a_known_bearer_token_and_errors_are_json() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+
+    // The spec and its UI are served without a token.
+    let spec: Value = sys
+        .http
+        .get(sys.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/api/v1/accounts"].is_object());
+    assert!(spec["webhooks"]["message.received"].is_object());
+    let docs = sys.http.get(sys.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
 }
 
 #[tokio::test]

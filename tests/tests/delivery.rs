@@ -44,6 +44,26 @@ async fn send_many(sys: &System, n: usize) -> HashSet<String> {
     mids
 }
 
+/// Waits until ingest has recorded all of `mids` as delivered (a message
+/// the CRM received just before a crash is only then redelivered), checks
+/// each reached the CRM, and returns the receipts per message id.
+async fn all_delivered(
+    sys: &System,
+    crm: &CrmReceiver,
+    account: &str,
+    mids: &HashSet<String>,
+) -> HashMap<String, usize> {
+    sys.wait_all_delivered(account, mids.len(), Duration::from_secs(90))
+        .await;
+    let all = crm.deliveries();
+    let unique: HashSet<String> = all
+        .iter()
+        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(&unique, mids, "every message reached the CRM");
+    receipts(&all)
+}
+
 fn message_id(d: &Delivery) -> String {
     d.json["message_id"].as_str().unwrap().to_owned()
 }
@@ -234,22 +254,12 @@ async fn a_forwarder_killed_mid_stream_loses_nothing_and_repeats_keep_their_webh
     let at_kill = crm.deliveries().len();
     sys.forwarder.restart_forwarder().await;
 
-    // Done when ingest has recorded every message as delivered: a message
-    // the CRM received just before the kill is only then redelivered.
-    sys.wait_all_delivered(&account, 300, Duration::from_secs(90))
-        .await;
-    let all = crm.deliveries();
-    let unique: HashSet<String> = all
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(unique, mids);
-    let counts = receipts(&all);
+    let counts = all_delivered(&sys, &crm, &account, &mids).await;
     assert_eq!(counts.len(), 300);
     let repeats: usize = counts.values().map(|c| c - 1).sum();
     println!(
         "kill -9 after {at_kill} deliveries: 300 messages, {} requests, {repeats} repeated (all with their original webhook-id)",
-        all.len()
+        counts.values().sum::<usize>()
     );
     assert!(
         repeats <= 32,
@@ -276,15 +286,7 @@ async fn a_forwarder_stopped_with_sigterm_mid_stream_delivers_each_message_exact
     assert!(at_stop < 300, "stopped mid-stream");
     sys.forwarder.restart_forwarder().await;
 
-    sys.wait_all_delivered(&account, 300, Duration::from_secs(60))
-        .await;
-    let unique: HashSet<String> = crm
-        .deliveries()
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(unique, mids);
-    let counts = receipts(&crm.deliveries());
+    let counts = all_delivered(&sys, &crm, &account, &mids).await;
     assert_eq!(counts.len(), 300);
     let twice: Vec<&String> = counts
         .iter()
@@ -342,19 +344,11 @@ async fn nats_killed_mid_delivery_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     sys.nats.resume().await;
 
-    sys.wait_all_delivered(&account, 200, Duration::from_secs(90))
-        .await;
-    let all = crm.deliveries();
-    let unique: HashSet<String> = all
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(unique, mids);
-    let counts = receipts(&all);
+    let counts = all_delivered(&sys, &crm, &account, &mids).await;
     let repeats: usize = counts.values().map(|c| c - 1).sum();
     println!(
         "nats-server kill -9: 200 messages, {} requests, {repeats} repeated",
-        all.len()
+        counts.values().sum::<usize>()
     );
 }
 
