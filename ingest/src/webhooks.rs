@@ -12,6 +12,7 @@ use serde::Deserialize;
 use shared::ids::{AccountId, MessageId};
 use shared::signing::{HUB_SIGNATURE_HEADER, verify_hub_signature};
 use shared::wire::{self, InboundMessageWebhook};
+use tracing::Instrument as _;
 
 use crate::app::AppState;
 use crate::error::ErrorBody;
@@ -199,7 +200,10 @@ async fn save_events(state: &Arc<AppState>, payload: &WebhookPayload) -> anyhow:
                 tally.not_forwarded += 1;
                 continue;
             };
-            save_event(state, &account, &account_id, &entry.id, c, &mut tally).await?;
+            let span = tracing::info_span!("event", account_id = %account.id, event = c.event);
+            save_event(state, &account, &account_id, &entry.id, c, &mut tally)
+                .instrument(span)
+                .await?;
         }
     }
     Ok(tally)
