@@ -18,7 +18,7 @@ use crate::auth::ApiToken;
 use crate::error::ApiError;
 use crate::graph::GraphError;
 use crate::openapi::ApiTags;
-use crate::store::{AccountRow, NewMessage, SaveOutcome, StoreError};
+use crate::store::{AccountRow, NewMessage, StoreError};
 
 /// Meta's limit on a text message, in UTF-8 bytes.
 pub const MAX_TEXT_BYTES: usize = 1000;
@@ -150,19 +150,8 @@ pub async fn send_and_record(
     token: &str,
     out: &OutgoingMessage,
 ) -> Result<SentMessage, SendError> {
-    let sent = match state
-        .graph
-        .send_message(&account.instagram_account_id, token, &out.graph_body())
-        .await
-    {
-        Ok(sent) => sent,
-        Err(e) => {
-            if matches!(e, GraphError::Meta { code: 190, .. }) {
-                mark_credentials_invalid(state, account).await;
-            }
-            return Err(SendError::Graph(e));
-        }
-    };
+    // Recorded first, as pending: Meta's echo of this message can arrive
+    // before Meta's answer, and must find it (see `webhooks::save_event`).
     let id = MessageId::generate();
     let now = Utc::now();
     let conversation_id = wire::conversation_id(&out.recipient_id, &account.instagram_account_id);
@@ -178,8 +167,8 @@ pub async fn send_and_record(
         id: id.to_string(),
         account_id: account.id.clone(),
         event: "message.sent",
-        event_key: sent.message_id.clone(),
-        instagram_message_id: sent.message_id.clone(),
+        event_key: format!("pending:{id}"),
+        instagram_message_id: String::new(),
         direction: "outbound",
         conversation_id: conversation_id.clone(),
         sender_id: account.instagram_account_id.clone(),
@@ -197,17 +186,33 @@ pub async fn send_and_record(
         publish: false,
         hold_until: None,
     };
-    match state
+    state
         .store
         .save_message(&record)
         .await
+        .map_err(SendError::Store)?;
+    let sent = match state
+        .graph
+        .send_message(&account.instagram_account_id, token, &out.graph_body())
+        .await
+    {
+        Ok(sent) => sent,
+        Err(e) => {
+            // A timeout may still have sent it; its echo then arrives as an app echo.
+            let _ = state.store.abandon_send(&record.id).await;
+            if matches!(e, GraphError::Meta { code: 190, .. }) {
+                mark_credentials_invalid(state, account).await;
+            }
+            return Err(SendError::Graph(e));
+        }
+    };
+    if !state
+        .store
+        .finish_send(&record.id, &sent.message_id)
+        .await
         .map_err(SendError::Store)?
     {
-        SaveOutcome::Saved => {}
-        // The echo came back before Meta's answer: the message is stored already.
-        SaveOutcome::Duplicate => {
-            tracing::info!(account_id = %account.id, "sent message already recorded by its echo")
-        }
+        tracing::warn!(account_id = %account.id, "a sent message's echo was recorded before Meta answered");
     }
     Ok(SentMessage {
         id: id.to_string(),

@@ -223,12 +223,7 @@ async fn save_event(
             .mark_deleted(&account.id, &c.mid, c.time)
             .await?;
     }
-    if c.event == wire::EVENT_MESSAGE_ECHO
-        && state
-            .store
-            .confirm_echo(&account.id, &c.mid, c.time)
-            .await?
-    {
+    if c.event == wire::EVENT_MESSAGE_ECHO && echo_of_our_send(state, &account.id, &c).await? {
         tracing::info!(account_id = %account.id, "echo of a message sent through the API recorded");
         tally.duplicates += 1;
         return Ok(());
@@ -312,4 +307,30 @@ async fn save_event(
         }
     }
     Ok(())
+}
+
+/// How long an echo waits for a reply to the same customer that is still on
+/// its way to Meta: the echo can arrive before Meta's answer to the send.
+const ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether an echo is of a message sent through our API (and so recorded).
+async fn echo_of_our_send(
+    state: &AppState,
+    account_id: &str,
+    c: &Classified,
+) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + ECHO_WAIT;
+    loop {
+        if state.store.confirm_echo(account_id, &c.mid, c.time).await? {
+            return Ok(true);
+        }
+        let waiting = state
+            .store
+            .send_in_flight(account_id, &c.customer_id)
+            .await?;
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

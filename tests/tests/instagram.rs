@@ -654,3 +654,30 @@ async fn the_history_lists_a_conversation_in_order_by_pages() {
     assert_eq!(all[1]["instagram_message_id"], "mid_sent_1");
     assert_eq!(all[2]["instagram_message_id"], "mid_h2");
 }
+
+#[tokio::test]
+async fn an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised() {
+    let s = setup().await;
+    // Meta takes 1.5 s to answer the send, and its echo arrives meanwhile.
+    s.graph
+        .answer_next_send(SendAnswer::Slow(Duration::from_millis(1500)));
+    let send = s.send(json!({ "recipient_id": CUSTOMER, "text": "racing the echo" }));
+    let echo_first = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.meta_events(vec![echo("mid_sent_1", "racing the echo")])
+            .await;
+    };
+    let ((status, sent, _), ()) = tokio::join!(send, echo_first);
+    assert_eq!(status, 201);
+    assert_eq!(sent["instagram_message_id"], "mid_sent_1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        s.crm.deliveries().is_empty(),
+        "our own reply is not forwarded as an echo"
+    );
+    let history = s.history("").await;
+    let data = history["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{history}");
+    assert_eq!(data[0]["event"], "message.sent");
+    assert_eq!(data[0]["instagram_message_id"], "mid_sent_1");
+}

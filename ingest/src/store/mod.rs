@@ -224,6 +224,18 @@ pub trait Store: Send + Sync + 'static {
         mid: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// A reply through the Send API is recorded before Meta is called, with
+    /// a `pending:` key; this gives it Meta's mid. False when the mid is
+    /// already stored (its echo won the race and was recorded on its own).
+    async fn finish_send(&self, message_id: &str, mid: &str) -> Result<bool, StoreError>;
+    /// Removes a pending reply that Meta refused.
+    async fn abandon_send(&self, message_id: &str) -> Result<(), StoreError>;
+    /// Whether a reply to this customer is on its way to Meta right now.
+    async fn send_in_flight(
+        &self,
+        account_id: &str,
+        recipient_id: &str,
+    ) -> Result<bool, StoreError>;
     /// Replaces a held outbox entry's body (and the stored copy) and lets it go.
     async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError>;
     /// Claims the conversation's auto-reply if none was sent within the

@@ -444,6 +444,49 @@ impl Store for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn finish_send(&self, message_id: &str, mid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET event_key = $1, instagram_message_id = $2 WHERE id = $3",
+        )
+        .bind(mid)
+        .bind(mid)
+        .bind(message_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn abandon_send(&self, message_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM messages WHERE id = $1 AND event_key LIKE 'pending:%'")
+            .bind(message_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn send_in_flight(
+        &self,
+        account_id: &str,
+        recipient_id: &str,
+    ) -> Result<bool, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(60);
+        let found = sqlx::query(
+            "SELECT 1 FROM messages
+             WHERE account_id = $1 AND recipient_id = $2 AND event = 'message.sent'
+               AND event_key LIKE 'pending:%' AND created_at > $3",
+        )
+        .bind(account_id)
+        .bind(recipient_id)
+        .bind(cutoff)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE outbox SET payload = $1, hold_until = NULL WHERE message_id = $2")

@@ -166,6 +166,22 @@ impl Store for SealedStore {
         self.inner.confirm_echo(account_id, mid, at).await
     }
 
+    async fn finish_send(&self, message_id: &str, mid: &str) -> Result<bool, StoreError> {
+        self.inner.finish_send(message_id, mid).await
+    }
+
+    async fn abandon_send(&self, message_id: &str) -> Result<(), StoreError> {
+        self.inner.abandon_send(message_id).await
+    }
+
+    async fn send_in_flight(
+        &self,
+        account_id: &str,
+        recipient_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.send_in_flight(account_id, recipient_id).await
+    }
+
     async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
         self.inner.release_outbox(message_id, payload).await
     }

@@ -444,6 +444,48 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn finish_send(&self, message_id: &str, mid: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE messages SET event_key = ?, instagram_message_id = ? WHERE id = ?")
+                .bind(mid)
+                .bind(mid)
+                .bind(message_id)
+                .execute(&self.pool)
+                .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn abandon_send(&self, message_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM messages WHERE id = ? AND event_key LIKE 'pending:%'")
+            .bind(message_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn send_in_flight(
+        &self,
+        account_id: &str,
+        recipient_id: &str,
+    ) -> Result<bool, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(60);
+        let found = sqlx::query(
+            "SELECT 1 FROM messages
+             WHERE account_id = ? AND recipient_id = ? AND event = 'message.sent'
+               AND event_key LIKE 'pending:%' AND created_at > ?",
+        )
+        .bind(account_id)
+        .bind(recipient_id)
+        .bind(cutoff)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("UPDATE outbox SET payload = ?, hold_until = NULL WHERE message_id = ?")
