@@ -150,13 +150,25 @@ impl Service {
         .await;
     }
 
+    /// The settings, later ones overriding earlier ones; an empty value
+    /// leaves the variable unset.
+    fn environment(&self) -> std::collections::BTreeMap<&str, &str> {
+        let mut env: std::collections::BTreeMap<&str, &str> = self
+            .command
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.retain(|_, v| !v.is_empty());
+        env
+    }
+
     /// Starts (or restarts) the process with the same settings.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let mut cmd = Command::new(binary(self.name));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.command.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.environment())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -379,3 +379,36 @@ async fn ingest_stopped_while_nats_is_down_publishes_its_outbox_after_restart() 
     assert_eq!(counts.len(), 10);
     assert!(counts.values().all(|c| *c == 1));
 }
+
+#[tokio::test]
+async fn a_forwarder_without_the_encryption_key_keeps_messages_until_one_with_it_delivers() {
+    let mut sys = System::start().await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    sys.forwarder.terminate(Duration::from_secs(20)).await;
+    // Misconfigured: no ROUTER_ENCRYPTION_KEY, so sealed secrets cannot be read.
+    let keyless = sys
+        .another_forwarder(&[
+            ("ROUTER_ENCRYPTION_KEY", ""),
+            ("FORWARDER_RETRY_SCHEDULE", "3s,3s,3s"),
+        ])
+        .await;
+    send_one(&sys, "mid_keyless").await;
+    router_tests::eventually(WAIT, "the keyless forwarder's complaint", || async {
+        keyless
+            .logs()
+            .contains("set ROUTER_ENCRYPTION_KEY as on ingest")
+            .then_some(())
+    })
+    .await;
+    let pending = sys.status_counts(&account).await;
+    assert_eq!(pending.get("dead"), None, "not dead-lettered: {pending:?}");
+    assert!(crm.deliveries().is_empty());
+    drop(keyless);
+
+    // The fixed forwarder delivers it, signed with the real secret.
+    sys.forwarder.restart_forwarder().await;
+    sys.wait_all_delivered(&account, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(crm.deliveries().len(), 1);
+}
