@@ -87,26 +87,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let subjects = config.common.router_subject_prefix.clone();
     let js = jetstream::new(client);
-    let (stream, accounts) = loop {
-        let attempt = async {
-            shared::jetstream::ensure_streams(&js, &subjects).await?;
-            let stream = js.get_stream(subjects.inbound_stream()).await?;
-            let accounts = shared::jetstream::accounts_bucket(&js, &subjects).await?;
-            anyhow::Ok((stream, accounts))
-        };
-        match attempt.await {
-            Ok(ok) => break ok,
-            Err(e) => {
-                if let Some(why) = shared::jetstream::unsupported_server(&js.client()) {
-                    tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
-                }
-                tracing::warn!(error = %e, "jetstream not available yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(shared::jetstream::Ready {
+        inbound: stream,
+        accounts,
+    }) = shared::jetstream::set_up_until_ready(&js, &subjects, &shutdown).await
+    else {
+        return Ok(());
     };
     let consumer: jetstream::consumer::PullConsumer =
         stream.create_consumer(consumer_config(&config)).await?;

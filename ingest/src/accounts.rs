@@ -253,8 +253,22 @@ fn parse_secret(s: &str) -> Result<WebhookSecret, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_webhook_secret", e.to_string()))
 }
 
+fn account_not_found() -> ApiError {
+    ApiError::not_found("account_not_found", "no such account")
+}
+
 fn parse_account_id(s: &str) -> Result<AccountId, ApiError> {
-    AccountId::parse(s).map_err(|_| ApiError::not_found("account_not_found", "no such account"))
+    AccountId::parse(s).map_err(|_| account_not_found())
+}
+
+/// The account a path names, or 404 `account_not_found`.
+pub async fn find_account(state: &AppState, raw_id: &str) -> Result<AccountRow, ApiError> {
+    let id = parse_account_id(raw_id)?;
+    state
+        .store
+        .get_account(id.as_str())
+        .await?
+        .ok_or_else(account_not_found)
 }
 
 pub struct AccountsApi;
@@ -348,9 +362,7 @@ impl AccountsApi {
         Data(state): Data<&Arc<AppState>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
-        let id = parse_account_id(&account_id.0)?;
-        let row = state.store.get_account(id.as_str()).await?;
-        let row = row.ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
+        let row = find_account(state, &account_id.0).await?;
         Ok(Json(Account::from(&row)))
     }
 
@@ -367,13 +379,8 @@ impl AccountsApi {
         account_id: Path<String>,
         body: Json<UpdateAccount>,
     ) -> Result<Json<Account>, ApiError> {
-        let id = parse_account_id(&account_id.0)?;
         let body = body.0;
-        let mut row = state
-            .store
-            .get_account(id.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
+        let mut row = find_account(state, &account_id.0).await?;
         if let Some(name) = body.name {
             row.name = name;
         }
@@ -408,7 +415,7 @@ impl AccountsApi {
         }
         row.updated_at = Utc::now();
         if !state.store.update_account(&row).await? {
-            return Err(ApiError::not_found("account_not_found", "no such account"));
+            return Err(account_not_found());
         }
         state.routing.account_changed(state, &row.id).await;
         tracing::info!(account_id = %row.id, "account updated");
@@ -429,7 +436,7 @@ impl AccountsApi {
     ) -> Result<DeleteAccountResponse, ApiError> {
         let id = parse_account_id(&account_id.0)?;
         if !state.store.delete_account(id.as_str()).await? {
-            return Err(ApiError::not_found("account_not_found", "no such account"));
+            return Err(account_not_found());
         }
         state.routing.account_changed(state, id.as_str()).await;
         tracing::info!(account_id = %id, "account deleted");

@@ -31,6 +31,17 @@ pub struct UsernameCache {
     entries: Mutex<HashMap<(String, String), (Instant, Lookup)>>,
 }
 
+/// How long a finished lookup is trusted: a day when Meta gave a username,
+/// ten minutes when it did not.
+fn still_fresh(at: Instant, value: &Option<String>) -> bool {
+    let ttl = if value.is_some() {
+        KNOWN_FOR
+    } else {
+        UNKNOWN_FOR
+    };
+    at.elapsed() < ttl
+}
+
 impl UsernameCache {
     /// A finished, unexpired lookup: `Some(username or None)`; `None` when
     /// the sender must be looked up.
@@ -38,25 +49,16 @@ impl UsernameCache {
         let entries = self.entries.lock().unwrap();
         let (at, cell) = entries.get(&(account_id.to_owned(), sender_id.to_owned()))?;
         let value = cell.get()?;
-        let ttl = if value.is_some() {
-            KNOWN_FOR
-        } else {
-            UNKNOWN_FOR
-        };
-        (at.elapsed() < ttl).then(|| value.clone())
+        still_fresh(*at, value).then(|| value.clone())
     }
 
     fn cell(&self, account_id: &str, sender_id: &str) -> Lookup {
         let mut entries = self.entries.lock().unwrap();
         let key = (account_id.to_owned(), sender_id.to_owned());
-        let fresh = entries.get(&key).is_some_and(|(at, cell)| {
-            let ttl = match cell.get() {
-                Some(Some(_)) => KNOWN_FOR,
-                Some(None) => UNKNOWN_FOR,
-                None => return true, // a lookup is running: share it
-            };
-            at.elapsed() < ttl
-        });
+        // A lookup still running is shared rather than repeated.
+        let fresh = entries
+            .get(&key)
+            .is_some_and(|(at, cell)| cell.get().is_none_or(|value| still_fresh(*at, value)));
         if !fresh {
             entries.insert(key.clone(), (Instant::now(), Arc::new(OnceCell::new())));
         }

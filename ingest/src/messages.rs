@@ -10,8 +10,8 @@ use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
-use shared::ids::AccountId;
 
+use crate::accounts::find_account;
 use crate::app::AppState;
 use crate::auth::ApiToken;
 use crate::error::ApiError;
@@ -169,17 +169,11 @@ impl MessagesApi {
         )]
         limit: Query<u32>,
     ) -> Result<Json<MessagePage>, ApiError> {
-        let not_found = || ApiError::not_found("account_not_found", "no such account");
-        let id = AccountId::parse(&account_id.0).map_err(|_| not_found())?;
-        state
-            .store
-            .get_account(id.as_str())
-            .await?
-            .ok_or_else(not_found)?;
+        let account = find_account(state, &account_id.0).await?;
         let rows = state
             .store
             .list_messages(
-                id.as_str(),
+                &account.id,
                 conversation_id.0.as_deref(),
                 cursor.0.as_deref(),
                 limit.0 + 1,

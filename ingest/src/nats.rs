@@ -41,35 +41,10 @@ impl NatsLink {
 
     /// Creates the streams and the bucket, retrying until NATS answers.
     pub async fn set_up(&self, subjects: &Subjects, shutdown: &CancellationToken) {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let attempt = async {
-                shared::jetstream::ensure_streams(&self.js, subjects).await?;
-                shared::jetstream::accounts_bucket(&self.js, subjects).await
-            };
-            match attempt.await {
-                Ok(store) => {
-                    let _ = self.accounts.set(store);
-                    tracing::info!(
-                        inbound = %subjects.inbound_stream(),
-                        delivery = %subjects.delivery_stream(),
-                        bucket = %subjects.accounts_bucket(),
-                        "jetstream streams and accounts bucket ready"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    if let Some(why) = shared::jetstream::unsupported_server(&self.client) {
-                        tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
-                    }
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "jetstream set-up failed");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        if let Some(ready) =
+            shared::jetstream::set_up_until_ready(&self.js, subjects, shutdown).await
+        {
+            let _ = self.accounts.set(ready.accounts);
         }
     }
 }

@@ -85,6 +85,7 @@ pub async fn publish_pending_outbox(state: &AppState) -> anyhow::Result<usize> {
 /// case a wake-up was missed or NATS came back.
 pub async fn run(state: &AppState, shutdown: CancellationToken) {
     let mut failures = 0u32;
+    let mut backlog_recorded: Option<std::time::Instant> = None;
     loop {
         // Stopping mid-publish is safe: rows stay until acknowledged, and a
         // republish is dropped by the stream's duplicate window.
@@ -109,7 +110,12 @@ pub async fn run(state: &AppState, shutdown: CancellationToken) {
                 }
             }
         }
-        record_backlog(state).await;
+        // At most once a second: a save wakes this loop for every webhook,
+        // and the backlog is a COUNT over the outbox.
+        if backlog_recorded.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            record_backlog(state).await;
+            backlog_recorded = Some(std::time::Instant::now());
+        }
         let wait = if failures == 0 {
             Duration::from_secs(1)
         } else {

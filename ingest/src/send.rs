@@ -10,9 +10,10 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::{Value, json};
-use shared::ids::{AccountId, MessageId};
+use shared::ids::MessageId;
 use shared::wire::{self, Attachment};
 
+use crate::accounts::find_account;
 use crate::app::AppState;
 use crate::auth::ApiToken;
 use crate::error::ApiError;
@@ -348,13 +349,7 @@ impl SendApi {
             human_agent: body.tag == Some(MessageTag::HumanAgent),
             ..out
         };
-        let not_found = || ApiError::not_found("account_not_found", "no such account");
-        let id = AccountId::parse(&account_id.0).map_err(|_| not_found())?;
-        let account = state
-            .store
-            .get_account(id.as_str())
-            .await?
-            .ok_or_else(not_found)?;
+        let account = find_account(state, &account_id.0).await?;
         let token = account
             .instagram_access_token
             .clone()

@@ -74,6 +74,53 @@ pub async fn accounts_bucket(
     }
 }
 
+/// What a service needs once the layout is in place.
+pub struct Ready {
+    pub inbound: jetstream::stream::Stream,
+    pub accounts: kv::Store,
+}
+
+/// Creates the streams and the bucket, retrying with backoff (200 ms up to
+/// 5 s) until NATS answers; `None` when `shutdown` comes first. A server too
+/// old for this client is named in the log.
+pub async fn set_up_until_ready(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Ready> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            ensure_streams(js, subjects).await?;
+            let inbound = js.get_stream(subjects.inbound_stream()).await?;
+            let accounts = accounts_bucket(js, subjects).await?;
+            anyhow::Ok(Ready { inbound, accounts })
+        };
+        match attempt.await {
+            Ok(ready) => {
+                tracing::info!(
+                    inbound = %subjects.inbound_stream(),
+                    delivery = %subjects.delivery_stream(),
+                    bucket = %subjects.accounts_bucket(),
+                    "jetstream streams and accounts bucket ready"
+                );
+                return Some(ready);
+            }
+            Err(e) => {
+                if let Some(why) = unsupported_server(&js.client()) {
+                    tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
+                }
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "jetstream set-up failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Connects to NATS, retrying forever in the background once connected, and
 /// naming the connection after the service for `nats server report connections`.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
