@@ -219,6 +219,15 @@ impl System {
 
     /// The stored message with this id, as the messages API lists it.
     pub async fn message(&self, account_id: &str, message_id: &str) -> Option<serde_json::Value> {
+        self.messages(account_id)
+            .await
+            .into_iter()
+            .find(|m| m["id"] == message_id)
+    }
+
+    /// Every stored message of the account, following the API's pages.
+    pub async fn messages(&self, account_id: &str) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
         let mut cursor = String::new();
         loop {
             let page = self
@@ -226,17 +235,10 @@ impl System {
                     "/api/v1/accounts/{account_id}/messages?limit=200&cursor={cursor}"
                 ))
                 .await;
-            if let Some(m) = page["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["id"] == message_id)
-            {
-                return Some(m.clone());
-            }
+            all.extend(page["data"].as_array().unwrap().iter().cloned());
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = c.to_owned(),
-                None => return None,
+                None => return all,
             }
         }
     }
@@ -247,22 +249,11 @@ impl System {
         account_id: &str,
     ) -> std::collections::HashMap<String, usize> {
         let mut counts = std::collections::HashMap::new();
-        let mut cursor = String::new();
-        loop {
-            let page = self
-                .api_get(&format!(
-                    "/api/v1/accounts/{account_id}/messages?limit=200&cursor={cursor}"
-                ))
-                .await;
-            for m in page["data"].as_array().unwrap() {
-                let status = m["delivery"]["status"].as_str().unwrap().to_owned();
-                *counts.entry(status).or_insert(0) += 1;
-            }
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_owned(),
-                None => return counts,
-            }
+        for m in self.messages(account_id).await {
+            let status = m["delivery"]["status"].as_str().unwrap().to_owned();
+            *counts.entry(status).or_insert(0) += 1;
         }
+        counts
     }
 
     /// Waits until all `n` of the account's messages are delivered.
