@@ -75,6 +75,9 @@ pub struct Message {
     /// `inbound` (from the customer) or `outbound`.
     pub direction: String,
     pub conversation_id: String,
+    /// Its place in the conversation (the CRM payload's `sequence`); `null`
+    /// for events the CRM does not receive.
+    pub sequence: Option<i64>,
     pub sender_id: String,
     pub recipient_id: String,
     pub message_type: String,
@@ -97,6 +100,7 @@ impl From<MessageRow> for Message {
             event: r.event,
             direction: r.direction,
             conversation_id: r.conversation_id,
+            sequence: r.sequence,
             sender_id: r.sender_id,
             recipient_id: r.recipient_id,
             message_type: r.message_type,

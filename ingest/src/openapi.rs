@@ -60,6 +60,10 @@ pub struct InboundMessageWebhookDoc {
     pub instagram_message_id: String,
     /// `conv_<customer id>_<instagram account id>`.
     pub conversation_id: String,
+    /// This event's place in its conversation: 1, 2, 3, ... in the order ingest
+    /// saved them. Deliveries of one conversation arrive in this order; a gap
+    /// means an earlier event is still being retried or was dead-lettered.
+    pub sequence: u64,
     /// Every attachment, in order; empty for text.
     pub attachments: Vec<AttachmentDoc>,
     /// The message or story this message answers.

@@ -183,7 +183,7 @@ pub async fn send_and_record(
         attachments: serde_json::to_string(&attachments).unwrap_or_else(|_| "[]".into()),
         sent_at: now,
         subject: String::new(),
-        payload: Vec::new(),
+        webhook: None,
         publish: false,
         hold_until: None,
     };

@@ -254,6 +254,7 @@ async fn save_event(
         timestamp: wire::rfc3339(c.time),
         instagram_message_id: c.mid.clone(),
         conversation_id: wire::conversation_id(&c.customer_id, instagram_account_id),
+        sequence: None,
         attachments: c.attachments.clone(),
         reply_to: c.reply_to,
         quick_reply: c.quick_reply,
@@ -276,12 +277,12 @@ async fn save_event(
         attachments: serde_json::to_string(&c.attachments)?,
         sent_at: c.time,
         subject: state.subjects.inbound(account_id),
-        payload: serde_json::to_vec(&webhook)?,
+        webhook: Some(webhook.clone()),
         publish,
         hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
     };
     match state.store.save_message(&new).await? {
-        SaveOutcome::Saved => {
+        SaveOutcome::Saved { sequence } => {
             tracing::info!(account_id = %account.id, message_id = %new.id, event = new.event, "message saved");
             tally.saved += 1;
             if new.hold_until.is_some() {
@@ -289,7 +290,10 @@ async fn save_event(
                     state.clone(),
                     account.clone(),
                     new.id.clone(),
-                    webhook.clone(),
+                    InboundMessageWebhook {
+                        sequence,
+                        ..webhook.clone()
+                    },
                 );
             }
             if new.event == wire::EVENT_MESSAGE_RECEIVED {

@@ -40,6 +40,7 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
         timestamp: "2025-11-08T10:30:00Z".into(),
         instagram_message_id: "mid".into(),
         conversation_id: "conv_1_2".into(),
+        sequence: Some(1),
         attachments: vec![],
         reply_to: Some(Default::default()),
         quick_reply: Some(shared::wire::QuickReply {

@@ -52,6 +52,12 @@ pub struct InboundMessageWebhook {
     pub timestamp: String,
     pub instagram_message_id: String,
     pub conversation_id: String,
+    /// This event's place in its conversation: 1, 2, 3, ... in the order
+    /// ingest saved the conversation's events. Deliveries of a conversation
+    /// arrive in this order; a CRM can also order by it and notice a gap (an
+    /// earlier event still being retried, or dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
     /// Every attachment of the message, in Meta's order.
     #[serde(default)]
     pub attachments: Vec<Attachment>,
@@ -181,6 +187,7 @@ mod tests {
             timestamp: "2025-11-08T10:30:00Z".into(),
             instagram_message_id: "mid_1".into(),
             conversation_id: conversation_id("123", "456"),
+            sequence: Some(1),
             attachments: vec![],
             reply_to: None,
             quick_reply: None,
@@ -200,6 +207,7 @@ mod tests {
             "timestamp",
             "instagram_message_id",
             "conversation_id",
+            "sequence",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

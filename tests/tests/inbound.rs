@@ -111,6 +111,52 @@ async fn a_text_message_reaches_the_crm_with_every_field_and_both_signatures() {
         body["conversation_id"],
         format!("conv_{CUSTOMER}_{BUSINESS}")
     );
+    assert_eq!(body["sequence"], 1, "the conversation's first event");
+}
+
+#[tokio::test]
+async fn each_conversations_events_are_numbered_from_one_without_gaps() {
+    let sys = System::start().await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let first = payload(vec![entry(
+        BUSINESS,
+        vec![
+            text_event(BUSINESS, "111", "mid_a1", "a1", 1_762_597_800_000),
+            text_event(BUSINESS, "222", "mid_b1", "b1", 1_762_597_801_000),
+            text_event(BUSINESS, "111", "mid_a2", "a2", 1_762_597_802_000),
+        ],
+    )]);
+    assert_eq!(sys.send_meta_webhook(&first).await.status(), 200);
+    // Meta's redelivery takes no number.
+    assert_eq!(sys.send_meta_webhook(&first).await.status(), 200);
+    let second = payload(vec![entry(
+        BUSINESS,
+        vec![
+            text_event(BUSINESS, "222", "mid_b2", "b2", 1_762_597_803_000),
+            text_event(BUSINESS, "111", "mid_a3", "a3", 1_762_597_804_000),
+        ],
+    )]);
+    assert_eq!(sys.send_meta_webhook(&second).await.status(), 200);
+
+    crm.wait_for(5, WAIT).await;
+    sys.wait_all_delivered(&account, 5, WAIT).await;
+    let sequence_of = |mid: &str| {
+        crm.deliveries()
+            .iter()
+            .find(|d| d.json["instagram_message_id"] == mid)
+            .map(|d| d.json["sequence"].as_u64().unwrap())
+            .unwrap()
+    };
+    let numbered: Vec<u64> = ["mid_a1", "mid_a2", "mid_a3", "mid_b1", "mid_b2"]
+        .iter()
+        .map(|mid| sequence_of(mid))
+        .collect();
+    assert_eq!(numbered, [1, 2, 3, 1, 2]);
+    for m in sys.messages(&account).await {
+        let mid = m["instagram_message_id"].as_str().unwrap();
+        assert_eq!(m["sequence"].as_u64(), Some(sequence_of(mid)), "{mid}");
+    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shared::secrets::SecretBox;
-use shared::wire::DeliveryOutcome;
+use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -75,18 +75,30 @@ pub struct NewMessage {
     /// JSON array of attachments.
     pub attachments: String,
     pub sent_at: DateTime<Utc>,
-    /// Where and what to publish once saved.
+    /// Where and what to publish once saved: the CRM payload, which gets the
+    /// conversation's next `sequence` when it is saved. `None` for records
+    /// that are never published (replies sent through the API).
     pub subject: String,
-    pub payload: Vec<u8>,
+    pub webhook: Option<InboundMessageWebhook>,
     /// False for what the CRM does not receive: saved with status `skipped`.
     pub publish: bool,
     /// Not published before this time (a short wait for enrichment).
     pub hold_until: Option<DateTime<Utc>>,
 }
 
+impl NewMessage {
+    /// The body as published: the webhook with its place in the conversation.
+    pub fn payload(&self, sequence: Option<u64>) -> Option<Vec<u8>> {
+        let mut webhook = self.webhook.clone()?;
+        webhook.sequence = sequence;
+        serde_json::to_vec(&webhook).ok()
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum SaveOutcome {
-    Saved,
+    /// Saved; `sequence` is its place in the conversation when it is published.
+    Saved { sequence: Option<u64> },
     /// The account already has a message with this Instagram `mid`.
     Duplicate,
 }
@@ -125,7 +137,13 @@ pub struct MessageRow {
     pub replays: i64,
     /// When the customer deleted (unsent) it.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Its place in the conversation, for events published to the CRM.
+    pub sequence: Option<i64>,
 }
+
+/// What a replay needs of a dead letter: subject, payload, replay count, and
+/// its conversation and place in it.
+type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option<i64>)>;
 
 /// Which dead letters an operator means.
 #[derive(Clone, Debug, Default)]
@@ -176,7 +194,9 @@ pub trait Store: Send + Sync + 'static {
     /// account already has a message with the same Instagram id.
     async fn save_message(&self, message: &NewMessage) -> Result<SaveOutcome, StoreError>;
 
-    /// The oldest outbox entries first.
+    /// The oldest outbox entries first, at most one per conversation: an
+    /// event waits while an earlier one of its conversation is still in the
+    /// outbox, so each conversation enters the stream in sequence order.
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Called once JetStream acknowledged the publish.
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError>;

@@ -11,14 +11,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use shared::wire::DeliveryOutcome;
 
 use super::{
-    AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, Store,
-    StoreError,
+    AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, ReplayRow, SaveOutcome,
+    Store, StoreError,
 };
 
 const MESSAGE_COLUMNS: &str =
     "id, account_id, event, instagram_message_id, direction, conversation_id,
     sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
-    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at";
+    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at,
+    sequence";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -175,35 +176,67 @@ impl Store for SqliteStore {
         .bind(m.sent_at)
         .bind(now)
         .bind(&m.subject)
-        .bind(&m.payload)
+        .bind(if m.publish { None } else { m.payload(None) })
         .bind(if m.publish { "pending" } else { "skipped" })
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Ok(SaveOutcome::Duplicate);
         }
-        if m.publish {
-            sqlx::query(
-                "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
+        if !m.publish {
+            tx.commit().await?;
+            return Ok(SaveOutcome::Saved { sequence: None });
+        }
+        // Numbered only once it is certain to be published: a redelivery
+        // or a skipped event never leaves a gap in the conversation.
+        let (sequence,): (i64,) = sqlx::query_as(
+            "INSERT INTO conversations (account_id, conversation_id, last_sequence) VALUES (?, ?, 1)
+             ON CONFLICT (account_id, conversation_id)
+             DO UPDATE SET last_sequence = conversations.last_sequence + 1
+             RETURNING last_sequence",
+        )
+        .bind(&m.account_id)
+        .bind(&m.conversation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let payload = m.payload(Some(sequence as u64)).unwrap_or_default();
+        sqlx::query("UPDATE messages SET sequence = ?, payload = ? WHERE id = ?")
+            .bind(sequence)
+            .bind(&payload)
             .bind(&m.id)
-            .bind(&m.subject)
-            .bind(&m.payload)
-            .bind(now)
-            .bind(m.hold_until)
             .execute(&mut *tx)
             .await?;
-        }
+        sqlx::query(
+            "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
+                account_id, conversation_id, sequence)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&m.id)
+        .bind(&m.subject)
+        .bind(&payload)
+        .bind(now)
+        .bind(m.hold_until)
+        .bind(&m.account_id)
+        .bind(&m.conversation_id)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(SaveOutcome::Saved)
+        Ok(SaveOutcome::Saved {
+            sequence: Some(sequence as u64),
+        })
     }
 
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT message_id, nats_msg_id, subject, payload, created_at FROM outbox
-             WHERE hold_until IS NULL OR hold_until <= ?
-             ORDER BY created_at, message_id LIMIT ?",
+            "SELECT o.message_id, o.nats_msg_id, o.subject, o.payload, o.created_at FROM outbox o
+             WHERE (o.hold_until IS NULL OR o.hold_until <= ?)
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox earlier
+                   WHERE earlier.account_id = o.account_id
+                     AND earlier.conversation_id = o.conversation_id
+                     AND earlier.sequence < o.sequence)
+             ORDER BY o.created_at, o.message_id LIMIT ?",
         )
         .bind(Utc::now())
         .bind(limit)
@@ -371,20 +404,21 @@ impl Store for SqliteStore {
 
     async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(
+        let row: ReplayRow = sqlx::query_as(
             "UPDATE messages SET delivery_status = 'pending', dead_at = NULL, replays = replays + 1
              WHERE id = ? AND delivery_status = 'dead' AND payload IS NOT NULL
-             RETURNING subject, payload, replays",
+             RETURNING subject, payload, replays, account_id, conversation_id, sequence",
         )
         .bind(message_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((subject, payload, replays)) = row else {
+        let Some((subject, payload, replays, account_id, conversation_id, sequence)) = row else {
             return Ok(false);
         };
         sqlx::query(
-            "INSERT INTO outbox (message_id, nats_msg_id, subject, payload, created_at)
-             VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO outbox (message_id, nats_msg_id, subject, payload, created_at,
+                account_id, conversation_id, sequence)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (message_id) DO UPDATE SET nats_msg_id = excluded.nats_msg_id",
         )
         .bind(message_id)
@@ -392,6 +426,9 @@ impl Store for SqliteStore {
         .bind(subject)
         .bind(payload)
         .bind(Utc::now())
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(sequence)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
