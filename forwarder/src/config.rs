@@ -26,9 +26,29 @@ pub struct ForwarderConfig {
     #[arg(long, env = "FORWARDER_RETRY_SCHEDULE", default_value = "10s,1m,10m,1h,6h", value_parser = parse_schedule)]
     pub forwarder_retry_schedule: RetrySchedule,
 
-    /// Deliveries in flight at once in this process.
-    #[arg(long, env = "FORWARDER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Deliveries in flight at once in this process, all accounts together;
+    /// accounts waiting for a slot are served in turn.
+    #[arg(long, env = "FORWARDER_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub forwarder_concurrency: u32,
+
+    /// Deliveries in flight at once for one account, unless the account sets
+    /// its own `max_in_flight`.
+    #[arg(long, env = "FORWARDER_ACCOUNT_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub forwarder_account_in_flight: u32,
+
+    /// Failed attempts in a row (timeouts, connection errors, 408, 5xx) that
+    /// pause an account's deliveries.
+    #[arg(long, env = "FORWARDER_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub forwarder_breaker_failures: u32,
+
+    /// How long a paused account waits before its first probe delivery; the
+    /// wait doubles after each failed probe.
+    #[arg(long, env = "FORWARDER_BREAKER_PROBE_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    pub forwarder_breaker_probe_interval: Duration,
+
+    /// The longest wait between two probes of a paused account.
+    #[arg(long, env = "FORWARDER_BREAKER_MAX_PROBE_INTERVAL", default_value = "5m", value_parser = parse_positive_duration)]
+    pub forwarder_breaker_max_probe_interval: Duration,
 
     /// Seconds to wait for the CRM's answer.
     #[arg(long, env = "CRM_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -42,6 +62,19 @@ pub struct ForwarderConfig {
 impl ForwarderConfig {
     pub fn crm_timeout(&self) -> Duration {
         Duration::from_secs(self.crm_timeout_secs)
+    }
+
+    /// How long JetStream waits for an ack before it hands a message out
+    /// again: longer than any attempt (each starts with a progress ack).
+    pub fn ack_wait(&self) -> Duration {
+        self.crm_timeout() + Duration::from_secs(10)
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
     }
 }
 

@@ -15,6 +15,7 @@ use shared::signing::WebhookSecret;
 
 use crate::app::AppState;
 use crate::auth::ApiToken;
+use crate::deliveries::{DeliveryHealthView, account_view, new_account_view};
 use crate::error::ApiError;
 use crate::openapi::ApiTags;
 use crate::store::AccountRow;
@@ -132,12 +133,17 @@ pub struct Account {
     /// The events the CRM receives.
     pub events: Vec<EventKind>,
     pub status: AccountStatus,
+    /// Deliveries to the CRM in flight at once; `null` for the forwarders'
+    /// default (`FORWARDER_ACCOUNT_IN_FLIGHT`, 8).
+    pub max_in_flight: Option<i64>,
+    /// How deliveries to the CRM are doing.
+    pub delivery_health: DeliveryHealthView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<&AccountRow> for Account {
-    fn from(r: &AccountRow) -> Self {
+impl Account {
+    pub fn new(r: &AccountRow, delivery_health: DeliveryHealthView) -> Self {
         Self {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -147,6 +153,8 @@ impl From<&AccountRow> for Account {
             auto_reply_cooldown_secs: r.auto_reply_cooldown_secs,
             events: events_from_stored(&r.events),
             status: AccountStatus::from_stored(&r.status),
+            max_in_flight: r.max_in_flight,
+            delivery_health,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -186,6 +194,10 @@ pub struct CreateAccount {
     pub auto_reply_cooldown_secs: Option<i64>,
     /// The events the CRM receives; every event when omitted.
     pub events: Option<Vec<EventKind>>,
+    /// Deliveries in flight at once, 1 to `ROUTER_ACCOUNT_IN_FLIGHT_MAX`
+    /// (64); the forwarders' default (8) when omitted.
+    #[oai(validator(minimum(value = "1")))]
+    pub max_in_flight: Option<i64>,
 }
 
 /// Only the fields present are changed; `auto_reply_text: null` clears it.
@@ -207,6 +219,9 @@ pub struct UpdateAccount {
     pub auto_reply_cooldown_secs: Option<i64>,
     /// The events the CRM receives; `null` for every event.
     pub events: MaybeUndefined<Vec<EventKind>>,
+    /// Deliveries in flight at once; `null` for the forwarders' default.
+    #[oai(validator(minimum(value = "1")))]
+    pub max_in_flight: MaybeUndefined<i64>,
 }
 
 #[derive(Debug, Object)]
@@ -246,6 +261,19 @@ fn parse_crm_url(s: &str) -> Result<String, ApiError> {
         return Err(invalid("must not carry credentials"));
     }
     Ok(url.to_string())
+}
+
+/// An account's cap, within the operator's maximum.
+fn parse_max_in_flight(state: &AppState, n: i64) -> Result<i64, ApiError> {
+    let max = i64::from(state.config.common.router_account_in_flight_max);
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("max_in_flight must be between 1 and {max} (ROUTER_ACCOUNT_IN_FLIGHT_MAX)"),
+        ))
+    }
 }
 
 fn parse_secret(s: &str) -> Result<WebhookSecret, ApiError> {
@@ -307,12 +335,18 @@ impl AccountsApi {
             updated_at: now,
             events: events_to_stored(body.events),
             auto_reply_cooldown_secs: body.auto_reply_cooldown_secs.unwrap_or(86_400),
+            max_in_flight: body
+                .max_in_flight
+                .map(|n| parse_max_in_flight(state, n))
+                .transpose()?,
+            deliveries_paused_at: None,
+            deliveries_resumed_at: None,
         };
         state.store.insert_account(&row).await?;
         state.routing.account_changed(state, &row.id).await;
         tracing::info!(account_id = %row.id, "account created");
         Ok(CreateAccountResponse::Created(Json(CreatedAccount {
-            account: Account::from(&row),
+            account: new_account_view(&row),
             webhook_secret: row.webhook_secret,
         })))
     }
@@ -337,11 +371,12 @@ impl AccountsApi {
             .list_accounts(cursor.0.as_deref(), limit.0 + 1)
             .await?;
         let more = rows.len() > limit.0 as usize;
-        let data: Vec<Account> = rows
-            .iter()
-            .take(limit.0 as usize)
-            .map(Account::from)
-            .collect();
+        let data: Vec<Account> = futures::future::join_all(
+            rows.iter()
+                .take(limit.0 as usize)
+                .map(|row| account_view(state, row)),
+        )
+        .await;
         let next_cursor = if more {
             data.last().map(|a| a.id.clone())
         } else {
@@ -363,7 +398,7 @@ impl AccountsApi {
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
         let row = find_account(state, &account_id.0).await?;
-        Ok(Json(Account::from(&row)))
+        Ok(Json(account_view(state, &row).await))
     }
 
     /// Change an account
@@ -413,13 +448,18 @@ impl AccountsApi {
         if let Some(secret) = body.webhook_secret {
             row.webhook_secret = parse_secret(&secret)?.expose().to_owned();
         }
+        match body.max_in_flight {
+            MaybeUndefined::Value(n) => row.max_in_flight = Some(parse_max_in_flight(state, n)?),
+            MaybeUndefined::Null => row.max_in_flight = None,
+            MaybeUndefined::Undefined => {}
+        }
         row.updated_at = Utc::now();
         if !state.store.update_account(&row).await? {
             return Err(account_not_found());
         }
         state.routing.account_changed(state, &row.id).await;
         tracing::info!(account_id = %row.id, "account updated");
-        Ok(Json(Account::from(&row)))
+        Ok(Json(account_view(state, &row).await))
     }
 
     /// Remove an account and its messages

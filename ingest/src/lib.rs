@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dead_letters;
+pub mod deliveries;
 pub mod error;
 pub mod followups;
 pub mod graph;

@@ -12,8 +12,14 @@ use tokio_util::sync::CancellationToken;
 pub struct NatsLink {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    /// Set once streams and bucket exist; until then nothing is published.
-    accounts: OnceCell<kv::Store>,
+    /// Set once streams and buckets exist; until then nothing is published.
+    buckets: OnceCell<Buckets>,
+}
+
+struct Buckets {
+    accounts: kv::Store,
+    /// Each account's CRM health, written by the forwarders.
+    health: kv::Store,
 }
 
 impl NatsLink {
@@ -25,17 +31,22 @@ impl NatsLink {
         Ok(Self {
             client,
             js,
-            accounts: OnceCell::new(),
+            buckets: OnceCell::new(),
         })
     }
 
     /// The accounts bucket, once the JetStream layout is in place.
     pub fn accounts(&self) -> Option<&kv::Store> {
-        self.accounts.get()
+        self.buckets.get().map(|b| &b.accounts)
+    }
+
+    /// The delivery-health bucket, once the JetStream layout is in place.
+    pub fn health(&self) -> Option<&kv::Store> {
+        self.buckets.get().map(|b| &b.health)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.accounts.initialized()
+        self.buckets.initialized()
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
@@ -44,7 +55,10 @@ impl NatsLink {
         if let Some(ready) =
             shared::jetstream::set_up_until_ready(&self.js, subjects, shutdown).await
         {
-            let _ = self.accounts.set(ready.accounts);
+            let _ = self.buckets.set(Buckets {
+                accounts: ready.accounts,
+                health: ready.health,
+            });
         }
     }
 }

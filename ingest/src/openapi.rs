@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApiService, Tags, Webhook};
 
 use crate::accounts::AccountsApi;
 use crate::dead_letters::DeadLettersApi;
+use crate::deliveries::DeliveriesApi;
 use crate::health::HealthApi;
 use crate::messages::MessagesApi;
 use crate::send::SendApi;
@@ -222,12 +223,28 @@ impl poem_openapi::Webhook for CrmWebhooks {
     }
 }
 
-pub type ApiService =
-    OpenApiService<(AccountsApi, MessagesApi, SendApi, DeadLettersApi, HealthApi), CrmWebhooks>;
+pub type ApiService = OpenApiService<
+    (
+        AccountsApi,
+        DeliveriesApi,
+        MessagesApi,
+        SendApi,
+        DeadLettersApi,
+        HealthApi,
+    ),
+    CrmWebhooks,
+>;
 
 pub fn service() -> ApiService {
     OpenApiService::new(
-        (AccountsApi, MessagesApi, SendApi, DeadLettersApi, HealthApi),
+        (
+            AccountsApi,
+            DeliveriesApi,
+            MessagesApi,
+            SendApi,
+            DeadLettersApi,
+            HealthApi,
+        ),
         "Instagram → CRM message router",
         env!("CARGO_PKG_VERSION"),
     )

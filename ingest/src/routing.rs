@@ -35,6 +35,9 @@ fn routing_of(state: &AppState, row: &AccountRow) -> AccountRouting {
         crm_webhook_url: row.crm_webhook_url.clone(),
         webhook_secret: shared::secrets::seal(key, &row.webhook_secret),
         status: row.status.clone(),
+        max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
+        deliveries_paused: row.deliveries_paused_at.is_some(),
+        deliveries_resumed_at: row.deliveries_resumed_at,
     }
 }
 

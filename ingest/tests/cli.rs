@@ -21,6 +21,7 @@ fn help_lists_every_setting() {
         "META_APP_SECRET",
         "META_VERIFY_TOKEN",
         "ROUTER_API_TOKENS",
+        "ROUTER_ACCOUNT_IN_FLIGHT_MAX",
         "GRAPH_API_BASE",
         "ROUTER_SUBJECT_PREFIX",
         "LOG_FORMAT",

@@ -30,6 +30,11 @@ pub struct CommonConfig {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The most deliveries in flight an account may ask for (`max_in_flight`
+    /// in the account API): ingest refuses more, forwarders never go above it.
+    #[arg(long, env = "ROUTER_ACCOUNT_IN_FLIGHT_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub router_account_in_flight_max: u32,
 }
 
 fn parse_key(s: &str) -> Result<crate::secrets::SecretBox, String> {

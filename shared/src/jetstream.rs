@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::{self, kv, stream};
 
+use crate::ids::AccountId;
 use crate::subjects::Subjects;
 
 /// How long inbound messages and outcomes stay in their streams for
@@ -42,6 +44,20 @@ pub fn delivery_stream_config(subjects: &Subjects) -> stream::Config {
     }
 }
 
+pub fn alerts_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.alerts_stream(),
+        description: Some(
+            "Alerts for operators: accounts whose deliveries paused or resumed".into(),
+        ),
+        subjects: vec![subjects.alerts_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: STREAM_MAX_AGE,
+        ..Default::default()
+    }
+}
+
 pub fn accounts_bucket_config(subjects: &Subjects) -> kv::Config {
     kv::Config {
         bucket: subjects.accounts_bucket(),
@@ -52,25 +68,102 @@ pub fn accounts_bucket_config(subjects: &Subjects) -> kv::Config {
     }
 }
 
-/// Creates (or updates to the documented settings) both streams.
+pub fn health_bucket_config(subjects: &Subjects) -> kv::Config {
+    kv::Config {
+        bucket: subjects.health_bucket(),
+        description: "Per-account CRM health (circuit breaker), kept by the forwarders".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+pub fn holds_bucket_config(subjects: &Subjects) -> kv::Config {
+    kv::Config {
+        bucket: subjects.holds_bucket(),
+        description: "Conversations held behind a message waiting for a retry".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        // A hold outliving its message (gone from the stream) is useless.
+        max_age: STREAM_MAX_AGE,
+        ..Default::default()
+    }
+}
+
+/// How long a forwarder's heartbeat stays in the bucket after it stops: a
+/// heartbeat that stopped without a goodbye marks a crashed forwarder.
+pub const FORWARDER_RECORD_AGE: Duration = Duration::from_secs(3600);
+
+pub fn forwarders_bucket_config(subjects: &Subjects) -> kv::Config {
+    kv::Config {
+        bucket: subjects.forwarders_bucket(),
+        description: "Heartbeats of the running forwarders, which share the accounts".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        max_age: FORWARDER_RECORD_AGE,
+        ..Default::default()
+    }
+}
+
+/// The priority group every forwarder pulls an account's consumer with.
+pub const DELIVERY_GROUP: &str = "deliveries";
+
+/// How long the server keeps an account pinned to a forwarder that stopped
+/// pulling it without handing it back (a crash): the backstop behind the
+/// forwarders' own hand-over.
+pub const PIN_TTL: Duration = Duration::from_secs(30);
+
+/// One account's budget of delivered but unacknowledged messages: in
+/// flight, waiting for a retry, or held behind an earlier message of their
+/// conversation. Reaching it stops that account only.
+pub const ACCOUNT_MAX_ACK_PENDING: i64 = 1000;
+
+/// One account's durable consumer on the inbound stream. Every forwarder
+/// pulls it in the [`DELIVERY_GROUP`] with the pinned-client policy, so the
+/// server hands its messages to one forwarder at a time: that forwarder
+/// keeps the account's conversations in order and its deliveries within
+/// its cap. `ack_wait` is above the CRM timeout (each attempt starts with a
+/// progress ack); after a crash the messages come back within it.
+pub fn account_consumer_config(
+    subjects: &Subjects,
+    account: &AccountId,
+    ack_wait: Duration,
+    deliver_policy: DeliverPolicy,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(subjects.account_consumer(account)),
+        description: Some(format!(
+            "Deliveries to the CRM of {account}, by one forwarder at a time"
+        )),
+        filter_subject: subjects.inbound(account),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: ACCOUNT_MAX_ACK_PENDING,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![DELIVERY_GROUP.to_owned()],
+        priority_timeout: PIN_TTL,
+        ..Default::default()
+    }
+}
+
+/// Creates (or updates to the documented settings) the three streams.
 pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
     js.create_or_update_stream(inbound_stream_config(subjects))
         .await?;
     js.create_or_update_stream(delivery_stream_config(subjects))
         .await?;
+    js.create_or_update_stream(alerts_stream_config(subjects))
+        .await?;
     Ok(())
 }
 
-/// Opens the accounts bucket, creating it when missing.
-pub async fn accounts_bucket(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(subjects.accounts_bucket()).await {
+/// Opens a bucket, creating it when missing.
+pub async fn bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    match js.get_key_value(&config.bucket).await {
         Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_key_value(accounts_bucket_config(subjects))
-            .await?),
+        Err(_) => Ok(js.create_key_value(config).await?),
     }
 }
 
@@ -78,6 +171,9 @@ pub async fn accounts_bucket(
 pub struct Ready {
     pub inbound: jetstream::stream::Stream,
     pub accounts: kv::Store,
+    pub health: kv::Store,
+    pub holds: kv::Store,
+    pub forwarders: kv::Store,
 }
 
 /// Creates the streams and the bucket, retrying with backoff (200 ms up to
@@ -92,17 +188,21 @@ pub async fn set_up_until_ready(
     loop {
         let attempt = async {
             ensure_streams(js, subjects).await?;
-            let inbound = js.get_stream(subjects.inbound_stream()).await?;
-            let accounts = accounts_bucket(js, subjects).await?;
-            anyhow::Ok(Ready { inbound, accounts })
+            anyhow::Ok(Ready {
+                inbound: js.get_stream(subjects.inbound_stream()).await?,
+                accounts: bucket(js, accounts_bucket_config(subjects)).await?,
+                health: bucket(js, health_bucket_config(subjects)).await?,
+                holds: bucket(js, holds_bucket_config(subjects)).await?,
+                forwarders: bucket(js, forwarders_bucket_config(subjects)).await?,
+            })
         };
         match attempt.await {
             Ok(ready) => {
                 tracing::info!(
                     inbound = %subjects.inbound_stream(),
                     delivery = %subjects.delivery_stream(),
-                    bucket = %subjects.accounts_bucket(),
-                    "jetstream streams and accounts bucket ready"
+                    alerts = %subjects.alerts_stream(),
+                    "jetstream streams and buckets ready"
                 );
                 return Some(ready);
             }
@@ -121,6 +221,30 @@ pub async fn set_up_until_ready(
     }
 }
 
+/// Publishes an alert on `<prefix>.alerts.crm.<account_id>` (kept in the
+/// alerts stream), waiting a bounded time for JetStream's acknowledgement.
+pub async fn publish_crm_alert(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    account: &AccountId,
+    alert: &crate::wire::CrmAlert,
+) {
+    let Ok(body) = serde_json::to_vec(alert) else {
+        return;
+    };
+    let published = async {
+        js.publish(subjects.crm_alert(account), body.into())
+            .await?
+            .await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), published).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(account_id = %account, error = %e, "alert not published"),
+        Err(_) => tracing::warn!(account_id = %account, "alert not acknowledged"),
+    }
+}
+
 /// Connects to NATS, retrying forever in the background once connected, and
 /// naming the connection after the service for `nats server report connections`.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -134,8 +258,9 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
     Ok(client)
 }
 
-/// The oldest nats-server whose JetStream API this build speaks.
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+/// The oldest nats-server whose JetStream API this build speaks (pinned
+/// pull consumers came with 2.11).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
 
 /// Whether a server version string (`2.10.22`) is new enough.
 pub fn server_version_supported(version: &str) -> bool {
@@ -165,9 +290,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_before_2_10_are_refused() {
+    fn versions_before_2_11_are_refused() {
         assert!(!server_version_supported("2.9.10"));
-        assert!(server_version_supported("2.10.0"));
+        assert!(!server_version_supported("2.10.22"));
+        assert!(server_version_supported("2.11.0"));
         assert!(server_version_supported("2.15.1"));
         assert!(server_version_supported("3.0.0"));
     }

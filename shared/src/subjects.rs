@@ -69,6 +69,15 @@ impl Subjects {
         format!("{}.delivery.>", self.prefix)
     }
 
+    /// Where an account's CRM health alerts go: paused and resumed deliveries.
+    pub fn crm_alert(&self, account: &AccountId) -> String {
+        format!("{}.alerts.crm.{}", self.prefix, account)
+    }
+
+    pub fn alerts_all(&self) -> String {
+        format!("{}.alerts.>", self.prefix)
+    }
+
     /// Where a service instance publishes its live summary.
     pub fn stats(&self, service: &str, instance: &str) -> String {
         format!("{}.stats.{service}.{instance}", self.prefix)
@@ -87,8 +96,26 @@ impl Subjects {
         format!("{}_DELIVERY", self.name_base())
     }
 
-    /// The durable pull consumer that every forwarder process shares.
-    pub fn forwarder_consumer(&self) -> String {
+    pub fn alerts_stream(&self) -> String {
+        format!("{}_ALERTS", self.name_base())
+    }
+
+    /// The durable pull consumer of one account's inbound messages. Each
+    /// account has its own, so its unacknowledged messages (in flight,
+    /// waiting for a retry) count against its own limit, never another's.
+    pub fn account_consumer(&self, account: &AccountId) -> String {
+        format!("deliver_{account}")
+    }
+
+    /// The account whose consumer this is, for a name made by
+    /// [`Subjects::account_consumer`].
+    pub fn consumer_account(&self, consumer: &str) -> Option<AccountId> {
+        AccountId::parse(consumer.strip_prefix("deliver_")?).ok()
+    }
+
+    /// The one consumer every forwarder shared before consumers were per
+    /// account; a forwarder that finds it takes over from its position.
+    pub fn legacy_forwarder_consumer(&self) -> String {
         "forwarder".to_owned()
     }
 
@@ -99,7 +126,28 @@ impl Subjects {
 
     /// The key-value bucket holding each account's routing (CRM URL, secret, status).
     pub fn accounts_bucket(&self) -> String {
-        format!("{}_accounts", self.prefix.replace('.', "_"))
+        self.bucket("accounts")
+    }
+
+    /// Each account's CRM health (the circuit breaker), written by the
+    /// forwarder serving the account, read by ingest for the account API.
+    pub fn health_bucket(&self) -> String {
+        self.bucket("delivery_health")
+    }
+
+    /// Conversations held behind a message that waits for a retry, so that
+    /// no later message of the conversation overtakes it.
+    pub fn holds_bucket(&self) -> String {
+        self.bucket("conversation_holds")
+    }
+
+    /// The running forwarders' heartbeats: who shares the accounts.
+    pub fn forwarders_bucket(&self) -> String {
+        self.bucket("forwarders")
+    }
+
+    fn bucket(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix.replace('.', "_"))
     }
 }
 
@@ -118,6 +166,10 @@ mod tests {
         );
         assert_eq!(s.inbound_stream(), "ROUTER_INBOUND");
         assert_eq!(s.accounts_bucket(), "router_accounts");
+        assert_eq!(s.crm_alert(&acc), "router.alerts.crm.acc_x1");
+        assert_eq!(s.account_consumer(&acc), "deliver_acc_x1");
+        assert_eq!(s.consumer_account("deliver_acc_x1"), Some(acc));
+        assert_eq!(s.consumer_account("forwarder"), None);
         let s = Subjects::new("acme.router").unwrap();
         assert_eq!(s.inbound_stream(), "ACME_ROUTER_INBOUND");
         assert_eq!(s.accounts_bucket(), "acme_router_accounts");

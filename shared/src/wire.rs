@@ -140,6 +140,17 @@ pub struct AccountRouting {
     /// The account's `whsec_…` secret. Never logged: see the Debug impl.
     pub webhook_secret: String,
     pub status: String,
+    /// Deliveries in flight at once for this account; `None` for the
+    /// forwarder's default (`FORWARDER_ACCOUNT_IN_FLIGHT`).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// An operator paused the account's deliveries through the API.
+    #[serde(default)]
+    pub deliveries_paused: bool,
+    /// When an operator last resumed them: this also ends a pause of the
+    /// circuit breaker that began earlier.
+    #[serde(default)]
+    pub deliveries_resumed_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for AccountRouting {
@@ -150,6 +161,109 @@ impl std::fmt::Debug for AccountRouting {
             .finish_non_exhaustive()
     }
 }
+
+/// How an account's CRM is doing, as its circuit breaker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// The last attempt reached the CRM.
+    Healthy,
+    /// Attempts failed in a row, fewer than the breaker's threshold.
+    Degraded,
+    /// The breaker opened: deliveries wait in order, one probe at a time.
+    Paused,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// An account's entry in the delivery-health bucket, written by the
+/// forwarder serving the account whenever an attempt fails or the state
+/// changes; ingest shows it in the account API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryHealth {
+    pub state: HealthState,
+    /// When the account entered this state.
+    pub since: DateTime<Utc>,
+    /// Failed attempts in a row (timeouts, connection errors, 408, 5xx).
+    pub consecutive_failures: u32,
+    /// The last failure's short reason (`http_503`, `timeout`, ...).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// While paused: when the next probe delivery is tried.
+    pub next_probe_at: Option<DateTime<Utc>>,
+    /// While paused: probes that failed so far (the interval doubles with each).
+    #[serde(default)]
+    pub failed_probes: u32,
+    /// When the last pause ended. A message's 24 h retry limit counts from
+    /// here when it is later than the message, so time paused never
+    /// dead-letters a message.
+    pub resumed_at: Option<DateTime<Utc>>,
+}
+
+impl DeliveryHealth {
+    pub fn healthy(now: DateTime<Utc>) -> Self {
+        Self {
+            state: HealthState::Healthy,
+            since: now,
+            consecutive_failures: 0,
+            last_error: None,
+            last_error_at: None,
+            next_probe_at: None,
+            failed_probes: 0,
+            resumed_at: None,
+        }
+    }
+}
+
+/// A conversation held behind one of its messages that waits on the server
+/// for a retry: no later message of the conversation is delivered before
+/// it. Kept in the holds bucket under `<account_id>.<conversation key>`
+/// while the message is failing, removed once it is delivered or dead.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConversationHold {
+    pub message_id: String,
+    /// The held message's sequence in the inbound stream.
+    pub stream_sequence: u64,
+    /// Its failed attempts, probes not counted: its place in the retry schedule.
+    pub failures: u32,
+    /// When it is due again.
+    pub retry_at: DateTime<Utc>,
+    pub first_failed_at: DateTime<Utc>,
+}
+
+/// Published on `<prefix>.alerts.crm.<account_id>` when an account's
+/// deliveries pause or resume, for alerting from NATS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrmAlert {
+    /// `deliveries_paused` or `deliveries_resumed`.
+    pub event: String,
+    pub account_id: String,
+    pub at: DateTime<Utc>,
+    /// Why: `circuit_breaker` or `operator` (paused); `probe_succeeded`,
+    /// `delivery_succeeded` or `operator` (resumed).
+    pub cause: String,
+    /// Paused by the breaker: the failures in a row and the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_probe_at: Option<DateTime<Utc>>,
+    /// Resumed: when the pause began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<DateTime<Utc>>,
+}
+
+pub const ALERT_DELIVERIES_PAUSED: &str = "deliveries_paused";
+pub const ALERT_DELIVERIES_RESUMED: &str = "deliveries_resumed";
 
 /// Published by the forwarder on `<prefix>.delivery.<outcome>.<account_id>`
 /// after every attempt. Carries no message content and no CRM response body.
@@ -222,6 +336,9 @@ mod tests {
             crm_webhook_url: "https://crm.example/hook".into(),
             webhook_secret: "whsec_c2VjcmV0".into(),
             status: "active".into(),
+            max_in_flight: None,
+            deliveries_paused: false,
+            deliveries_resumed_at: None,
         };
         assert!(!format!("{r:?}").contains("whsec_"));
     }

@@ -22,6 +22,7 @@ pub struct Delivery {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub json: serde_json::Value,
+    pub received_at: std::time::Instant,
 }
 
 impl Delivery {
@@ -68,9 +69,14 @@ impl Delivery {
 struct Shared {
     deliveries: Mutex<Vec<Delivery>>,
     /// Scripted answers (status, delay before answering), used in order;
-    /// then `delay` and 200.
+    /// then `delay` and the default status (200 unless set).
     answers: Mutex<VecDeque<(u16, Option<Duration>)>>,
+    /// Scripted answers for one message (by Instagram mid), used in order.
+    per_message: Mutex<std::collections::HashMap<String, VecDeque<u16>>>,
     delay: Mutex<Option<Duration>>,
+    status: Mutex<Option<u16>>,
+    /// Requests being answered now, and the most at once.
+    in_flight: Mutex<(usize, usize)>,
 }
 
 pub struct CrmReceiver {
@@ -82,17 +88,38 @@ pub struct CrmReceiver {
 #[handler]
 async fn receive(headers: &HeaderMap, body: Body, Data(shared): Data<&Arc<Shared>>) -> StatusCode {
     let body = body.into_vec().await.unwrap_or_default();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    {
+        let mut in_flight = shared.in_flight.lock().unwrap();
+        in_flight.0 += 1;
+        in_flight.1 = in_flight.1.max(in_flight.0);
+    }
+    let mid = json["instagram_message_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     shared.deliveries.lock().unwrap().push(Delivery {
         headers: headers.clone(),
         body,
         json,
+        received_at: std::time::Instant::now(),
     });
-    let scripted = shared.answers.lock().unwrap().pop_front();
-    let (code, delay) = scripted.unwrap_or((200, *shared.delay.lock().unwrap()));
+    let for_message = shared
+        .per_message
+        .lock()
+        .unwrap()
+        .get_mut(&mid)
+        .and_then(VecDeque::pop_front);
+    let scripted = match for_message {
+        Some(code) => Some((code, None)),
+        None => shared.answers.lock().unwrap().pop_front(),
+    };
+    let default_status = shared.status.lock().unwrap().unwrap_or(200);
+    let (code, delay) = scripted.unwrap_or((default_status, *shared.delay.lock().unwrap()));
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    shared.in_flight.lock().unwrap().0 -= 1;
     StatusCode::from_u16(code).unwrap()
 }
 
@@ -141,6 +168,28 @@ impl CrmReceiver {
     /// Delays every unscripted answer.
     pub fn delay_answers(&self, delay: Option<Duration>) {
         *self.shared.delay.lock().unwrap() = delay;
+    }
+
+    /// Answers every unscripted request with `status` (200 when `None`).
+    pub fn answer_all_with(&self, status: Option<u16>) {
+        *self.shared.status.lock().unwrap() = status;
+    }
+
+    /// Answers the next attempts of the message with this Instagram mid
+    /// with these statuses, whatever else is scripted.
+    pub fn answer_message_with(&self, mid: &str, statuses: &[u16]) {
+        self.shared
+            .per_message
+            .lock()
+            .unwrap()
+            .entry(mid.to_owned())
+            .or_default()
+            .extend(statuses);
+    }
+
+    /// The most requests this CRM was answering at once.
+    pub fn most_at_once(&self) -> usize {
+        self.shared.in_flight.lock().unwrap().1
     }
 
     /// Waits until at least `n` deliveries arrived.

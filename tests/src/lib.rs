@@ -52,6 +52,33 @@ where
     }
 }
 
+/// Checks that each conversation's messages first reached the CRM in the
+/// order of their `sequence`, without gaps; returns how many conversations.
+/// A repeat (same `webhook-id`, after a crash) may come later and is not an
+/// arrival.
+pub fn assert_conversations_in_order(deliveries: &[Delivery]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let mut order: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for d in deliveries {
+        if !seen.insert(d.webhook_id().to_owned()) {
+            continue;
+        }
+        let conversation = d.json["conversation_id"].as_str().unwrap_or("").to_owned();
+        let sequence = d.json["sequence"]
+            .as_u64()
+            .expect("sequence in every delivery");
+        order.entry(conversation).or_default().push(sequence);
+    }
+    for (conversation, sequences) in &order {
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(
+            sequences, &expected,
+            "{conversation} reached the CRM out of order"
+        );
+    }
+    order.len()
+}
+
 /// The database ingest runs on in this test binary: SQLite, or PostgreSQL in
 /// the `pg_*` binaries (compiled when `TEST_DATABASE_URL` is set).
 pub enum TestDatabase {
@@ -312,6 +339,39 @@ impl System {
     /// Starts another forwarder on the same NATS.
     pub async fn another_forwarder(&self, env: &[(&str, &str)]) -> Service {
         Service::forwarder(&self.nats.url(), env).await
+    }
+
+    /// Sends `n` text messages to `business`, ten per webhook as Meta
+    /// batches them, spread in turn over `conversations` customers; returns
+    /// their mids (`mid_<tag>_<i>`).
+    pub async fn send_conversations(
+        &self,
+        business: &str,
+        n: usize,
+        conversations: usize,
+        tag: &str,
+    ) -> std::collections::HashSet<String> {
+        let mut mids = std::collections::HashSet::new();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+            let events = chunk
+                .iter()
+                .map(|i| {
+                    let mid = format!("mid_{tag}_{i}");
+                    mids.insert(mid.clone());
+                    meta::text_event(
+                        business,
+                        &format!("{}", 5600 + i % conversations),
+                        &mid,
+                        "bulk",
+                        1_762_597_800_000 + *i as i64,
+                    )
+                })
+                .collect();
+            let body = meta::payload(vec![meta::entry(business, events)]);
+            let resp = self.send_meta_webhook(&body).await;
+            assert_eq!(resp.status(), 200);
+        }
+        mids
     }
 
     /// Both services' log output so far.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use router_tests::meta::{self, entry, payload, text_event};
+use router_tests::meta;
 use router_tests::{API_TOKEN, CrmReceiver, Delivery, System};
 use serde_json::json;
 
@@ -16,32 +16,6 @@ async fn send_one(sys: &System, mid: &str) {
         .send_meta_webhook(&meta::text_message(BUSINESS, "5551", mid, "hello"))
         .await;
     assert_eq!(resp.status(), 200);
-}
-
-/// Sends `n` messages, ten per webhook, as Meta batches them.
-async fn send_many(sys: &System, n: usize) -> HashSet<String> {
-    let mut mids = HashSet::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
-        let events = chunk
-            .iter()
-            .map(|i| {
-                let mid = format!("mid_bulk_{i}");
-                mids.insert(mid.clone());
-                text_event(
-                    BUSINESS,
-                    "5552",
-                    &mid,
-                    "bulk",
-                    1_762_597_800_000 + *i as i64,
-                )
-            })
-            .collect();
-        let resp = sys
-            .send_meta_webhook(&payload(vec![entry(BUSINESS, events)]))
-            .await;
-        assert_eq!(resp.status(), 200);
-    }
-    mids
 }
 
 /// Waits until ingest has recorded all of `mids` as delivered (a message
@@ -247,7 +221,7 @@ async fn a_forwarder_killed_mid_stream_loses_nothing_and_repeats_keep_their_webh
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
     crm.delay_answers(Some(Duration::from_millis(500)));
-    let mids = send_many(&sys, 300).await;
+    let mids = sys.send_conversations(BUSINESS, 300, 30, "kill").await;
 
     crm.wait_for(100, WAIT).await;
     sys.forwarder.kill();
@@ -262,9 +236,11 @@ async fn a_forwarder_killed_mid_stream_loses_nothing_and_repeats_keep_their_webh
         counts.values().sum::<usize>()
     );
     assert!(
-        repeats <= 32,
-        "only what was in flight can repeat ({repeats})"
+        repeats <= 8,
+        "only what was in flight (the account's 8) can repeat ({repeats})"
     );
+    let conversations = router_tests::assert_conversations_in_order(&crm.deliveries());
+    assert_eq!(conversations, 30);
 }
 
 #[tokio::test]
@@ -273,7 +249,7 @@ async fn a_forwarder_stopped_with_sigterm_mid_stream_delivers_each_message_exact
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
     crm.delay_answers(Some(Duration::from_millis(500)));
-    let mids = send_many(&sys, 300).await;
+    let mids = sys.send_conversations(BUSINESS, 300, 30, "term").await;
 
     crm.wait_for(100, WAIT).await;
     let status = sys.forwarder.terminate(Duration::from_secs(20)).await;
@@ -298,16 +274,24 @@ async fn a_forwarder_stopped_with_sigterm_mid_stream_delivers_each_message_exact
         "delivered twice: {twice:?}\n{}",
         sys.forwarder.logs()
     );
+    router_tests::assert_conversations_in_order(&crm.deliveries());
 }
 
 #[tokio::test]
-async fn two_forwarders_on_one_consumer_deliver_each_message_once() {
+async fn two_forwarders_share_the_accounts_and_deliver_each_message_once_in_order() {
     let sys = System::start().await;
     let second = sys.another_forwarder(&[]).await;
     let crm = CrmReceiver::start().await;
-    sys.create_account(BUSINESS, &crm.url()).await;
     crm.delay_answers(Some(Duration::from_millis(20)));
-    let mids = send_many(&sys, 200).await;
+    let mut all = HashSet::new();
+    for i in 0..20 {
+        let business = format!("178414000000009{i:02}");
+        sys.create_account(&business, &crm.url()).await;
+        all.extend(
+            sys.send_conversations(&business, 10, 2, &format!("two_{i}"))
+                .await,
+        );
+    }
 
     crm.wait_for(200, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -322,7 +306,11 @@ async fn two_forwarders_on_one_consumer_deliver_each_message_once() {
         .iter()
         .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(unique, mids);
+    assert_eq!(unique, all);
+    assert_eq!(
+        router_tests::assert_conversations_in_order(&crm.deliveries()),
+        40
+    );
     for f in [&sys.forwarder, &second] {
         assert!(
             f.logs().contains("delivered status=200"),
@@ -337,7 +325,7 @@ async fn nats_killed_mid_delivery_loses_nothing() {
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
     crm.delay_answers(Some(Duration::from_millis(100)));
-    let mids = send_many(&sys, 200).await;
+    let mids = sys.send_conversations(BUSINESS, 200, 20, "nats").await;
 
     crm.wait_for(50, WAIT).await;
     sys.nats.stop(); // SIGKILL
@@ -350,6 +338,7 @@ async fn nats_killed_mid_delivery_loses_nothing() {
         "nats-server kill -9: 200 messages, {} requests, {repeats} repeated",
         counts.values().sum::<usize>()
     );
+    router_tests::assert_conversations_in_order(&crm.deliveries());
 }
 
 #[tokio::test]

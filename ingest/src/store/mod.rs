@@ -34,6 +34,12 @@ pub struct AccountRow {
     /// JSON array of the events the CRM receives; `None` for every one.
     pub events: Option<String>,
     pub auto_reply_cooldown_secs: i64,
+    /// Deliveries in flight at once; `None` for the forwarders' default.
+    pub max_in_flight: Option<i64>,
+    /// Set while an operator has paused the account's deliveries.
+    pub deliveries_paused_at: Option<DateTime<Utc>>,
+    /// When an operator last resumed them.
+    pub deliveries_resumed_at: Option<DateTime<Utc>>,
 }
 
 impl AccountRow {

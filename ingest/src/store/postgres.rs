@@ -52,8 +52,8 @@ impl Store for PgStore {
         sqlx::query(
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
                 status, instagram_access_token, webhook_secret, created_at, updated_at, events,
-                auto_reply_cooldown_secs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&a.id)
         .bind(&a.name)
@@ -67,6 +67,9 @@ impl Store for PgStore {
         .bind(a.updated_at)
         .bind(&a.events)
         .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -104,8 +107,9 @@ impl Store for PgStore {
         let done = sqlx::query(
             "UPDATE accounts SET name = $1, crm_webhook_url = $2, auto_reply_text = $3, status = $4,
                 instagram_access_token = $5, webhook_secret = $6, updated_at = $7, events = $8,
-                auto_reply_cooldown_secs = $9
-             WHERE id = $10",
+                auto_reply_cooldown_secs = $9, max_in_flight = $10, deliveries_paused_at = $11,
+                deliveries_resumed_at = $12
+             WHERE id = $13",
         )
         .bind(&a.name)
         .bind(&a.crm_webhook_url)
@@ -116,6 +120,9 @@ impl Store for PgStore {
         .bind(a.updated_at)
         .bind(&a.events)
         .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
         .bind(&a.id)
         .execute(&self.pool)
         .await?;

@@ -61,8 +61,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
                 status, instagram_access_token, webhook_secret, created_at, updated_at, events,
-                auto_reply_cooldown_secs)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&a.id)
         .bind(&a.name)
@@ -76,6 +76,9 @@ impl Store for SqliteStore {
         .bind(a.updated_at)
         .bind(&a.events)
         .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -113,7 +116,8 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "UPDATE accounts SET name = ?, crm_webhook_url = ?, auto_reply_text = ?, status = ?,
                 instagram_access_token = ?, webhook_secret = ?, updated_at = ?, events = ?,
-                auto_reply_cooldown_secs = ?
+                auto_reply_cooldown_secs = ?, max_in_flight = ?, deliveries_paused_at = ?,
+                deliveries_resumed_at = ?
              WHERE id = ?",
         )
         .bind(&a.name)
@@ -125,6 +129,9 @@ impl Store for SqliteStore {
         .bind(a.updated_at)
         .bind(&a.events)
         .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
         .bind(&a.id)
         .execute(&self.pool)
         .await?;

@@ -118,7 +118,7 @@ fn ensure_nats() -> anyhow::Result<Option<Child>> {
                 router_tests::free_port()
             };
             eprintln!(
-                "router-local: the nats-server at {url} is {version}; JetStream here needs 2.10 or newer"
+                "router-local: the nats-server at {url} is {version}; JetStream here needs 2.11 or newer"
             );
             let child = start_nats(port)?;
             // SAFETY: set before any other thread reads the environment.
@@ -127,7 +127,7 @@ fn ensure_nats() -> anyhow::Result<Option<Child>> {
         }
         Probe::TooOld(version) => {
             anyhow::bail!(
-                "the nats-server at NATS_URL={url} is {version}; 2.10 or newer is required"
+                "the nats-server at NATS_URL={url} is {version}; 2.11 or newer is required"
             )
         }
     }
