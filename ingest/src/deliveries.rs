@@ -141,9 +141,26 @@ pub fn new_account_view(row: &AccountRow) -> Account {
     Account::new(row, DeliveryHealthView::healthy())
 }
 
-async fn announce(state: &AppState, account: &str, alert: CrmAlert) {
+/// Announces an operator's pause or resume on `<prefix>.alerts.crm.<account_id>`.
+async fn announce(
+    state: &AppState,
+    account: &str,
+    event: &str,
+    at: DateTime<Utc>,
+    paused_since: Option<DateTime<Utc>>,
+) {
     let Ok(id) = AccountId::parse(account) else {
         return;
+    };
+    let alert = CrmAlert {
+        event: event.into(),
+        account_id: account.to_owned(),
+        at,
+        cause: "operator".into(),
+        consecutive_failures: None,
+        last_error: None,
+        next_probe_at: None,
+        paused_since,
     };
     shared::jetstream::publish_crm_alert(&state.nats.js, &state.subjects, &id, &alert).await;
 }
@@ -176,17 +193,7 @@ impl DeliveriesApi {
             state.store.update_account(&row).await?;
             state.routing.account_changed(state, &row.id).await;
             tracing::info!(account_id = %row.id, "deliveries paused by an operator");
-            let alert = CrmAlert {
-                event: ALERT_DELIVERIES_PAUSED.into(),
-                account_id: row.id.clone(),
-                at: now,
-                cause: "operator".into(),
-                consecutive_failures: None,
-                last_error: None,
-                next_probe_at: None,
-                paused_since: None,
-            };
-            announce(state, &row.id, alert).await;
+            announce(state, &row.id, ALERT_DELIVERIES_PAUSED, now, None).await;
         }
         Ok(Json(account_view(state, &row).await))
     }
@@ -217,17 +224,7 @@ impl DeliveriesApi {
         state.routing.account_changed(state, &row.id).await;
         if before.state == HealthStateView::Paused {
             tracing::info!(account_id = %row.id, "deliveries resumed by an operator");
-            let alert = CrmAlert {
-                event: ALERT_DELIVERIES_RESUMED.into(),
-                account_id: row.id.clone(),
-                at: now,
-                cause: "operator".into(),
-                consecutive_failures: None,
-                last_error: None,
-                next_probe_at: None,
-                paused_since: before.since,
-            };
-            announce(state, &row.id, alert).await;
+            announce(state, &row.id, ALERT_DELIVERIES_RESUMED, now, before.since).await;
         }
         let mut view = account_view(state, &row).await;
         if view.delivery_health.paused_by == Some(PausedBy::CircuitBreaker) {

@@ -275,7 +275,10 @@ pub struct DeliveryOutcome {
     /// The inbound message's sequence in the inbound stream: a replay is a
     /// new sequence, so (sequence, attempt) orders and identifies attempts.
     pub inbound_sequence: u64,
-    /// 1 for the first attempt of this publication of the message.
+    /// JetStream's delivery count for this publication of the message: 1 for
+    /// the first attempt, higher for each later one (and for each time it
+    /// waited behind an earlier message of its conversation), so it orders
+    /// and identifies the attempts of a publication.
     pub attempt: u32,
     /// The CRM's HTTP status, when it answered.
     pub status_code: Option<u16>,

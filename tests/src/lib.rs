@@ -244,6 +244,38 @@ impl System {
         resp.json().await.unwrap()
     }
 
+    /// Sends `body` (if any) with `method` to an `/api/v1` path with the API
+    /// token; returns the status and the JSON answer (`null` when none).
+    pub async fn api_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(API_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The forwarder's `/metrics` text.
+    pub async fn forwarder_metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.forwarder.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The stored message with this id, as the messages API lists it.
     pub async fn message(&self, account_id: &str, message_id: &str) -> Option<serde_json::Value> {
         self.messages(account_id)

@@ -92,15 +92,7 @@ async fn metrics_and_nats_stats_show_the_flow() {
         );
     }
     assert!(ingest_metrics.contains("router_ingest_publish_seconds_bucket"));
-    let forwarder_metrics = sys
-        .http
-        .get(format!("http://{}/metrics", sys.forwarder.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let forwarder_metrics = sys.forwarder_metrics().await;
     for line in [
         "router_forwarder_deliveries_total{outcome=\"delivered\"} 3",
         "router_forwarder_attempt_seconds_bucket",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use router_tests::meta::{entry, payload, text_event};
-use router_tests::{API_TOKEN, CrmReceiver, System, assert_conversations_in_order, eventually};
+use router_tests::{CrmReceiver, System, assert_conversations_in_order, eventually};
 use serde_json::{Value, json};
 
 const A: &str = "17841400000000061";
@@ -201,17 +201,6 @@ async fn next_alert(alerts: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) ->
         .unwrap()
 }
 
-async fn forwarder_metrics(sys: &System) -> String {
-    sys.http
-        .get(format!("http://{}/metrics", sys.forwarder.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds() {
     let sys = System::start_with(&[
@@ -238,7 +227,7 @@ async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds() {
     assert_eq!(health["paused_by"], "circuit_breaker");
     assert!(health["next_probe_at"].is_string());
     eventually(WAIT, "the paused gauge", || async {
-        forwarder_metrics(&sys)
+        sys.forwarder_metrics()
             .await
             .contains("router_forwarder_accounts{state=\"paused\"} 1")
             .then_some(())
@@ -271,17 +260,7 @@ async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds() {
 }
 
 async fn post(sys: &System, path: &str) -> (u16, Value) {
-    let resp = sys
-        .http
-        .post(sys.url(path))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
+    sys.api_send(reqwest::Method::POST, path, None).await
 }
 
 #[tokio::test]
@@ -377,28 +356,87 @@ async fn an_accounts_deliveries_in_flight_stay_within_its_cap() {
     sys.wait_all_delivered(&account, 12, WAIT).await;
     assert_eq!(crm.most_at_once(), 2, "two at a time, never more");
 
+    let path = format!("/api/v1/accounts/{account}");
+    let patch = |value: Value| {
+        sys.api_send(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({ "max_in_flight": value })),
+        )
+    };
     for bad in [json!(0), json!(65), json!("many")] {
-        let resp = sys
-            .http
-            .patch(sys.url(&format!("/api/v1/accounts/{account}")))
-            .bearer_auth(API_TOKEN)
-            .json(&json!({ "max_in_flight": bad }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400, "{bad}");
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["code"], "invalid_request");
+        let (status, body) = patch(bad.clone()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}"
+        );
     }
-    let resp = sys
-        .http
-        .patch(sys.url(&format!("/api/v1/accounts/{account}")))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({ "max_in_flight": null }))
-        .send()
+    let (status, body) = patch(Value::Null).await;
+    assert_eq!(status, 200);
+    assert!(body["max_in_flight"].is_null(), "back to the default");
+}
+
+#[tokio::test]
+async fn upgrading_from_the_shared_consumer_carries_on_where_it_stood() {
+    use async_nats::jetstream::{self, AckKind, consumer::pull};
+    let mut sys = System::start().await;
+    sys.forwarder.terminate(Duration::from_secs(20)).await;
+    let crm = CrmReceiver::start().await;
+    sys.create_account(A, &crm.url()).await;
+    sys.send_conversations(A, 10, 1, "old").await;
+
+    // The forwarder of the previous version shared one consumer and had
+    // delivered (acked) the first four messages when it was stopped.
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let stream = js.get_stream("ROUTER_INBOUND").await.unwrap();
+    eventually(WAIT, "the ten messages in the stream", || async {
+        (stream.get_info().await.ok()?.state.messages == 10).then_some(())
+    })
+    .await;
+    let legacy: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("forwarder".into()),
+            filter_subject: "router.inbound.>".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert!(body["max_in_flight"].is_null(), "back to the default");
+    let old: Vec<_> = legacy
+        .fetch()
+        .max_messages(4)
+        .messages()
+        .await
+        .unwrap()
+        .filter_map(|m| async { m.ok() })
+        .collect()
+        .await;
+    assert_eq!(old.len(), 4);
+    let delivered_before: Vec<String> = old
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["message_id"].to_string())
+        .collect();
+    for m in &old {
+        m.double_ack_with(AckKind::Ack).await.unwrap();
+    }
+
+    sys.forwarder.restart_forwarder().await;
+    crm.wait_for(6, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = crm.deliveries();
+    assert_eq!(d.len(), 6, "the six not delivered before, once each");
+    assert!(
+        d.iter()
+            .all(|d| !delivered_before.contains(&d.json["message_id"].to_string())),
+        "nothing the old forwarder delivered comes again"
+    );
+    let sequences: Vec<u64> = d
+        .iter()
+        .map(|d| d.json["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [5, 6, 7, 8, 9, 10]);
+    assert!(
+        stream.consumer_info("forwarder").await.is_err(),
+        "the shared consumer is gone"
+    );
 }

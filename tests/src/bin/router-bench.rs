@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Default settings everywhere, but quiet logs and a CRM on loopback.
 const QUIET: [(&str, &str); 3] = [
-    ("RUST_LOG", "warn"),
+    ("RUST_LOG", "warn,forwarder::fleet=info"),
     ("FORWARDER_RETRY_SCHEDULE", "10s,1m,10m,1h,6h"),
     ("CRM_ALLOW_PRIVATE_NETWORKS", "true"),
 ];
