@@ -5,14 +5,17 @@
 //!
 //! - **Order.** A conversation has at most one message in an attempt. When
 //!   an attempt fails and the message goes back to the server to wait for
-//!   its retry, the conversation gets a *hold* (in the holds bucket) and its
-//!   later messages go back too, each delayed until just after the retry;
-//!   a later message that arrives while the hold stands is sent back the
-//!   same way. The hold goes when the message is delivered or dead.
+//!   its retry, the conversation gets a *hold* (in the holds bucket): its
+//!   later messages stay in the lane, in stream order, and none starts until
+//!   the held message is back (the server returns a message waiting for a
+//!   retry before any new one) and delivered or dead. The hold outlives a
+//!   crash or hand-over, so the next lane keeps the conversation waiting too.
 //! - **Room.** The lane asks the server for only as many messages as it can
-//!   start soon (twice its cap), plus whatever waits behind a running
-//!   message of its conversation, up to [`MAX_HELD`]. Messages it holds get
-//!   their ack timer restarted so the server never hands them out again.
+//!   start soon (twice its cap); messages behind a running or held message of
+//!   their conversation do not count, so other conversations go on. The
+//!   account's consumer bounds them all (1000 unacknowledged). Messages the
+//!   lane holds get their ack timer restarted, so the server never hands them
+//!   out again.
 //! - **Pause.** While the breaker is open or an operator paused the
 //!   account, nothing starts but, for the breaker, one probe at a time.
 //!
@@ -47,14 +50,9 @@ use crate::pull::PinnedPull;
 use crate::retry::RetrySchedule;
 use shared::observe::Throughput;
 
-/// The most messages a lane keeps in memory for one account.
-pub const MAX_HELD: usize = 500;
 /// How long one pull request waits for messages: also the longest a lane
 /// that hands its account over waits for its last request to end.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// A later message of a held conversation comes back this long after the
-/// held message's retry time.
-const PARK_MARGIN: Duration = Duration::from_secs(1);
 /// How often held messages are looked at (ack timers, probes, metrics).
 const TICK: Duration = Duration::from_secs(1);
 /// How often a lane that cannot open its account's secret tries again.
@@ -146,6 +144,9 @@ pub struct Lane {
     done_rx: mpsc::UnboundedReceiver<Finished>,
     /// The state this lane counts itself under in `/metrics`.
     counted_as: Option<HealthState>,
+    /// The previous lane's holds and breaker were read again with the first
+    /// message.
+    state_taken_over: bool,
     figures_at: Instant,
 }
 
@@ -176,6 +177,7 @@ impl Lane {
             done_tx,
             done_rx,
             counted_as: None,
+            state_taken_over: false,
             figures_at: Instant::now(),
         }
     }
@@ -278,12 +280,22 @@ impl Lane {
                 .unpin_consumer(&self.consumer, shared::jetstream::DELIVERY_GROUP)
                 .await;
         }
+        self.take_over_state().await?;
+        Ok(())
+    }
+
+    /// Reads what the account's previous lane left: its conversation holds
+    /// and its breaker. Read at start, and again with the first message: the
+    /// server gives it only once the previous lane has handed everything
+    /// back, so by then its last holds are written.
+    async fn take_over_state(&mut self) -> anyhow::Result<()> {
         self.holds = self.load_holds().await?;
         let stored = match self.ctx.health.get(self.account.as_str()).await? {
             Some(bytes) => serde_json::from_slice::<DeliveryHealth>(&bytes).ok(),
             None => None,
         };
         self.breaker = Breaker::new(self.ctx.breaker, stored, Utc::now());
+        self.count_as(Some(self.breaker.state()));
         self.apply_routing().await;
         Ok(())
     }
@@ -386,10 +398,18 @@ impl Lane {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
+            let hold_at = self.holds.get(&id).map(|h| h.stream_sequence);
             let Some(conversation) = self.conversations.get_mut(&id) else {
                 continue;
             };
             conversation.ready = false;
+            if conversation
+                .waiting
+                .front()
+                .is_none_or(|front| hold_at.is_some_and(|at| at < front.stream_sequence))
+            {
+                continue; // held behind a message that is away
+            }
             let Some(held) = conversation.waiting.pop_front() else {
                 continue;
             };
@@ -437,21 +457,20 @@ impl Lane {
         if self.operator_paused() || matches!(self.target, Some(Err(_))) {
             return 0;
         }
-        let room = MAX_HELD.saturating_sub(self.waiting + self.running);
         if self.breaker.is_paused() {
             // Only something to probe with, once the probe is due.
             let idle = self.running == 0 && self.ready.is_empty();
-            return usize::from(idle && self.breaker.probe_due(Utc::now())).min(room);
+            return usize::from(idle && self.breaker.probe_due(Utc::now()));
         }
+        // Messages behind a running or held one are not counted: a held
+        // message must be able to come back however many wait behind it.
         let lookahead = 2 * self.cap();
-        lookahead
-            .saturating_sub(self.ready.len() + self.running)
-            .min(room)
+        lookahead.saturating_sub(self.ready.len() + self.running)
     }
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(30);
-        if self.waiting > 0 || self.running > 0 {
+        if self.waiting > 0 || self.running > 0 || !self.holds.is_empty() {
             wake = wake.min(Instant::now() + TICK);
         }
         if self.pull_after > Instant::now() {
@@ -466,7 +485,21 @@ impl Lane {
 
     async fn pulled(&mut self, next: Result<Option<jetstream::Message>, crate::pull::PullError>) {
         match next {
-            Ok(Some(message)) => self.accept(message).await,
+            Ok(Some(message)) => {
+                if !self.state_taken_over {
+                    match self.take_over_state().await {
+                        Ok(()) => self.state_taken_over = true,
+                        Err(e) => {
+                            // Not without the holds: give it back and try again.
+                            tracing::warn!(account_id = %self.account, error = %e, "conversation holds not read; retrying");
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            self.pull_after = Instant::now() + Duration::from_secs(1);
+                            return;
+                        }
+                    }
+                }
+                self.accept(message).await
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(account_id = %self.account, error = %e, "pulling the account's consumer failed; retrying");
@@ -486,35 +519,25 @@ impl Lane {
         }
     }
 
-    /// Takes a message in: back to the server if its conversation is held
-    /// behind a message that is not here, else into its conversation's
-    /// place in stream order.
+    /// Takes a message into its conversation's place in stream order. A held
+    /// message that is back before its retry time goes back to wait.
     async fn accept(&mut self, message: jetstream::Message) {
         let Some(mut held) = read(message) else {
             return;
         };
         Throughput::add(&self.ctx.throughput.received, 1);
         let id = held.conversation_id.clone();
-        if let Some(hold) = self.holds.get(&id).cloned() {
+        if let Some(hold) = self.holds.get(&id) {
             let now = Utc::now();
             if hold.message_id == held.message_id {
                 if hold.retry_at > now + chrono::TimeDelta::seconds(1) {
                     // Back early (a crash or hand-over): not due yet.
-                    park(&held, hold.retry_at - now).await;
+                    let early = (hold.retry_at - now).to_std().unwrap_or_default();
+                    let _ = held.message.ack_with(AckKind::Nak(Some(early))).await;
                     return;
                 }
-            } else if hold.stream_sequence < held.stream_sequence && !self.has(&id, &hold) {
-                if self.stale(&hold, now) {
-                    tracing::warn!(account_id = %self.account, held_message = %hold.message_id, "conversation hold outlived its message; released");
-                    self.holds.remove(&id);
-                    let _ = self.ctx.holds.delete(hold_key(&self.account, &id)).await;
-                } else {
-                    let until = (hold.retry_at - now).max(chrono::TimeDelta::zero())
-                        + chrono::TimeDelta::from_std(PARK_MARGIN).unwrap_or_default();
-                    metrics::counter!("router_forwarder_held_back_total").increment(1);
-                    park(&held, until).await;
-                    return;
-                }
+            } else if hold.stream_sequence < held.stream_sequence {
+                metrics::counter!("router_forwarder_held_back_total").increment(1);
             }
         }
         held.fresh_since = std::time::Instant::now();
@@ -532,9 +555,26 @@ impl Lane {
                 self.waiting += 1;
             }
         }
-        if conversation.running.is_none() && !conversation.ready {
-            conversation.ready = true;
-            self.ready.push_back(id);
+        self.refresh(&id);
+    }
+
+    /// Puts a conversation in the ready list when its first waiting message
+    /// may start: nothing of it running, and not held behind a message that
+    /// is away on the server.
+    fn refresh(&mut self, id: &str) {
+        let Some(conversation) = self.conversations.get(id) else {
+            return;
+        };
+        let Some(front) = conversation.waiting.front() else {
+            return;
+        };
+        let held_back = self
+            .holds
+            .get(id)
+            .is_some_and(|h| h.stream_sequence < front.stream_sequence);
+        if conversation.running.is_none() && !conversation.ready && !held_back {
+            self.conversations.get_mut(id).expect("present").ready = true;
+            self.ready.push_back(id.to_owned());
         }
     }
 
@@ -548,12 +588,33 @@ impl Lane {
         })
     }
 
-    /// A hold whose message should long have come back: it was settled by a
-    /// forwarder that could not remove the hold.
+    /// A hold whose message should long have come back (the server returns
+    /// it before any new message): it was settled by a forwarder that could
+    /// not remove the hold. Not judged while nothing is pulled (paused).
     fn stale(&self, hold: &ConversationHold, now: DateTime<Utc>) -> bool {
         let grace = self.ctx.ack_wait * 3 + Duration::from_secs(60);
         !self.breaker.is_paused()
+            && !self.operator_paused()
             && hold.retry_at + chrono::TimeDelta::from_std(grace).unwrap_or_default() < now
+    }
+
+    /// Releases holds whose message is not coming back, so the messages
+    /// behind them can go.
+    async fn release_stale_holds(&mut self) {
+        let now = Utc::now();
+        let stale: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|(id, hold)| self.stale(hold, now) && !self.has(id, hold))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(hold) = self.holds.remove(&id) {
+                tracing::warn!(account_id = %self.account, held_message = %hold.message_id, "conversation hold outlived its message; released");
+            }
+            let _ = self.ctx.holds.delete(hold_key(&self.account, &id)).await;
+            self.refresh(&id);
+        }
     }
 
     async fn finished(&mut self, done: Finished) {
@@ -572,14 +633,7 @@ impl Lane {
                 }
             }
             Settled::Retrying(hold) => {
-                // The rest of the conversation waits on the server behind it.
-                let until = (hold.retry_at - Utc::now()).max(chrono::TimeDelta::zero())
-                    + chrono::TimeDelta::from_std(PARK_MARGIN).unwrap_or_default();
-                let behind: Vec<Held> = conversation.waiting.drain(..).collect();
-                self.waiting -= behind.len();
-                for held in &behind {
-                    park(held, until).await;
-                }
+                // The rest of the conversation waits here until it is back.
                 self.holds.insert(id.clone(), hold);
             }
             Settled::ProbeFailed(held) => {
@@ -594,12 +648,14 @@ impl Lane {
             Verdict::Neither => Change::None,
         };
         self.apply(change).await;
-        let conversation = self.conversations.entry(id.clone()).or_default();
-        if conversation.waiting.is_empty() {
+        if self
+            .conversations
+            .get(&id)
+            .is_some_and(|c| c.waiting.is_empty())
+        {
             self.conversations.remove(&id);
-        } else if !conversation.ready {
-            conversation.ready = true;
-            self.ready.push_back(id);
+        } else {
+            self.refresh(&id);
         }
     }
 
@@ -687,6 +743,9 @@ impl Lane {
     }
 
     async fn tick(&mut self) {
+        if !self.holds.is_empty() {
+            self.release_stale_holds().await;
+        }
         // Held messages keep their place: restart ack timers before they run out.
         let refresh = self.ctx.ack_wait / 3;
         for conversation in self.conversations.values_mut() {
@@ -805,15 +864,6 @@ fn read(message: jetstream::Message) -> Option<Held> {
             None
         }
     }
-}
-
-/// Hands a message back to the server until `after` from now.
-async fn park(held: &Held, after: chrono::TimeDelta) {
-    let delay = after
-        .to_std()
-        .unwrap_or_default()
-        .max(Duration::from_millis(1));
-    let _ = held.message.ack_with(AckKind::Nak(Some(delay))).await;
 }
 
 /// Where an account's messages go, from its routing.

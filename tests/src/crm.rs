@@ -65,14 +65,17 @@ impl Delivery {
     }
 }
 
+/// A scripted answer: the status, and how long to wait before giving it.
+type Answer = (u16, Option<Duration>);
+
 #[derive(Default)]
 struct Shared {
     deliveries: Mutex<Vec<Delivery>>,
     /// Scripted answers (status, delay before answering), used in order;
     /// then `delay` and the default status (200 unless set).
-    answers: Mutex<VecDeque<(u16, Option<Duration>)>>,
+    answers: Mutex<VecDeque<Answer>>,
     /// Scripted answers for one message (by Instagram mid), used in order.
-    per_message: Mutex<std::collections::HashMap<String, VecDeque<u16>>>,
+    per_message: Mutex<std::collections::HashMap<String, VecDeque<Answer>>>,
     delay: Mutex<Option<Duration>>,
     status: Mutex<Option<u16>>,
     /// Requests being answered now, and the most at once.
@@ -110,10 +113,7 @@ async fn receive(headers: &HeaderMap, body: Body, Data(shared): Data<&Arc<Shared
         .unwrap()
         .get_mut(&mid)
         .and_then(VecDeque::pop_front);
-    let scripted = match for_message {
-        Some(code) => Some((code, None)),
-        None => shared.answers.lock().unwrap().pop_front(),
-    };
+    let scripted = for_message.or_else(|| shared.answers.lock().unwrap().pop_front());
     let default_status = shared.status.lock().unwrap().unwrap_or(200);
     let (code, delay) = scripted.unwrap_or((default_status, *shared.delay.lock().unwrap()));
     if let Some(d) = delay {
@@ -184,7 +184,18 @@ impl CrmReceiver {
             .unwrap()
             .entry(mid.to_owned())
             .or_default()
-            .extend(statuses);
+            .extend(statuses.iter().map(|s| (*s, None)));
+    }
+
+    /// Answers the next attempt of this message with `status` after `delay`.
+    pub fn answer_message_late(&self, mid: &str, status: u16, delay: Duration) {
+        self.shared
+            .per_message
+            .lock()
+            .unwrap()
+            .entry(mid.to_owned())
+            .or_default()
+            .push_back((status, Some(delay)));
     }
 
     /// The most requests this CRM was answering at once.

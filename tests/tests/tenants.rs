@@ -134,6 +134,37 @@ async fn a_conversation_stays_in_order_across_a_retry_while_others_go_on() {
 }
 
 #[tokio::test]
+async fn messages_arriving_while_an_earlier_one_is_retried_stay_behind_it() {
+    let sys = System::start().await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(A, &crm.url()).await;
+    // w1 fails, then its retry (about 1 s later) takes half a second to succeed.
+    crm.answer_message_with("mid_w1", &[503]);
+    crm.answer_message_late("mid_w1", 200, Duration::from_millis(500));
+    let send = |mid: &'static str| {
+        let body = payload(vec![entry(
+            A,
+            vec![text_event(A, "5005", mid, "w", 1_762_597_800_000)],
+        )]);
+        let sys = &sys;
+        async move { assert_eq!(sys.send_meta_webhook(&body).await.status(), 200) }
+    };
+    send("mid_w1").await;
+    crm.wait_for(1, WAIT).await; // failed: w1 waits for its retry
+    send("mid_w2").await; // arrives while w1 waits on the server
+    crm.wait_for(2, WAIT).await; // w1's retry is running
+    send("mid_w3").await; // arrives while w1's retry runs
+    sys.wait_all_delivered(&account, 3, WAIT).await;
+
+    let arrivals: Vec<String> = crm
+        .deliveries()
+        .iter()
+        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(arrivals, ["mid_w1", "mid_w1", "mid_w2", "mid_w3"]);
+}
+
+#[tokio::test]
 async fn a_dead_letter_releases_the_messages_behind_it() {
     let sys = System::start().await;
     let crm = CrmReceiver::start().await;
@@ -153,6 +184,14 @@ async fn a_dead_letter_releases_the_messages_behind_it() {
     )]);
     assert_eq!(sys.send_meta_webhook(&body).await.status(), 200);
 
+    // Failures in a row, fewer than the breaker's five: degraded, not paused.
+    let degraded = eventually(WAIT, "degraded delivery health", || async {
+        let health = account_health(&sys, &account).await;
+        (health["state"] == "degraded").then_some(health)
+    })
+    .await;
+    assert_eq!(degraded["last_error"], "http_503", "{degraded}");
+    assert!(degraded["paused_by"].is_null() && degraded["next_probe_at"].is_null());
     eventually(WAIT, "both followers delivered", || async {
         let counts = sys.status_counts(&account).await;
         (counts.get("delivered") == Some(&2) && counts.get("dead") == Some(&2)).then_some(())
@@ -167,6 +206,10 @@ async fn a_dead_letter_releases_the_messages_behind_it() {
     assert!(last("mid_r1") < last("mid_r2"), "{arrivals:?}");
     assert_eq!(arrivals.iter().filter(|m| **m == "mid_f1").count(), 4);
     assert!(last("mid_f1") < last("mid_f2"), "{arrivals:?}");
+    eventually(WAIT, "healthy again", || async {
+        (account_health(&sys, &account).await["state"] == "healthy").then_some(())
+    })
+    .await;
 }
 
 async fn account_health(sys: &System, account: &str) -> Value {

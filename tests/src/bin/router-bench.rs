@@ -73,12 +73,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Default settings everywhere, but quiet logs and a CRM on loopback.
-const QUIET: [(&str, &str); 3] = [
-    ("RUST_LOG", "warn,forwarder::fleet=info"),
-    ("FORWARDER_RETRY_SCHEDULE", "10s,1m,10m,1h,6h"),
-    ("CRM_ALLOW_PRIVATE_NETWORKS", "true"),
-];
+/// Default settings everywhere, but quiet logs (`ROUTER_BENCH_LOG` to
+/// change them) and a CRM on loopback.
+fn settings() -> Vec<(&'static str, String)> {
+    let log =
+        std::env::var("ROUTER_BENCH_LOG").unwrap_or_else(|_| "warn,forwarder::fleet=info".into());
+    vec![
+        ("RUST_LOG", log),
+        ("FORWARDER_RETRY_SCHEDULE", "10s,1m,10m,1h,6h".into()),
+        ("CRM_ALLOW_PRIVATE_NETWORKS", "true".into()),
+    ]
+}
 
 async fn isolation(
     failure: Failure,
@@ -88,8 +93,10 @@ async fn isolation(
 ) -> anyhow::Result<()> {
     let nats = NatsServer::start().await;
     let database = TestDatabase::Sqlite(tempfile::tempdir()?);
-    let ingest = Service::ingest(&nats.url(), &database.url(), &QUIET).await;
-    let _forwarder = Service::forwarder(&nats.url(), &QUIET).await;
+    let settings = settings();
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ingest = Service::ingest(&nats.url(), &database.url(), &settings).await;
+    let _forwarder = Service::forwarder(&nats.url(), &settings).await;
     let http = http_client();
     let (crm_a, crm_b) = (CrmReceiver::start().await, CrmReceiver::start().await);
     match failure {
@@ -221,7 +228,9 @@ async fn isolation(
     let pct = |p: f64| {
         latencies
             .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+            .map_or("-".to_owned(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+            })
     };
     let failure_name = match failure {
         Failure::Unavailable => "answers 503 to everything",
