@@ -102,8 +102,6 @@ pub struct Job {
     pub target: Arc<Target>,
     /// The conversation's hold when it is this message's: its failures so far.
     pub hold: Option<ConversationHold>,
-    /// Key of the conversation in the holds bucket.
-    pub hold_key: String,
     /// Where the 24 h retry limit starts (the end of a pause, if later than
     /// the message).
     pub retry_window_start: DateTime<Utc>,
@@ -191,7 +189,6 @@ async fn settle(ctx: &LaneContext, job: Job, answer: Answer) -> Settled {
         account,
         held,
         hold,
-        hold_key,
         retry_window_start,
         probe,
         ..
@@ -252,6 +249,7 @@ async fn settle(ctx: &LaneContext, job: Job, answer: Answer) -> Settled {
     // The conversation's hold changes before the message is settled: a
     // crash in between leaves at worst a hold for a message that comes back
     // anyway, never a later message overtaking a failing one.
+    let hold_key = crate::lane::hold_key(&account, &held.conversation_id);
     match &settled {
         Some(new_hold) => store_hold(ctx, &hold_key, new_hold).await,
         None if hold.is_some() => {

@@ -179,46 +179,53 @@ impl Fleet {
         members: bool,
         shutdown: &CancellationToken,
     ) -> Option<kv::Watch> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = shared::shutdown::Backoff::default();
         loop {
-            let opened = async {
-                if members {
-                    self.beat().await;
-                }
-                let empty = bucket.status().await?.values() == 0;
-                // Every key's current value first, then each change.
-                let mut watch = bucket.watch_with_history(">").await?;
-                if !empty {
-                    while let Some(entry) = watch.next().await {
-                        let entry = entry?;
-                        let current = entry.seen_current;
-                        if members {
-                            self.member_entry(entry);
-                        } else {
-                            self.routing_entry(entry).await;
-                        }
-                        if current {
-                            break;
-                        }
-                    }
-                }
-                anyhow::Ok(watch)
-            };
-            let opened = tokio::select! {
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), self.read_bucket(bucket, members));
+            let read = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                opened = tokio::time::timeout(Duration::from_secs(30), opened) => opened,
+                read = read => read,
             };
-            match opened {
+            match read {
                 Ok(Ok(watch)) => return Some(watch),
                 Ok(Err(e)) => tracing::warn!(error = %e, "watching a bucket failed; retrying"),
                 Err(_) => tracing::warn!("reading a bucket timed out; retrying"),
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+            if !backoff.wait(shutdown).await {
+                return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Reads a bucket's current entries into the fleet, and returns the
+    /// watch that goes on with each change.
+    async fn read_bucket(
+        &mut self,
+        bucket: &kv::Store,
+        members: bool,
+    ) -> anyhow::Result<kv::Watch> {
+        if members {
+            self.beat().await;
+        }
+        let empty = bucket.status().await?.values() == 0;
+        // Every key's current value first, then each change.
+        let mut watch = bucket.watch_with_history(">").await?;
+        if !empty {
+            while let Some(entry) = watch.next().await {
+                let entry = entry?;
+                let current = entry.seen_current;
+                if members {
+                    self.member_entry(entry);
+                } else {
+                    self.routing_entry(entry).await;
+                }
+                if current {
+                    break;
+                }
+            }
+        }
+        Ok(watch)
     }
 
     /// Renews our heartbeat.
@@ -254,8 +261,9 @@ impl Fleet {
                     if let Some(lane) = self.lanes.get(&entry.key) {
                         lane.routing.send_replace(Some(routing.clone()));
                     }
-                    if self.accounts.insert(entry.key, routing).is_none() {
-                        self.rebalance().await;
+                    if self.accounts.insert(entry.key.clone(), routing).is_none() && self.started {
+                        let live = self.live();
+                        self.place(&entry.key, &live);
                     }
                 }
                 Err(e) => {
@@ -264,8 +272,11 @@ impl Fleet {
             },
             kv::Operation::Delete | kv::Operation::Purge => {
                 self.accounts.remove(&entry.key);
-                self.deleted.insert(entry.key);
-                self.rebalance().await;
+                self.deleted.insert(entry.key.clone());
+                if self.started {
+                    let live = self.live();
+                    self.clear_if_owned(&entry.key, &live).await;
+                }
             }
         }
     }
@@ -288,9 +299,9 @@ impl Fleet {
     /// Taking an account over from `previous`: if it stopped without a
     /// goodbye, its pin has to be released, and its held messages come back
     /// within an ack wait of its last heartbeat: how long is left of that.
-    fn takeover_wait(&self, previous: &str) -> Option<Duration> {
+    fn takeover_wait(&self, previous: &str, live: &[String]) -> Option<Duration> {
         let member = self.members.get(previous)?;
-        if member.left || previous == self.me || self.live().iter().any(|l| l == previous) {
+        if member.left || live.iter().any(|l| l == previous) {
             return None;
         }
         let back_by = member.at
@@ -310,31 +321,43 @@ impl Fleet {
         self.last_live = live.clone();
         let ids: Vec<String> = self.accounts.keys().cloned().collect();
         for account in ids {
-            let Some(owner) = owner(&live, &account) else {
-                continue;
-            };
-            let previous = self.owners.insert(account.clone(), owner.clone());
-            if owner == self.me {
-                if !self.lanes.contains_key(&account) {
-                    let previous = previous.or_else(|| self.former_owner(&account));
-                    let takeover = previous.and_then(|p| self.takeover_wait(&p));
-                    self.start_lane(&account, takeover);
-                }
-            } else if let Some(lane) = self.lanes.get(&account) {
-                lane.stop.cancel();
-            }
+            self.place(&account, &live);
         }
         let deleted: Vec<String> = self.deleted.iter().cloned().collect();
         for account in deleted {
-            if let Some(lane) = self.lanes.get(&account) {
-                lane.stop.cancel();
-                continue; // cleared once the lane has ended
+            self.clear_if_owned(&account, &live).await;
+        }
+    }
+
+    /// Serves an account if we own it among the `live` forwarders, and
+    /// stops serving it if not.
+    fn place(&mut self, account: &str, live: &[String]) {
+        let Some(owner) = owner(live, account) else {
+            return;
+        };
+        let previous = self.owners.insert(account.to_owned(), owner.clone());
+        if owner == self.me {
+            if !self.lanes.contains_key(account) {
+                let previous = previous.or_else(|| self.former_owner(account));
+                let takeover = previous.and_then(|p| self.takeover_wait(&p, live));
+                self.start_lane(account, takeover);
             }
-            self.deleted.remove(&account);
-            self.owners.remove(&account);
-            if owner(&live, &account).is_some_and(|o| o == self.me) {
-                self.clear_deleted(&account).await;
-            }
+        } else if let Some(lane) = self.lanes.get(account) {
+            lane.stop.cancel();
+        }
+    }
+
+    /// A deleted account: its lane stops, and once it has ended its owner
+    /// clears what the account left on NATS.
+    async fn clear_if_owned(&mut self, account: &str, live: &[String]) {
+        if let Some(lane) = self.lanes.get(account) {
+            lane.stop.cancel();
+            return; // cleared once the lane has ended
+        }
+        self.deleted.remove(account);
+        self.owners.remove(account);
+        if owner(live, account).is_some_and(|o| o == self.me) {
+            self.clear_deleted(account).await;
         }
     }
 

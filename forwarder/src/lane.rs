@@ -144,8 +144,7 @@ pub struct Lane {
     done_rx: mpsc::UnboundedReceiver<Finished>,
     /// The state this lane counts itself under in `/metrics`.
     counted_as: Option<HealthState>,
-    /// The previous lane's holds and breaker were read again with the first
-    /// message.
+    /// The previous lane's holds and breaker were read (with the first message).
     state_taken_over: bool,
     figures_at: Instant,
 }
@@ -219,22 +218,14 @@ impl Lane {
             .remove(self.account.as_str());
     }
 
-    /// Sets up the consumer, the pull, and what a previous forwarder left
-    /// (holds, health). False when stopped first.
+    /// Sets up the consumer and the pull. False when stopped first.
     async fn begin(&mut self, start: &LaneStart, stop: &CancellationToken) -> bool {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.set_up(start).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(account_id = %self.account, error = %e, "account consumer set-up failed; retrying")
-                }
+        let mut backoff = shared::shutdown::Backoff::default();
+        while let Err(e) = self.set_up(start).await {
+            tracing::warn!(account_id = %self.account, error = %e, "account consumer set-up failed; retrying");
+            if !backoff.wait(stop).await {
+                return false;
             }
-            tokio::select! {
-                _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
         self.pull_after = Instant::now() + start.wait;
         if !start.wait.is_zero() {
@@ -280,14 +271,13 @@ impl Lane {
                 .unpin_consumer(&self.consumer, shared::jetstream::DELIVERY_GROUP)
                 .await;
         }
-        self.take_over_state().await?;
         Ok(())
     }
 
     /// Reads what the account's previous lane left: its conversation holds
-    /// and its breaker. Read at start, and again with the first message: the
-    /// server gives it only once the previous lane has handed everything
-    /// back, so by then its last holds are written.
+    /// and its breaker. Read with the first message: the server gives it
+    /// only once the previous lane has handed everything back, so by then
+    /// its last holds are written. Until then nothing has started.
     async fn take_over_state(&mut self) -> anyhow::Result<()> {
         self.holds = self.load_holds().await?;
         let stored = match self.ctx.health.get(self.account.as_str()).await? {
@@ -398,18 +388,14 @@ impl Lane {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
-            let hold_at = self.holds.get(&id).map(|h| h.stream_sequence);
             let Some(conversation) = self.conversations.get_mut(&id) else {
                 continue;
             };
             conversation.ready = false;
-            if conversation
-                .waiting
-                .front()
-                .is_none_or(|front| hold_at.is_some_and(|at| at < front.stream_sequence))
-            {
-                continue; // held behind a message that is away
+            if self.held_back(&id) {
+                continue; // defensive: a held conversation is never made ready
             }
+            let conversation = self.conversations.get_mut(&id).expect("just seen");
             let Some(held) = conversation.waiting.pop_front() else {
                 continue;
             };
@@ -424,7 +410,6 @@ impl Lane {
             let job = Job {
                 account: self.account.clone(),
                 retry_window_start: self.breaker.retry_window_start(held.published),
-                hold_key: hold_key(&self.account, &id),
                 held,
                 target: target.clone(),
                 hold,
@@ -511,6 +496,7 @@ impl Lane {
                         unpin: false,
                         wait: Duration::ZERO,
                     };
+                    self.state_taken_over = false;
                     if let Err(e) = self.set_up(&start).await {
                         tracing::warn!(account_id = %self.account, error = %e, "account consumer not recreated");
                     }
@@ -562,19 +548,30 @@ impl Lane {
     /// may start: nothing of it running, and not held behind a message that
     /// is away on the server.
     fn refresh(&mut self, id: &str) {
-        let Some(conversation) = self.conversations.get(id) else {
+        if self.held_back(id) {
+            return;
+        }
+        let Some(conversation) = self.conversations.get_mut(id) else {
             return;
         };
-        let Some(front) = conversation.waiting.front() else {
-            return;
-        };
-        let held_back = self
-            .holds
-            .get(id)
-            .is_some_and(|h| h.stream_sequence < front.stream_sequence);
-        if conversation.running.is_none() && !conversation.ready && !held_back {
-            self.conversations.get_mut(id).expect("present").ready = true;
+        if !conversation.waiting.is_empty() && conversation.running.is_none() && !conversation.ready
+        {
+            conversation.ready = true;
             self.ready.push_back(id.to_owned());
+        }
+    }
+
+    /// Whether a conversation's first waiting message is behind its held
+    /// message, which is away on the server.
+    fn held_back(&self, id: &str) -> bool {
+        let front = self
+            .conversations
+            .get(id)
+            .and_then(|c| c.waiting.front())
+            .map(|h| h.stream_sequence);
+        match (self.holds.get(id), front) {
+            (Some(hold), Some(front)) => hold.stream_sequence < front,
+            _ => false,
         }
     }
 

@@ -104,7 +104,12 @@ impl DeliveryHealthView {
 /// The account's delivery health: an operator's pause first, else what the
 /// forwarders stored, `unknown` when NATS does not answer within a second.
 pub async fn delivery_health(state: &AppState, row: &AccountRow) -> DeliveryHealthView {
-    let stored = stored_health(state, &row.id).await;
+    health_view(stored_health(state, &row.id).await, row)
+}
+
+/// The health of `row` from what the forwarders stored (`Err` when NATS
+/// could not be asked).
+fn health_view(stored: Result<Option<DeliveryHealth>, ()>, row: &AccountRow) -> DeliveryHealthView {
     let mut view = match stored {
         Ok(stored) => DeliveryHealthView::from_stored(stored),
         Err(()) => DeliveryHealthView {
@@ -215,7 +220,8 @@ impl DeliveriesApi {
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
         let mut row = find_account(state, &account_id.0).await?;
-        let before = delivery_health(state, &row).await;
+        let stored = stored_health(state, &row.id).await;
+        let before = health_view(stored.clone(), &row);
         let now = Utc::now();
         row.deliveries_paused_at = None;
         row.deliveries_resumed_at = Some(now);
@@ -226,14 +232,14 @@ impl DeliveriesApi {
             tracing::info!(account_id = %row.id, "deliveries resumed by an operator");
             announce(state, &row.id, ALERT_DELIVERIES_RESUMED, now, before.since).await;
         }
-        let mut view = account_view(state, &row).await;
-        if view.delivery_health.paused_by == Some(PausedBy::CircuitBreaker) {
+        let mut health = health_view(stored, &row);
+        if health.paused_by == Some(PausedBy::CircuitBreaker) {
             // The forwarder takes the resume a moment later; say what it will do.
-            view.delivery_health = DeliveryHealthView {
+            health = DeliveryHealthView {
                 since: Some(now),
                 ..DeliveryHealthView::healthy()
             };
         }
-        Ok(Json(view))
+        Ok(Json(Account::new(&row, health)))
     }
 }

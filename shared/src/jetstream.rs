@@ -184,7 +184,7 @@ pub async fn set_up_until_ready(
     subjects: &Subjects,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Ready> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = crate::shutdown::Backoff::default();
     loop {
         let attempt = async {
             ensure_streams(js, subjects).await?;
@@ -210,14 +210,12 @@ pub async fn set_up_until_ready(
                 if let Some(why) = unsupported_server(&js.client()) {
                     tracing::error!("{why}; upgrade it or point NATS_URL at a newer one");
                 }
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "jetstream set-up failed");
+                tracing::warn!(error = %e, retry_in_ms = backoff.delay().as_millis() as u64, "jetstream set-up failed");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            return None;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -178,24 +178,35 @@ impl CrmReceiver {
     /// Answers the next attempts of the message with this Instagram mid
     /// with these statuses, whatever else is scripted.
     pub fn answer_message_with(&self, mid: &str, statuses: &[u16]) {
-        self.shared
-            .per_message
-            .lock()
-            .unwrap()
-            .entry(mid.to_owned())
-            .or_default()
-            .extend(statuses.iter().map(|s| (*s, None)));
+        self.script_message(mid, statuses.iter().map(|s| (*s, None)));
     }
 
     /// Answers the next attempt of this message with `status` after `delay`.
     pub fn answer_message_late(&self, mid: &str, status: u16, delay: Duration) {
+        self.script_message(mid, [(status, Some(delay))]);
+    }
+
+    fn script_message(&self, mid: &str, answers: impl IntoIterator<Item = Answer>) {
         self.shared
             .per_message
             .lock()
             .unwrap()
             .entry(mid.to_owned())
             .or_default()
-            .push_back((status, Some(delay)));
+            .extend(answers);
+    }
+
+    /// The Instagram mid of every request received, in arrival order.
+    pub fn arrivals(&self) -> Vec<String> {
+        self.deliveries()
+            .iter()
+            .map(|d| {
+                d.json["instagram_message_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
     }
 
     /// The most requests this CRM was answering at once.

@@ -115,12 +115,8 @@ async fn a_conversation_stays_in_order_across_a_retry_while_others_go_on() {
     assert_eq!(sys.send_meta_webhook(&body).await.status(), 200);
 
     sys.wait_all_delivered(&account, 5, WAIT).await;
-    let d = crm.deliveries();
-    let arrivals: Vec<&str> = d
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap())
-        .collect();
-    let at = |mid: &str| arrivals.iter().rposition(|m| *m == mid).unwrap();
+    let arrivals = crm.arrivals();
+    let at = |mid: &str| arrivals.iter().rposition(|m| m == mid).unwrap();
     assert_eq!(arrivals.len(), 6, "x1 twice: {arrivals:?}");
     assert!(
         at("mid_y2") < at("mid_x1"),
@@ -130,7 +126,7 @@ async fn a_conversation_stays_in_order_across_a_retry_while_others_go_on() {
         at("mid_x1") < at("mid_x2") && at("mid_x2") < at("mid_x3"),
         "{arrivals:?}"
     );
-    assert_eq!(assert_conversations_in_order(&d), 2);
+    assert_eq!(assert_conversations_in_order(&crm.deliveries()), 2);
 }
 
 #[tokio::test]
@@ -156,12 +152,7 @@ async fn messages_arriving_while_an_earlier_one_is_retried_stay_behind_it() {
     send("mid_w3").await; // arrives while w1's retry runs
     sys.wait_all_delivered(&account, 3, WAIT).await;
 
-    let arrivals: Vec<String> = crm
-        .deliveries()
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(arrivals, ["mid_w1", "mid_w1", "mid_w2", "mid_w3"]);
+    assert_eq!(crm.arrivals(), ["mid_w1", "mid_w1", "mid_w2", "mid_w3"]);
 }
 
 #[tokio::test]
@@ -197,12 +188,8 @@ async fn a_dead_letter_releases_the_messages_behind_it() {
         (counts.get("delivered") == Some(&2) && counts.get("dead") == Some(&2)).then_some(())
     })
     .await;
-    let d = crm.deliveries();
-    let arrivals: Vec<&str> = d
-        .iter()
-        .map(|d| d.json["instagram_message_id"].as_str().unwrap())
-        .collect();
-    let last = |mid: &str| arrivals.iter().rposition(|m| *m == mid).unwrap();
+    let arrivals = crm.arrivals();
+    let last = |mid: &str| arrivals.iter().rposition(|m| m == mid).unwrap();
     assert!(last("mid_r1") < last("mid_r2"), "{arrivals:?}");
     assert_eq!(arrivals.iter().filter(|m| **m == "mid_f1").count(), 4);
     assert!(last("mid_f1") < last("mid_f2"), "{arrivals:?}");
