@@ -1,4 +1,5 @@
-//! The PostgreSQL half of the end-to-end tests (`tests/pg_*.rs`) is compiled
+//! The PostgreSQL half of the end-to-end tests (the `postgres::` cases of
+//! `on_both_stores!`, and `scale_out`) is compiled
 //! only when `TEST_DATABASE_URL` names a server; otherwise the build says so.
 
 fn main() {

@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use shared::ids::AccountId;
+use shared::model::CrmWebhookUrl;
 use shared::signing::WebhookSecret;
 use shared::subjects::Outcome;
 use shared::wire::{ConversationHold, DeliveryOutcome};
@@ -53,7 +54,7 @@ impl Held {
 /// Where the account's messages go, as its routing says now.
 pub enum Target {
     Crm {
-        url: String,
+        url: CrmWebhookUrl,
         secret: WebhookSecret,
     },
     /// The account is disabled, or its routing cannot be used: each message

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use shared::model::CrmWebhookUrl;
 use shared::signing::{
     HUB_SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
     WebhookSecret,
@@ -55,20 +56,12 @@ impl CrmClient {
     /// Signs `body` for this attempt and POSTs it.
     pub async fn deliver(
         &self,
-        url: &str,
+        url: &CrmWebhookUrl,
         secret: &WebhookSecret,
         message_id: &str,
         body: Bytes,
     ) -> Answer {
-        let url = match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => {
-                return Answer::Reject {
-                    status: None,
-                    reason: "invalid_url".into(),
-                };
-            }
-        };
+        let url = url.url().clone();
         if !self.allow_private {
             let literal = match url.host() {
                 Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),

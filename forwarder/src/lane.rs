@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::Deserialize;
 use shared::ids::AccountId;
+use shared::model::AccountStatus;
 use shared::secrets::SecretBox;
 use shared::signing::WebhookSecret;
 use shared::subjects::Subjects;
@@ -865,7 +866,7 @@ fn read(message: jetstream::Message) -> Option<Held> {
 
 /// Where an account's messages go, from its routing.
 fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, String> {
-    if routing.status == "disabled" {
+    if routing.status == AccountStatus::Disabled {
         return Ok(Arc::new(Target::Refuse("account_disabled")));
     }
     let secret = shared::secrets::open(ctx.key.as_ref(), &routing.webhook_secret).map_err(|e| {

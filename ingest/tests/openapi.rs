@@ -10,7 +10,7 @@ fn committed_path() -> PathBuf {
 
 #[test]
 fn committed_openapi_document_matches_the_code() {
-    let generated = ingest::openapi::spec_json();
+    let generated = ingest::http::openapi::spec_json();
     let path = committed_path();
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, format!("{generated}\n")).unwrap();
@@ -24,13 +24,14 @@ fn committed_openapi_document_matches_the_code() {
 
 #[test]
 fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
-    let spec: serde_json::Value = serde_json::from_str(&ingest::openapi::spec_json()).unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_str(&ingest::http::openapi::spec_json()).unwrap();
     let schema = &spec["components"]["schemas"]["InboundMessageWebhook"]["properties"];
     let mut documented: Vec<String> = schema.as_object().unwrap().keys().cloned().collect();
     documented.sort();
 
     let sample = shared::wire::InboundMessageWebhook {
-        event: "message.received".into(),
+        event: shared::model::EventKind::MessageReceived,
         message_id: "msg_1".into(),
         account_id: "acc_1".into(),
         sender_id: "1".into(),
@@ -62,7 +63,7 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
     sent.sort();
     assert_eq!(documented, sent);
 
-    for event in shared::wire::ALL_EVENTS {
+    for event in shared::model::EventKind::ALL.iter().map(|e| e.as_str()) {
         assert!(
             spec["webhooks"][event]["post"].is_object(),
             "webhook {event} is not documented"
@@ -87,7 +88,8 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
 
 #[test]
 fn every_api_route_requires_the_bearer_token() {
-    let spec: serde_json::Value = serde_json::from_str(&ingest::openapi::spec_json()).unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_str(&ingest::http::openapi::spec_json()).unwrap();
     for (path, ops) in spec["paths"].as_object().unwrap() {
         if !path.starts_with("/api/v1") {
             continue;

@@ -105,6 +105,21 @@ pub fn forwarders_bucket_config(subjects: &Subjects) -> kv::Config {
     }
 }
 
+/// The durable consumer ingest records delivery outcomes with. Several
+/// ingests share it; recording an outcome twice is harmless.
+pub fn outcome_consumer(subjects: &Subjects) -> pull::Config {
+    pull::Config {
+        durable_name: Some(subjects.outcome_consumer()),
+        description: Some("ingest records delivery outcomes on messages".into()),
+        filter_subject: subjects.delivery_all(),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+        ..Default::default()
+    }
+}
+
 /// The priority group every forwarder pulls an account's consumer with.
 pub const DELIVERY_GROUP: &str = "deliveries";
 

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod ids;
 pub mod jetstream;
+pub mod model;
 pub mod observe;
 pub mod secrets;
 pub mod shutdown;

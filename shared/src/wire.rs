@@ -8,39 +8,14 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{AccountStatus, CrmWebhookUrl, EventKind};
 use crate::subjects::Outcome;
-
-/// A customer sent a direct message.
-pub const EVENT_MESSAGE_RECEIVED: &str = "message.received";
-/// The business sent a message from the Instagram app (not through our API).
-pub const EVENT_MESSAGE_ECHO: &str = "message.echo";
-/// A customer reacted to a message, or removed a reaction.
-pub const EVENT_MESSAGE_REACTION: &str = "message.reaction";
-/// A customer deleted (unsent) a message.
-pub const EVENT_MESSAGE_DELETED: &str = "message.deleted";
-/// A customer read the conversation up to a message.
-pub const EVENT_MESSAGE_READ: &str = "message.read";
-/// A customer tapped a button (icebreaker, generic template, persistent menu).
-pub const EVENT_MESSAGE_POSTBACK: &str = "message.postback";
-/// A customer opened the conversation from a referral (ig.me link, ad).
-pub const EVENT_MESSAGE_REFERRAL: &str = "message.referral";
-
-/// Every event a CRM can receive, in the order the README lists them.
-pub const ALL_EVENTS: [&str; 7] = [
-    EVENT_MESSAGE_RECEIVED,
-    EVENT_MESSAGE_ECHO,
-    EVENT_MESSAGE_REACTION,
-    EVENT_MESSAGE_DELETED,
-    EVENT_MESSAGE_READ,
-    EVENT_MESSAGE_POSTBACK,
-    EVENT_MESSAGE_REFERRAL,
-];
 
 /// What the CRM receives for each Instagram event: the base fields always,
 /// and the event's own fields (`reply_to`, `reaction`, ...) when it has them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InboundMessageWebhook {
-    pub event: String,
+    pub event: EventKind,
     pub message_id: String,
     pub account_id: String,
     pub sender_id: String,
@@ -136,10 +111,10 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AccountRouting {
     pub account_id: String,
-    pub crm_webhook_url: String,
+    pub crm_webhook_url: CrmWebhookUrl,
     /// The account's `whsec_…` secret. Never logged: see the Debug impl.
     pub webhook_secret: String,
-    pub status: String,
+    pub status: AccountStatus,
     /// Deliveries in flight at once for this account; `None` for the
     /// forwarder's default (`FORWARDER_ACCOUNT_IN_FLIGHT`).
     #[serde(default)]
@@ -294,7 +269,7 @@ mod tests {
     #[test]
     fn payload_serializes_with_the_documented_field_names() {
         let w = InboundMessageWebhook {
-            event: EVENT_MESSAGE_RECEIVED.into(),
+            event: EventKind::MessageReceived,
             message_id: "msg_1".into(),
             account_id: "acc_1".into(),
             sender_id: "123".into(),
@@ -336,9 +311,9 @@ mod tests {
     fn routing_debug_hides_the_secret() {
         let r = AccountRouting {
             account_id: "acc_1".into(),
-            crm_webhook_url: "https://crm.example/hook".into(),
+            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/hook").unwrap(),
             webhook_secret: "whsec_c2VjcmV0".into(),
-            status: "active".into(),
+            status: AccountStatus::Active,
             max_in_flight: None,
             deliveries_paused: false,
             deliveries_resumed_at: None,

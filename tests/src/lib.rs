@@ -79,8 +79,42 @@ pub fn assert_conversations_in_order(deliveries: &[Delivery]) -> usize {
     order.len()
 }
 
-/// The database ingest runs on in this test binary: SQLite, or PostgreSQL in
-/// the `pg_*` binaries (compiled when `TEST_DATABASE_URL` is set).
+/// Which store a test runs ingest on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    /// A file in the test's temporary directory.
+    Sqlite,
+    /// A fresh database on the server `TEST_DATABASE_URL` names.
+    Postgres,
+}
+
+/// Runs each named case, an `async fn(Db)`, once per store: as
+/// `sqlite::<case>`, and as `postgres::<case>` when `TEST_DATABASE_URL` was
+/// set at build time (the build says so when it was not).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case($crate::Db::Sqlite).await
+                }
+            )+
+        }
+        #[cfg(postgres_tests)]
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case($crate::Db::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+/// One test's own database, removed when the test ends.
 pub enum TestDatabase {
     Sqlite(tempfile::TempDir),
     Postgres { server: String, name: String },
@@ -88,18 +122,12 @@ pub enum TestDatabase {
 
 impl TestDatabase {
     /// A fresh, empty database for one test.
-    pub async fn create() -> Self {
-        let exe = std::env::current_exe().unwrap();
-        let postgres = exe
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("pg_");
-        if !postgres {
+    pub async fn create(db: Db) -> Self {
+        if db == Db::Sqlite {
             return Self::Sqlite(tempfile::tempdir().unwrap());
         }
-        let server =
-            std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL for the pg_ tests");
+        let server = std::env::var("TEST_DATABASE_URL")
+            .expect("TEST_DATABASE_URL names the PostgreSQL server for Db::Postgres");
         let name = format!(
             "router_test_{}",
             ulid::Ulid::new().to_string().to_lowercase()
@@ -163,14 +191,15 @@ pub struct System {
 }
 
 impl System {
-    pub async fn start() -> Self {
-        Self::start_with(&[]).await
+    /// Starts everything with ingest on `db`.
+    pub async fn start(db: Db) -> Self {
+        Self::start_with(db, &[]).await
     }
 
     /// Starts everything; `env` is added to both services' environment.
-    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+    pub async fn start_with(db: Db, env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().await;
-        let database = TestDatabase::create().await;
+        let database = TestDatabase::create(db).await;
         let ingest = Service::ingest(&nats.url(), &database.url(), env).await;
         let forwarder = Service::forwarder(&nats.url(), env).await;
         Self {

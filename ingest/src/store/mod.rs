@@ -1,9 +1,15 @@
-//! Persistence behind one small trait, so the HTTP layer and the outbox never
-//! see SQL. SQLite is the embedded default; PostgreSQL implements the same
-//! trait (chosen by the scheme of `DATABASE_URL`).
+//! Persistence behind three small traits (accounts, messages and their
+//! outbox, delivery outcomes), so nothing above this layer sees SQL.
+//! SQLite is the embedded default, PostgreSQL the production choice (picked
+//! by the scheme of `DATABASE_URL`). Both run the same statements, written
+//! once in [`sql`]; what really differs (opening, the write transaction,
+//! the outbox lease) is in `sqlite.rs` and `postgres.rs`.
 //!
 //! Rows here are storage shapes, not API objects and not wire types.
 
+// First: the statements both backends implement their traits with.
+#[macro_use]
+mod sql;
 mod postgres;
 mod sealed;
 mod sqlite;
@@ -12,6 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use shared::model::{
+    AccountStatus, CrmWebhookUrl, DeliveryStatus, Direction, EventSelection, MessageEvent,
+};
 use shared::secrets::SecretBox;
 use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
 
@@ -24,15 +33,18 @@ pub struct AccountRow {
     pub id: String,
     pub name: String,
     pub instagram_account_id: String,
-    pub crm_webhook_url: String,
+    #[sqlx(try_from = "String")]
+    pub crm_webhook_url: CrmWebhookUrl,
     pub auto_reply_text: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: AccountStatus,
     pub instagram_access_token: Option<String>,
     pub webhook_secret: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// JSON array of the events the CRM receives; `None` for every one.
-    pub events: Option<String>,
+    /// The events the CRM receives (stored as `NULL` or a JSON array).
+    #[sqlx(try_from = "Option<String>")]
+    pub events: EventSelection,
     pub auto_reply_cooldown_secs: i64,
     /// Deliveries in flight at once; `None` for the forwarders' default.
     pub max_in_flight: Option<i64>,
@@ -40,18 +52,6 @@ pub struct AccountRow {
     pub deliveries_paused_at: Option<DateTime<Utc>>,
     /// When an operator last resumed them.
     pub deliveries_resumed_at: Option<DateTime<Utc>>,
-}
-
-impl AccountRow {
-    /// Whether the account's CRM receives this event.
-    pub fn receives(&self, event: &str) -> bool {
-        match &self.events {
-            None => true,
-            Some(json) => serde_json::from_str::<Vec<String>>(json)
-                .map(|list| list.iter().any(|e| e == event))
-                .unwrap_or(true),
-        }
-    }
 }
 
 impl std::fmt::Debug for AccountRow {
@@ -67,12 +67,11 @@ impl std::fmt::Debug for AccountRow {
 pub struct NewMessage {
     pub id: String,
     pub account_id: String,
-    /// `message.received`, `message.echo`, `message.sent`, ...
-    pub event: &'static str,
+    pub event: MessageEvent,
     /// Recognises a redelivery of the same event (the mid for messages).
     pub event_key: String,
     pub instagram_message_id: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub conversation_id: String,
     pub sender_id: String,
     pub recipient_id: String,
@@ -124,17 +123,19 @@ pub struct OutboxEntry {
 pub struct MessageRow {
     pub id: String,
     pub account_id: String,
-    pub event: String,
+    #[sqlx(try_from = "String")]
+    pub event: MessageEvent,
     pub instagram_message_id: String,
-    pub direction: String,
+    #[sqlx(try_from = "String")]
+    pub direction: Direction,
     pub conversation_id: String,
     pub sender_id: String,
     pub recipient_id: String,
     pub message_type: String,
     pub sent_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
-    /// `pending`, `retrying`, `delivered`, `dead` or `discarded`.
-    pub delivery_status: String,
+    #[sqlx(try_from = "String")]
+    pub delivery_status: DeliveryStatus,
     pub delivery_attempts: i64,
     pub last_error: Option<String>,
     pub last_status_code: Option<i64>,
@@ -146,10 +147,6 @@ pub struct MessageRow {
     /// Its place in the conversation, for events published to the CRM.
     pub sequence: Option<i64>,
 }
-
-/// What a replay needs of a dead letter: subject, payload, replay count, and
-/// its conversation and place in it.
-type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option<i64>)>;
 
 /// Which dead letters an operator means.
 #[derive(Clone, Debug, Default)]
@@ -173,12 +170,10 @@ pub enum StoreError {
     Secret(#[from] shared::secrets::SecretError),
 }
 
-pub type DynStore = Arc<dyn Store>;
-
+/// Accounts, the only rows that hold secrets: the one part of the store
+/// that [`sealed`] wraps.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait AccountStore: Send + Sync + 'static {
     async fn insert_account(&self, account: &AccountRow) -> Result<(), StoreError>;
     async fn get_account(&self, id: &str) -> Result<Option<AccountRow>, StoreError>;
     /// Accounts ordered by id, starting after `after`.
@@ -195,6 +190,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         instagram_account_id: &str,
     ) -> Result<Option<AccountRow>, StoreError>;
+}
+
+/// Messages, their outbox entries, dead letters and the bookkeeping of
+/// replies sent through the API.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// A round trip to the database, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Saves a message and its outbox entry in one transaction, unless the
     /// account already has a message with the same Instagram id.
@@ -209,11 +212,9 @@ pub trait Store: Send + Sync + 'static {
     async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
     /// How many messages wait to be published, and since when the oldest.
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
+    /// Replaces a held outbox entry's body (and the stored copy) and lets it go.
+    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError>;
 
-    /// Records one delivery attempt's outcome; recording the same attempt
-    /// twice changes nothing, and an older outcome never overwrites a newer
-    /// one. False when the message is unknown (its account was deleted).
-    async fn record_outcome(&self, outcome: &DeliveryOutcome) -> Result<bool, StoreError>;
     async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError>;
     /// An account's messages in the order they were saved, optionally one conversation.
     async fn list_messages(
@@ -262,8 +263,6 @@ pub trait Store: Send + Sync + 'static {
         account_id: &str,
         recipient_id: &str,
     ) -> Result<bool, StoreError>;
-    /// Replaces a held outbox entry's body (and the stored copy) and lets it go.
-    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError>;
     /// Claims the conversation's auto-reply if none was sent within the
     /// cooldown; only one caller, across every ingest, gets true.
     async fn claim_auto_reply(
@@ -281,15 +280,46 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// What the forwarders report about each delivery attempt.
+#[async_trait]
+pub trait OutcomeStore: Send + Sync + 'static {
+    /// Records one delivery attempt's outcome; recording the same attempt
+    /// twice changes nothing, and an older outcome never overwrites a newer
+    /// one. False when the message is unknown (its account was deleted).
+    async fn record_outcome(&self, outcome: &DeliveryOutcome) -> Result<bool, StoreError>;
+}
+
+/// The store as its callers see it: one handle per part, all backed by the
+/// same database; only the accounts part seals secrets.
+#[derive(Clone)]
+pub struct Stores {
+    pub accounts: Arc<dyn AccountStore>,
+    pub messages: Arc<dyn MessageStore>,
+    pub outcomes: Arc<dyn OutcomeStore>,
+}
+
+impl Stores {
+    fn new<S: AccountStore + MessageStore + OutcomeStore>(db: S, key: Option<SecretBox>) -> Self {
+        let db = Arc::new(db);
+        Self {
+            accounts: Arc::new(sealed::SealedAccounts {
+                inner: db.clone(),
+                key,
+            }),
+            messages: db.clone(),
+            outcomes: db,
+        }
+    }
+}
+
 /// Opens the store named by `DATABASE_URL`, applies its migrations, and
 /// seals account secrets with `key` when there is one.
-pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<DynStore> {
-    let inner: DynStore = if database_url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::open(database_url).await?)
+pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<Stores> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Stores::new(SqliteStore::open(database_url).await?, key))
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Arc::new(PgStore::open(database_url).await?)
+        Ok(Stores::new(PgStore::open(database_url).await?, key))
     } else {
         anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
-    };
-    Ok(Arc::new(sealed::SealedStore { inner, key }))
+    }
 }

@@ -1,0 +1,210 @@
+//! Work that follows a saved event without delaying Meta's 200: looking up
+//! the customer's username (while the outbox holds the message for at most
+//! [`USERNAME_HOLD`]) and sending the account's auto-reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use shared::wire::InboundMessageWebhook;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::Core;
+use crate::meta::graph::GraphError;
+use crate::store::AccountRow;
+
+/// The longest a message waits for its sender's username before it is
+/// published without one.
+pub const USERNAME_HOLD: chrono::TimeDelta = chrono::TimeDelta::seconds(3);
+/// The lookup's own bound, inside the hold.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(2500);
+const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
+const UNKNOWN_FOR: Duration = Duration::from_secs(600);
+
+type Lookup = Arc<OnceCell<Option<String>>>;
+
+/// Usernames per (account, sender), so each is looked up once a day, and
+/// concurrent messages from one sender share one lookup.
+#[derive(Default)]
+pub struct UsernameCache {
+    entries: Mutex<HashMap<(String, String), (Instant, Lookup)>>,
+}
+
+/// How long a finished lookup is trusted: a day when Meta gave a username,
+/// ten minutes when it did not.
+fn still_fresh(at: Instant, value: &Option<String>) -> bool {
+    let ttl = if value.is_some() {
+        KNOWN_FOR
+    } else {
+        UNKNOWN_FOR
+    };
+    at.elapsed() < ttl
+}
+
+impl UsernameCache {
+    /// A finished, unexpired lookup: `Some(username or None)`; `None` when
+    /// the sender must be looked up.
+    pub fn cached(&self, account_id: &str, sender_id: &str) -> Option<Option<String>> {
+        let entries = self.entries.lock().unwrap();
+        let (at, cell) = entries.get(&(account_id.to_owned(), sender_id.to_owned()))?;
+        let value = cell.get()?;
+        still_fresh(*at, value).then(|| value.clone())
+    }
+
+    fn cell(&self, account_id: &str, sender_id: &str) -> Lookup {
+        let mut entries = self.entries.lock().unwrap();
+        let key = (account_id.to_owned(), sender_id.to_owned());
+        // A lookup still running is shared rather than repeated.
+        let fresh = entries
+            .get(&key)
+            .is_some_and(|(at, cell)| cell.get().is_none_or(|value| still_fresh(*at, value)));
+        if !fresh {
+            entries.insert(key.clone(), (Instant::now(), Arc::new(OnceCell::new())));
+        }
+        entries[&key].1.clone()
+    }
+}
+
+async fn lookup_username(state: &Core, account: &AccountRow, sender_id: &str) -> Option<String> {
+    let token = account.instagram_access_token.as_deref()?;
+    let cell = state.usernames.cell(&account.id, sender_id);
+    cell.get_or_init(|| async {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, state.graph.profile(sender_id, token)).await {
+            Ok(Ok(profile)) => profile.username,
+            Ok(Err(GraphError::Meta { code: 230, .. })) => {
+                tracing::debug!(account_id = %account.id, "username not available (consent required)");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(account_id = %account.id, error = %e, "username lookup failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(account_id = %account.id, "username lookup timed out");
+                None
+            }
+        }
+    })
+    .await
+    .clone()
+}
+
+/// Looks the sender up, puts the username in the held message and lets the
+/// outbox publish it. If this never finishes, the hold expires on its own.
+pub fn spawn_username_lookup(
+    state: Arc<Core>,
+    account: AccountRow,
+    message_id: String,
+    mut webhook: InboundMessageWebhook,
+) {
+    tokio::spawn(async move {
+        webhook.sender_username = lookup_username(&state, &account, &webhook.sender_id).await;
+        let released = match serde_json::to_vec(&webhook) {
+            Ok(payload) => state
+                .store
+                .messages
+                .release_outbox(&message_id, &payload)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = released {
+            tracing::warn!(message_id, error = %e, "could not add the username; published without it");
+        }
+        state.outbox_wakeup.notify_one();
+    });
+}
+
+/// Sends the account's auto-reply if this conversation has had none within
+/// the cooldown. Claimed in the database first, so several ingests send one.
+pub fn spawn_auto_reply(
+    state: Arc<Core>,
+    account: AccountRow,
+    customer_id: String,
+    conversation_id: String,
+) {
+    let (Some(text), Some(token)) = (
+        account.auto_reply_text.clone(),
+        account.instagram_access_token.clone(),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let claimed = state
+            .store
+            .messages
+            .claim_auto_reply(
+                &account.id,
+                &conversation_id,
+                Utc::now(),
+                account.auto_reply_cooldown_secs,
+            )
+            .await;
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(account_id = %account.id, error = %e, "auto-reply claim failed");
+                return;
+            }
+        }
+        let request = super::send::OutgoingMessage::text(&customer_id, &text);
+        match super::send::send_and_record(&state, &account, &token, &request).await {
+            Ok(sent) => {
+                tracing::info!(account_id = %account.id, message_id = %sent.id, "auto-reply sent")
+            }
+            Err(e) => {
+                tracing::warn!(account_id = %account.id, error = %e, "auto-reply not sent");
+                let _ = state
+                    .store
+                    .messages
+                    .release_auto_reply(&account.id, &conversation_id)
+                    .await;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_username_is_trusted_for_a_day_and_a_miss_for_ten_minutes() {
+        let cache = UsernameCache::default();
+        assert_eq!(cache.cached("acc_1", "1"), None, "never looked up");
+        cache.cell("acc_1", "1").set(Some("ana".into())).unwrap();
+        cache.cell("acc_1", "2").set(None).unwrap();
+        assert_eq!(cache.cached("acc_1", "1"), Some(Some("ana".into())));
+        assert_eq!(cache.cached("acc_1", "2"), Some(None));
+        assert_eq!(cache.cached("acc_2", "1"), None, "per account");
+
+        tokio::time::advance(UNKNOWN_FOR).await;
+        assert_eq!(cache.cached("acc_1", "1"), Some(Some("ana".into())));
+        assert_eq!(cache.cached("acc_1", "2"), None, "a miss is retried");
+
+        tokio::time::advance(KNOWN_FOR - UNKNOWN_FOR).await;
+        assert_eq!(
+            cache.cached("acc_1", "1"),
+            None,
+            "a username is refreshed daily"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_still_running_is_shared_and_an_expired_one_replaced() {
+        let cache = UsernameCache::default();
+        let first = cache.cell("acc_1", "1");
+        assert!(
+            Arc::ptr_eq(&first, &cache.cell("acc_1", "1")),
+            "shared while running"
+        );
+        first.set(None).unwrap();
+        tokio::time::advance(UNKNOWN_FOR).await;
+        let second = cache.cell("acc_1", "1");
+        assert!(!Arc::ptr_eq(&first, &second), "a new lookup after expiry");
+        assert!(second.get().is_none());
+    }
+}

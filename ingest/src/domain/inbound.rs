@@ -1,0 +1,197 @@
+//! What ingest does with a verified webhook from Meta: each event of a
+//! known, enabled account is saved with its outbox entry (before Meta gets
+//! its 200), and the follow-ups (username, auto-reply) are started.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use shared::ids::{AccountId, MessageId};
+use shared::model::{AccountStatus, Direction, EventKind, MessageEvent};
+use shared::wire::{self, InboundMessageWebhook};
+use tracing::Instrument as _;
+
+use super::{Core, followups};
+use crate::meta::payload::{self as meta, Classified, WebhookPayload};
+use crate::store::{AccountRow, NewMessage, SaveOutcome};
+
+/// What one webhook delivery came to, for the log line and the tests.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub saved: u32,
+    pub duplicates: u32,
+    pub unknown_account: u32,
+    pub not_forwarded: u32,
+}
+
+pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    if payload.object != "instagram" {
+        tracing::info!(object = %payload.object, "ignoring webhook for another object");
+        return Ok(tally);
+    }
+    for entry in &payload.entry {
+        let (direct, from_changes, ignored_changes) = entry.events();
+        tally.not_forwarded += ignored_changes as u32;
+        let count = direct.len() + from_changes.len();
+        let account = core
+            .store
+            .accounts
+            .account_by_instagram_id(&entry.id)
+            .await?;
+        let Some(account) = account else {
+            tracing::info!(instagram_account_id = %entry.id, events = count, "webhook for an unknown account ignored");
+            tally.unknown_account += count as u32;
+            continue;
+        };
+        if account.status == AccountStatus::Disabled {
+            tracing::info!(account_id = %account.id, events = count, "webhook for a disabled account ignored");
+            tally.not_forwarded += count as u32;
+            continue;
+        }
+        let account_id = AccountId::parse(&account.id)?;
+        for event in direct.into_iter().chain(from_changes.iter()) {
+            let Some(c) = meta::classify(&entry.id, event) else {
+                tracing::debug!(account_id = %account.id, "event kind not forwarded");
+                tally.not_forwarded += 1;
+                continue;
+            };
+            let span = tracing::info_span!("event", account_id = %account.id, event = %c.event);
+            save_event(core, &account, &account_id, &entry.id, c, &mut tally)
+                .instrument(span)
+                .await?;
+        }
+    }
+    Ok(tally)
+}
+
+async fn save_event(
+    core: &Arc<Core>,
+    account: &AccountRow,
+    account_id: &AccountId,
+    instagram_account_id: &str,
+    c: Classified,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    if c.event == EventKind::MessageDeleted {
+        core.store
+            .messages
+            .mark_deleted(&account.id, &c.mid, c.time)
+            .await?;
+    }
+    if c.event == EventKind::MessageEcho && echo_of_our_send(core, &account.id, &c).await? {
+        tracing::info!(account_id = %account.id, "echo of a message sent through the API recorded");
+        tally.duplicates += 1;
+        return Ok(());
+    }
+    // The customer's username: from the cache now, or looked up after the
+    // 200 while the outbox holds the message for a moment.
+    let token = account
+        .instagram_access_token
+        .as_deref()
+        .filter(|t| !t.is_empty());
+    let (sender_username, lookup) = match (c.direction, token) {
+        (Direction::Inbound, Some(_)) => match core.usernames.cached(&account.id, &c.sender_id) {
+            Some(known) => (known, false),
+            None => (None, true),
+        },
+        _ => (None, false),
+    };
+    let publish = account.events.receives(c.event);
+    let id = MessageId::generate();
+    let webhook = InboundMessageWebhook {
+        event: c.event,
+        message_id: id.to_string(),
+        account_id: account_id.to_string(),
+        sender_id: c.sender_id.clone(),
+        sender_username,
+        message: c.text.clone(),
+        message_type: c.message_type.clone(),
+        timestamp: wire::rfc3339(c.time),
+        instagram_message_id: c.mid.clone(),
+        conversation_id: wire::conversation_id(&c.customer_id, instagram_account_id),
+        sequence: None,
+        attachments: c.attachments.clone(),
+        reply_to: c.reply_to,
+        quick_reply: c.quick_reply,
+        reaction: c.reaction,
+        postback: c.postback,
+        referral: c.referral,
+    };
+    let new = NewMessage {
+        id: id.to_string(),
+        account_id: account_id.to_string(),
+        event: MessageEvent::Received(c.event),
+        event_key: c.event_key,
+        instagram_message_id: c.mid,
+        direction: c.direction,
+        conversation_id: webhook.conversation_id.clone(),
+        sender_id: c.sender_id.clone(),
+        recipient_id: c.recipient_id,
+        message_type: c.message_type,
+        text: c.text,
+        attachments: serde_json::to_string(&c.attachments)?,
+        sent_at: c.time,
+        subject: core.subjects.inbound(account_id),
+        webhook: Some(webhook.clone()),
+        publish,
+        hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
+    };
+    match core.store.messages.save_message(&new).await? {
+        SaveOutcome::Saved { sequence } => {
+            tracing::info!(account_id = %account.id, message_id = %new.id, event = %c.event, "message saved");
+            tally.saved += 1;
+            if new.hold_until.is_some() {
+                followups::spawn_username_lookup(
+                    core.clone(),
+                    account.clone(),
+                    new.id.clone(),
+                    InboundMessageWebhook {
+                        sequence,
+                        ..webhook.clone()
+                    },
+                );
+            }
+            if c.event == EventKind::MessageReceived {
+                followups::spawn_auto_reply(
+                    core.clone(),
+                    account.clone(),
+                    c.customer_id,
+                    webhook.conversation_id,
+                );
+            }
+        }
+        SaveOutcome::Duplicate => {
+            tracing::info!(account_id = %account.id, event = %c.event, "redelivered event ignored");
+            tally.duplicates += 1;
+        }
+    }
+    Ok(())
+}
+
+/// How long an echo waits for a reply to the same customer that is still on
+/// its way to Meta: the echo can arrive before Meta's answer to the send.
+const ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether an echo is of a message sent through our API (and so recorded).
+async fn echo_of_our_send(core: &Core, account_id: &str, c: &Classified) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + ECHO_WAIT;
+    loop {
+        if core
+            .store
+            .messages
+            .confirm_echo(account_id, &c.mid, c.time)
+            .await?
+        {
+            return Ok(true);
+        }
+        let waiting = core
+            .store
+            .messages
+            .send_in_flight(account_id, &c.customer_id)
+            .await?;
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

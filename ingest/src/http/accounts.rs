@@ -1,0 +1,385 @@
+//! `/api/v1/accounts`: connect, read, change and remove Instagram accounts.
+//! Secrets (`webhook_secret`, `instagram_access_token`) are write-only: the
+//! generated webhook secret is returned once, in the create response.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use shared::ids::AccountId;
+use shared::model::{AccountStatus, CrmWebhookUrl, EventKind, EventSelection};
+use shared::signing::WebhookSecret;
+
+use super::auth::ApiToken;
+use super::deliveries::{DeliveryHealthView, account_view, new_account_view};
+use super::error::ApiError;
+use super::openapi::ApiTags;
+use crate::domain::Core;
+use crate::store::AccountRow;
+
+/// The selection an API caller gives: `None` (omitted or null) for every event.
+fn selection(events: Option<Vec<EventKind>>) -> EventSelection {
+    events.map_or(EventSelection::Every, EventSelection::Only)
+}
+
+/// A connected Instagram professional account. Secrets are never shown.
+#[derive(Debug, Object)]
+pub struct Account {
+    /// Our id, `acc_…`.
+    pub id: String,
+    pub name: String,
+    /// The id Meta puts in `entry[].id` of its webhooks.
+    pub instagram_account_id: String,
+    /// Where the forwarder POSTs this account's messages.
+    pub crm_webhook_url: String,
+    pub auto_reply_text: Option<String>,
+    /// An auto-reply goes to a conversation at most once per this many seconds.
+    pub auto_reply_cooldown_secs: i64,
+    /// The events the CRM receives.
+    pub events: Vec<EventKind>,
+    pub status: AccountStatus,
+    /// Deliveries to the CRM in flight at once; `null` for the forwarders'
+    /// default (`FORWARDER_ACCOUNT_IN_FLIGHT`, 8).
+    pub max_in_flight: Option<i64>,
+    /// How deliveries to the CRM are doing.
+    pub delivery_health: DeliveryHealthView,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Account {
+    pub fn new(r: &AccountRow, delivery_health: DeliveryHealthView) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            instagram_account_id: r.instagram_account_id.clone(),
+            crm_webhook_url: r.crm_webhook_url.to_string(),
+            auto_reply_text: r.auto_reply_text.clone(),
+            auto_reply_cooldown_secs: r.auto_reply_cooldown_secs,
+            events: r.events.kinds(),
+            status: r.status,
+            max_in_flight: r.max_in_flight,
+            delivery_health,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The create response: the account plus its webhook secret, shown this once.
+#[derive(Debug, Object)]
+pub struct CreatedAccount {
+    #[oai(flatten)]
+    pub account: Account,
+    /// `whsec_…`: verifies our signatures on your CRM. Store it now; it is never shown again.
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, Object)]
+pub struct CreateAccount {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// The Instagram professional account id (digits), as in Meta's `entry[].id`.
+    #[oai(validator(pattern = r"^[0-9]{1,32}$"))]
+    pub instagram_account_id: String,
+    /// http(s) URL of the CRM endpoint that receives messages.
+    #[oai(validator(max_length = 2048))]
+    pub crm_webhook_url: String,
+    #[oai(validator(max_length = 1000))]
+    pub auto_reply_text: Option<String>,
+    /// Token for Meta's Send API (write-only).
+    #[oai(validator(max_length = 1024))]
+    pub instagram_access_token: Option<String>,
+    /// `whsec_<base64>`; generated when omitted (write-only).
+    pub webhook_secret: Option<String>,
+    /// Defaults to `active`.
+    pub status: Option<AccountStatus>,
+    /// Seconds between two auto-replies in one conversation; default 86400 (24 h).
+    #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
+    pub auto_reply_cooldown_secs: Option<i64>,
+    /// The events the CRM receives; every event when omitted.
+    pub events: Option<Vec<EventKind>>,
+    /// Deliveries in flight at once, 1 to `ROUTER_ACCOUNT_IN_FLIGHT_MAX`
+    /// (64); the forwarders' default (8) when omitted.
+    #[oai(validator(minimum(value = "1")))]
+    pub max_in_flight: Option<i64>,
+}
+
+/// Only the fields present are changed; `auto_reply_text: null` clears it.
+#[derive(Debug, Object)]
+pub struct UpdateAccount {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    #[oai(validator(max_length = 2048))]
+    pub crm_webhook_url: Option<String>,
+    #[oai(validator(max_length = 1000))]
+    pub auto_reply_text: MaybeUndefined<String>,
+    pub status: Option<AccountStatus>,
+    /// Replaces the Send API token (write-only).
+    #[oai(validator(max_length = 1024))]
+    pub instagram_access_token: Option<String>,
+    /// Rotates the webhook secret (write-only).
+    pub webhook_secret: Option<String>,
+    #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
+    pub auto_reply_cooldown_secs: Option<i64>,
+    /// The events the CRM receives; `null` for every event.
+    pub events: MaybeUndefined<Vec<EventKind>>,
+    /// Deliveries in flight at once; `null` for the forwarders' default.
+    #[oai(validator(minimum(value = "1")))]
+    pub max_in_flight: MaybeUndefined<i64>,
+}
+
+#[derive(Debug, Object)]
+pub struct AccountPage {
+    pub data: Vec<Account>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateAccountResponse {
+    /// Created. The response holds the webhook secret, shown only this once.
+    #[oai(status = 201)]
+    Created(Json<CreatedAccount>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteAccountResponse {
+    /// Deleted, with its stored messages.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+/// A CRM URL we are willing to store: absolute http(s), no credentials.
+fn parse_crm_url(s: &str) -> Result<CrmWebhookUrl, ApiError> {
+    CrmWebhookUrl::parse(s).map_err(|why| {
+        ApiError::bad_request("invalid_crm_webhook_url", format!("crm_webhook_url {why}"))
+    })
+}
+
+/// An account's cap, within the operator's maximum.
+fn parse_max_in_flight(state: &Core, n: i64) -> Result<i64, ApiError> {
+    let max = i64::from(state.config.common.router_account_in_flight_max);
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("max_in_flight must be between 1 and {max} (ROUTER_ACCOUNT_IN_FLIGHT_MAX)"),
+        ))
+    }
+}
+
+fn parse_secret(s: &str) -> Result<WebhookSecret, ApiError> {
+    WebhookSecret::parse(s)
+        .map_err(|e| ApiError::bad_request("invalid_webhook_secret", e.to_string()))
+}
+
+fn account_not_found() -> ApiError {
+    ApiError::not_found("account_not_found", "no such account")
+}
+
+fn parse_account_id(s: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(s).map_err(|_| account_not_found())
+}
+
+/// The account a path names, or 404 `account_not_found`.
+pub async fn find_account(state: &Core, raw_id: &str) -> Result<AccountRow, ApiError> {
+    let id = parse_account_id(raw_id)?;
+    state
+        .store
+        .accounts
+        .get_account(id.as_str())
+        .await?
+        .ok_or_else(account_not_found)
+}
+
+pub struct AccountsApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Accounts")]
+impl AccountsApi {
+    /// Connect an Instagram account
+    #[oai(path = "/accounts", method = "post", operation_id = "create_account")]
+    async fn create(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        body: Json<CreateAccount>,
+    ) -> Result<CreateAccountResponse, ApiError> {
+        let body = body.0;
+        let crm_webhook_url = parse_crm_url(&body.crm_webhook_url)?;
+        let secret = match body.webhook_secret.as_deref() {
+            Some(s) => parse_secret(s)?,
+            None => WebhookSecret::generate(),
+        };
+        let now = Utc::now();
+        let row = AccountRow {
+            id: AccountId::generate().to_string(),
+            name: body.name,
+            instagram_account_id: body.instagram_account_id,
+            crm_webhook_url,
+            auto_reply_text: body.auto_reply_text,
+            status: body.status.unwrap_or(AccountStatus::Active),
+            instagram_access_token: body.instagram_access_token,
+            webhook_secret: secret.expose().to_owned(),
+            created_at: now,
+            updated_at: now,
+            events: selection(body.events),
+            auto_reply_cooldown_secs: body.auto_reply_cooldown_secs.unwrap_or(86_400),
+            max_in_flight: body
+                .max_in_flight
+                .map(|n| parse_max_in_flight(state, n))
+                .transpose()?,
+            deliveries_paused_at: None,
+            deliveries_resumed_at: None,
+        };
+        state.store.accounts.insert_account(&row).await?;
+        state.routing.account_changed(&row.id).await;
+        tracing::info!(account_id = %row.id, "account created");
+        Ok(CreateAccountResponse::Created(Json(CreatedAccount {
+            account: new_account_view(&row),
+            webhook_secret: row.webhook_secret,
+        })))
+    }
+
+    /// List accounts
+    #[oai(path = "/accounts", method = "get", operation_id = "list_accounts")]
+    async fn list(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 200.
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+    ) -> Result<Json<AccountPage>, ApiError> {
+        let rows = state
+            .store
+            .accounts
+            .list_accounts(cursor.0.as_deref(), limit.0 + 1)
+            .await?;
+        let more = rows.len() > limit.0 as usize;
+        let data: Vec<Account> = futures::future::join_all(
+            rows.iter()
+                .take(limit.0 as usize)
+                .map(|row| account_view(state, row)),
+        )
+        .await;
+        let next_cursor = if more {
+            data.last().map(|a| a.id.clone())
+        } else {
+            None
+        };
+        Ok(Json(AccountPage { data, next_cursor }))
+    }
+
+    /// Get an account
+    #[oai(
+        path = "/accounts/:account_id",
+        method = "get",
+        operation_id = "get_account"
+    )]
+    async fn get(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+    ) -> Result<Json<Account>, ApiError> {
+        let row = find_account(state, &account_id.0).await?;
+        Ok(Json(account_view(state, &row).await))
+    }
+
+    /// Change an account
+    #[oai(
+        path = "/accounts/:account_id",
+        method = "patch",
+        operation_id = "update_account"
+    )]
+    async fn update(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+        body: Json<UpdateAccount>,
+    ) -> Result<Json<Account>, ApiError> {
+        let body = body.0;
+        let mut row = find_account(state, &account_id.0).await?;
+        if let Some(name) = body.name {
+            row.name = name;
+        }
+        if let Some(url) = body.crm_webhook_url {
+            row.crm_webhook_url = parse_crm_url(&url)?;
+        }
+        match body.auto_reply_text {
+            MaybeUndefined::Value(t) => row.auto_reply_text = Some(t),
+            MaybeUndefined::Null => row.auto_reply_text = None,
+            MaybeUndefined::Undefined => {}
+        }
+        if let Some(status) = body.status {
+            row.status = status;
+        }
+        if let Some(token) = body.instagram_access_token {
+            row.instagram_access_token = Some(token);
+            // A new token is the fix for rejected credentials.
+            if row.status == AccountStatus::CredentialsInvalid && body.status.is_none() {
+                row.status = AccountStatus::Active;
+            }
+        }
+        if let Some(secs) = body.auto_reply_cooldown_secs {
+            row.auto_reply_cooldown_secs = secs;
+        }
+        match body.events {
+            MaybeUndefined::Value(list) => row.events = selection(Some(list)),
+            MaybeUndefined::Null => row.events = EventSelection::Every,
+            MaybeUndefined::Undefined => {}
+        }
+        if let Some(secret) = body.webhook_secret {
+            row.webhook_secret = parse_secret(&secret)?.expose().to_owned();
+        }
+        match body.max_in_flight {
+            MaybeUndefined::Value(n) => row.max_in_flight = Some(parse_max_in_flight(state, n)?),
+            MaybeUndefined::Null => row.max_in_flight = None,
+            MaybeUndefined::Undefined => {}
+        }
+        row.updated_at = Utc::now();
+        if !state.store.accounts.update_account(&row).await? {
+            return Err(account_not_found());
+        }
+        state.routing.account_changed(&row.id).await;
+        tracing::info!(account_id = %row.id, "account updated");
+        Ok(Json(account_view(state, &row).await))
+    }
+
+    /// Remove an account and its messages
+    #[oai(
+        path = "/accounts/:account_id",
+        method = "delete",
+        operation_id = "delete_account"
+    )]
+    async fn delete(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+    ) -> Result<DeleteAccountResponse, ApiError> {
+        let id = parse_account_id(&account_id.0)?;
+        if !state.store.accounts.delete_account(id.as_str()).await? {
+            return Err(account_not_found());
+        }
+        state.routing.account_changed(id.as_str()).await;
+        tracing::info!(account_id = %id, "account deleted");
+        Ok(DeleteAccountResponse::Deleted)
+    }
+}
+
+fn default_limit() -> u32 {
+    50
+}

@@ -1,0 +1,57 @@
+//! Liveness and readiness. `/readyz` answers 503 while the database or NATS
+//! is unreachable, so a load balancer stops sending traffic.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::openapi::ApiTags;
+use crate::domain::Core;
+
+#[derive(Debug, Object)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    pub database: String,
+    /// `ok` or `unavailable`.
+    pub nats: String,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Database and NATS are reachable.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Something the service needs is down.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+pub struct HealthApi;
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness: the process is serving
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> poem_openapi::payload::PlainText<&'static str> {
+        poem_openapi::payload::PlainText("ok")
+    }
+
+    /// Readiness: database and NATS reachable
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self, Data(state): Data<&Arc<Core>>) -> ReadyResponse {
+        let db_ok = state.store.messages.ping().await.is_ok();
+        let nats_ok = state.nats.is_ready();
+        let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
+        let body = Json(Readiness {
+            database: word(db_ok),
+            nats: word(nats_ok),
+        });
+        if db_ok && nats_ok {
+            ReadyResponse::Ready(body)
+        } else {
+            ReadyResponse::NotReady(body)
+        }
+    }
+}

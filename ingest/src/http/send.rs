@@ -1,0 +1,232 @@
+//! `POST /api/v1/accounts/{account_id}/messages`: the CRM answers a customer.
+//! The message goes out through Meta's Send API with the account's token,
+//! is recorded as outbound, and Meta's errors become codes a CRM can act on.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+
+use super::accounts::find_account;
+use super::auth::ApiToken;
+use super::error::ApiError;
+use super::openapi::ApiTags;
+use crate::domain::Core;
+use crate::domain::send::{OutgoingMessage, SendError, Sent, send_and_record};
+use crate::meta::graph::GraphError;
+
+/// Meta's limit on a text message, in UTF-8 bytes.
+pub const MAX_TEXT_BYTES: usize = 1000;
+/// Seconds a rate-limited caller is asked to wait (Meta gives no figure).
+const RATE_LIMIT_RETRY_AFTER: u64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum OutgoingAttachmentType {
+    Image,
+    Video,
+    Audio,
+    File,
+}
+
+impl OutgoingAttachmentType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::File => "file",
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct OutgoingAttachment {
+    #[oai(rename = "type")]
+    pub kind: OutgoingAttachmentType,
+    /// A public https URL of the media; Meta fetches it.
+    #[oai(validator(max_length = 2048))]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum MessageTag {
+    /// A human agent answers within 7 days of the customer's message.
+    #[oai(rename = "HUMAN_AGENT")]
+    HumanAgent,
+}
+
+/// A reply: `text` or `attachment`, not both.
+#[derive(Debug, Object)]
+pub struct SendMessage {
+    /// The customer's Instagram-scoped id (`sender_id` of what they sent).
+    #[oai(validator(pattern = r"^[0-9]{1,32}$"))]
+    pub recipient_id: String,
+    /// Up to 1000 UTF-8 bytes.
+    pub text: Option<String>,
+    pub attachment: Option<OutgoingAttachment>,
+    /// `HUMAN_AGENT` to answer outside the 24 h window (up to 7 days).
+    pub tag: Option<MessageTag>,
+}
+
+#[derive(Debug, Object)]
+pub struct SentMessage {
+    /// Our id of the outbound message, `msg_…`.
+    pub id: String,
+    /// Meta's `message_id` (a `mid`).
+    pub instagram_message_id: String,
+    pub recipient_id: String,
+    pub conversation_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Sent> for SentMessage {
+    fn from(s: Sent) -> Self {
+        Self {
+            id: s.id,
+            instagram_message_id: s.instagram_message_id,
+            recipient_id: s.recipient_id,
+            conversation_id: s.conversation_id,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum SendResponse {
+    /// Sent by Meta and recorded.
+    #[oai(status = 201)]
+    Sent(Json<SentMessage>),
+}
+
+fn api_error(e: SendError) -> ApiError {
+    match e {
+        SendError::Store(e) => ApiError::from(e),
+        SendError::Graph(GraphError::Timeout) => ApiError::gateway_timeout(
+            "instagram_timeout",
+            "Meta's Send API did not answer in time; the message may or may not have been sent",
+        ),
+        SendError::Graph(GraphError::Transport(why)) => ApiError::bad_gateway(
+            "instagram_unavailable",
+            format!("Meta's Send API is unreachable: {why}"),
+            None,
+            None,
+        ),
+        SendError::Graph(GraphError::Meta {
+            code,
+            subcode,
+            message,
+            fbtrace_id,
+            ..
+        }) => match (code, subcode) {
+            (10, Some(2018278)) => ApiError::unprocessable(
+                "outside_messaging_window",
+                "the customer's last message is older than 24 hours; answer with tag HUMAN_AGENT (up to 7 days) or wait for them to write",
+            ),
+            (190, _) => ApiError::bad_gateway(
+                "instagram_auth_failed",
+                "Meta rejected the account's access token; the account is marked credentials_invalid until a new token is set",
+                Some(code),
+                fbtrace_id,
+            ),
+            (4 | 17 | 32 | 613 | 80000..=80014, _) => ApiError::rate_limited(
+                "instagram_rate_limited",
+                "Meta's rate limit for this account or app is reached; retry later",
+                RATE_LIMIT_RETRY_AFTER,
+            ),
+            _ => ApiError::bad_gateway("instagram_error", message, Some(code), fbtrace_id),
+        },
+    }
+}
+
+pub struct SendApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Messages")]
+impl SendApi {
+    /// Send a reply to a customer through Instagram
+    #[oai(
+        path = "/accounts/:account_id/messages",
+        method = "post",
+        operation_id = "send_message"
+    )]
+    async fn send(
+        &self,
+        _auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+        body: Json<SendMessage>,
+    ) -> Result<SendResponse, ApiError> {
+        let body = body.0;
+        let out = match (body.text, body.attachment) {
+            (Some(text), None) => {
+                if text.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "text_empty",
+                        "text must not be empty",
+                    ));
+                }
+                if text.len() > MAX_TEXT_BYTES {
+                    return Err(ApiError::bad_request(
+                        "text_too_long",
+                        format!(
+                            "text is {} UTF-8 bytes; Instagram allows at most {MAX_TEXT_BYTES}",
+                            text.len()
+                        ),
+                    ));
+                }
+                OutgoingMessage {
+                    recipient_id: body.recipient_id,
+                    text: Some(text),
+                    attachment: None,
+                    human_agent: false,
+                }
+            }
+            (None, Some(a)) => {
+                let url = url::Url::parse(&a.url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "https" | "http"))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_attachment_url",
+                            "attachment.url must be an http(s) URL",
+                        )
+                    })?;
+                OutgoingMessage {
+                    recipient_id: body.recipient_id,
+                    text: None,
+                    attachment: Some((a.kind.as_str(), url.to_string())),
+                    human_agent: false,
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "text_or_attachment_required",
+                    "send exactly one of text and attachment",
+                ));
+            }
+        };
+        let out = OutgoingMessage {
+            human_agent: body.tag == Some(MessageTag::HumanAgent),
+            ..out
+        };
+        let account = find_account(state, &account_id.0).await?;
+        let token = account
+            .instagram_access_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "instagram_token_missing",
+                    "the account has no instagram_access_token; set one with PATCH",
+                )
+            })?;
+        let sent = send_and_record(state, &account, &token, &out)
+            .await
+            .map_err(api_error)?;
+        tracing::info!(account_id = %account.id, message_id = %sent.id, "reply sent");
+        Ok(SendResponse::Sent(Json(sent.into())))
+    }
+}

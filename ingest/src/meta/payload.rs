@@ -1,0 +1,391 @@
+//! Meta's Instagram messaging webhook payload, as documented for the
+//! Instagram Messaging API, parsed leniently: unknown fields are ignored and
+//! an event we do not understand is counted, never an error, so that one
+//! odd event never makes Meta redeliver (and us re-save) a whole batch.
+//!
+//! [`classify`] turns one event into what we store and forward.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use shared::model::{Direction, EventKind};
+use shared::wire::{Attachment, Postback, QuickReply, Reaction, ReplyTo, StoryRef};
+
+#[derive(Debug, Deserialize)]
+pub struct WebhookPayload {
+    pub object: String,
+    #[serde(default)]
+    pub entry: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Entry {
+    /// The Instagram professional account the events belong to.
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    #[serde(default)]
+    pub messaging: Vec<MessagingEvent>,
+    /// Events delivered while another app holds the thread (handover protocol).
+    #[serde(default)]
+    pub standby: Vec<MessagingEvent>,
+    /// Field changes, as the app dashboard's "Test" button sends them.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Change {
+    #[serde(default)]
+    pub field: String,
+    #[serde(default)]
+    pub value: Value,
+}
+
+impl Entry {
+    /// `messaging[]`, `standby[]`, and messaging events found in `changes[]`.
+    pub fn events(&self) -> (Vec<&MessagingEvent>, Vec<MessagingEvent>, usize) {
+        let direct: Vec<&MessagingEvent> =
+            self.messaging.iter().chain(self.standby.iter()).collect();
+        let mut from_changes = Vec::new();
+        let mut ignored = 0;
+        for change in &self.changes {
+            let parsed = change
+                .field
+                .starts_with("messag")
+                .then(|| serde_json::from_value::<MessagingEvent>(change.value.clone()).ok())
+                .flatten();
+            match parsed {
+                Some(e) => from_changes.push(e),
+                None => ignored += 1,
+            }
+        }
+        (direct, from_changes, ignored)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Party {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagingEvent {
+    pub sender: Party,
+    pub recipient: Party,
+    /// Milliseconds since the epoch (some test payloads send seconds, or a string).
+    #[serde(default, deserialize_with = "opt_millis")]
+    pub timestamp: Option<i64>,
+    pub message: Option<Message>,
+    pub reaction: Option<MetaReaction>,
+    pub read: Option<MetaRead>,
+    pub postback: Option<MetaPostback>,
+    pub referral: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub mid: String,
+    pub text: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<MetaAttachment>,
+    #[serde(default)]
+    pub is_echo: bool,
+    #[serde(default)]
+    pub is_deleted: bool,
+    #[serde(default)]
+    pub is_unsupported: bool,
+    pub quick_reply: Option<QuickReply>,
+    pub reply_to: Option<MetaReplyTo>,
+    pub referral: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaReplyTo {
+    pub mid: Option<String>,
+    pub story: Option<MetaStory>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaStory {
+    pub id: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaAttachment {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payload: Option<AttachmentPayload>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AttachmentPayload {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaReaction {
+    pub mid: String,
+    pub action: String,
+    pub reaction: Option<String>,
+    pub emoji: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaRead {
+    pub mid: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaPostback {
+    pub mid: Option<String>,
+    pub title: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// One event as we store and forward it.
+#[derive(Debug)]
+pub struct Classified {
+    /// `message.received`, `message.echo`, ...
+    pub event: EventKind,
+    /// Recognises Meta's redelivery of this same event.
+    pub event_key: String,
+    /// `inbound` (from the customer) or `outbound` (from the business).
+    pub direction: Direction,
+    /// The customer's id, whichever side of the event they are on.
+    pub customer_id: String,
+    pub sender_id: String,
+    pub recipient_id: String,
+    /// The mid the event is about.
+    pub mid: String,
+    pub text: Option<String>,
+    pub message_type: String,
+    pub attachments: Vec<Attachment>,
+    pub time: DateTime<Utc>,
+    pub reply_to: Option<ReplyTo>,
+    pub quick_reply: Option<QuickReply>,
+    pub reaction: Option<Reaction>,
+    pub postback: Option<Postback>,
+    pub referral: Option<Value>,
+}
+
+impl MessagingEvent {
+    /// Meta's event time; now when Meta sent none or an impossible one.
+    pub fn time(&self) -> DateTime<Utc> {
+        self.timestamp
+            .map(|t| if t < 100_000_000_000 { t * 1000 } else { t }) // seconds → ms
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .unwrap_or_else(Utc::now)
+    }
+}
+
+/// Maps Meta's attachment `type` to ours.
+pub fn attachment_type(kind: &str) -> &'static str {
+    match kind {
+        "image" | "animated_image" | "sticker" => "image",
+        "video" => "video",
+        "audio" => "audio",
+        "file" => "file",
+        "share" | "ig_post" => "share",
+        "story_mention" => "story_mention",
+        "ig_reel" | "reel" => "reel",
+        _ => "unsupported",
+    }
+}
+
+/// What one messaging event is, for the account `business_id`; `None` for
+/// an event kind we accept but do not forward.
+pub fn classify(business_id: &str, e: &MessagingEvent) -> Option<Classified> {
+    let time = e.time();
+    let ms = time.timestamp_millis();
+    let from_business = e.sender.id == business_id;
+    let customer_id = if from_business {
+        e.recipient.id.clone()
+    } else {
+        e.sender.id.clone()
+    };
+    let base = |event, event_key: String, mid: &str, message_type: &str| Classified {
+        event,
+        event_key,
+        direction: if from_business {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        },
+        customer_id: customer_id.clone(),
+        sender_id: e.sender.id.clone(),
+        recipient_id: e.recipient.id.clone(),
+        mid: mid.to_owned(),
+        text: None,
+        message_type: message_type.to_owned(),
+        attachments: Vec::new(),
+        time,
+        reply_to: None,
+        quick_reply: None,
+        reaction: None,
+        postback: None,
+        referral: None,
+    };
+    if let Some(m) = &e.message {
+        if m.is_deleted {
+            return Some(base(
+                EventKind::MessageDeleted,
+                format!("deleted:{}", m.mid),
+                &m.mid,
+                "deleted",
+            ));
+        }
+        let event = if m.is_echo {
+            EventKind::MessageEcho
+        } else {
+            EventKind::MessageReceived
+        };
+        let reply_to = m.reply_to.as_ref().map(|r| ReplyTo {
+            mid: r.mid.clone(),
+            story: r.story.as_ref().map(|s| StoryRef {
+                id: s.id.clone(),
+                url: s.url.clone(),
+            }),
+        });
+        let message_type = if m.is_unsupported {
+            "unsupported"
+        } else if let Some(a) = m.attachments.first() {
+            attachment_type(&a.kind)
+        } else if reply_to.as_ref().is_some_and(|r| r.story.is_some()) {
+            "story_reply"
+        } else if m.text.is_some() {
+            "text"
+        } else {
+            "unsupported"
+        };
+        let mut c = base(event, m.mid.clone(), &m.mid, message_type);
+        c.text = m.text.clone();
+        c.attachments = m
+            .attachments
+            .iter()
+            .map(|a| Attachment {
+                kind: attachment_type(&a.kind).to_owned(),
+                url: a.payload.as_ref().and_then(|p| p.url.clone()),
+            })
+            .collect();
+        c.reply_to = reply_to;
+        c.quick_reply = m.quick_reply.clone();
+        c.referral = m.referral.clone();
+        return Some(c);
+    }
+    if let Some(r) = &e.reaction {
+        let key = format!("reaction:{}:{}:{}:{ms}", r.mid, e.sender.id, r.action);
+        let mut c = base(EventKind::MessageReaction, key, &r.mid, "reaction");
+        c.reaction = Some(Reaction {
+            action: r.action.clone(),
+            reaction: r.reaction.clone(),
+            emoji: r.emoji.clone(),
+        });
+        return Some(c);
+    }
+    if let Some(r) = &e.read {
+        let key = format!("read:{}:{}:{ms}", r.mid, e.sender.id);
+        return Some(base(EventKind::MessageRead, key, &r.mid, "read"));
+    }
+    if let Some(p) = &e.postback {
+        let mid = p.mid.clone().unwrap_or_else(|| format!("postback_{ms}"));
+        let mut c = base(
+            EventKind::MessagePostback,
+            format!("postback:{mid}:{}", e.sender.id),
+            &mid,
+            "postback",
+        );
+        c.text = p.title.clone();
+        c.postback = Some(Postback {
+            title: p.title.clone(),
+            payload: p.payload.clone(),
+        });
+        return Some(c);
+    }
+    if let Some(r) = &e.referral {
+        let key = format!("referral:{}:{ms}", e.sender.id);
+        let mut c = base(EventKind::MessageReferral, key.clone(), &key, "referral");
+        c.referral = Some(r.clone());
+        return Some(c);
+    }
+    None
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(serde::de::Error::custom("expected a string or number id")),
+    }
+}
+
+fn opt_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> MessagingEvent {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn messages_are_classified_with_type_and_direction() {
+        let text = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":1731061800000,"message":{"mid":"m1","text":"hi"}}"#,
+        );
+        let c = classify("999", &text).unwrap();
+        assert_eq!(
+            (c.event, c.direction, c.message_type.as_str()),
+            (EventKind::MessageReceived, Direction::Inbound, "text")
+        );
+        assert_eq!(c.customer_id, "123");
+        assert_eq!(c.time.timestamp(), 1731061800);
+
+        let reel = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":"1731061800001","message":{"mid":"m2","attachments":[{"type":"ig_reel","payload":{"url":"https://x/y"}}]}}"#,
+        );
+        assert_eq!(classify("999", &reel).unwrap().message_type, "reel");
+
+        let echo = event(
+            r#"{"sender":{"id":"999"},"recipient":{"id":"123"},"timestamp":1,"message":{"mid":"m3","text":"yo","is_echo":true}}"#,
+        );
+        let c = classify("999", &echo).unwrap();
+        assert_eq!(
+            (c.event, c.direction, c.customer_id.as_str()),
+            (EventKind::MessageEcho, Direction::Outbound, "123")
+        );
+
+        let story = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":1,"message":{"mid":"m4","text":"nice","reply_to":{"story":{"url":"https://s","id":"s1"}}}}"#,
+        );
+        assert_eq!(classify("999", &story).unwrap().message_type, "story_reply");
+    }
+
+    #[test]
+    fn other_events_get_their_own_kind_and_a_stable_key() {
+        let reaction = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":5,"reaction":{"mid":"m1","action":"react","reaction":"love","emoji":"❤"}}"#,
+        );
+        let c = classify("999", &reaction).unwrap();
+        assert_eq!(c.event, EventKind::MessageReaction);
+        assert_eq!(classify("999", &reaction).unwrap().event_key, c.event_key);
+        let read = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":5,"read":{"mid":"m1"}}"#,
+        );
+        assert_eq!(
+            classify("999", &read).unwrap().event,
+            EventKind::MessageRead
+        );
+        let unknown =
+            event(r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":5,"optin":{}}"#);
+        assert!(classify("999", &unknown).is_none());
+    }
+}

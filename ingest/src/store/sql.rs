@@ -1,0 +1,553 @@
+//! The statements both databases run, written once. sqlx's SQLite driver
+//! takes the same `$N` placeholders as PostgreSQL, so each method below is
+//! compiled once per backend by [`impl_sql_store!`]. A backend supplies only
+//! what really differs, as inherent methods:
+//!
+//! - `begin_write()`: the transaction every read-then-write runs in
+//!   (SQLite takes its write lock up front with `BEGIN IMMEDIATE`);
+//! - `lease_outbox(limit)`: the outbox read (PostgreSQL leases rows with
+//!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one).
+//!
+//! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
+
+/// The message columns the API reads, in [`super::MessageRow`]'s order.
+pub(super) const MESSAGE_COLUMNS: &str =
+    "id, account_id, event, instagram_message_id, direction, conversation_id,
+    sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
+    delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at,
+    sequence";
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// What a replay needs of a dead letter: subject, payload, replay count, and
+/// its conversation and place in it.
+pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option<i64>)>;
+
+/// Implements the three store traits for a backend type with a `pool`
+/// field and the `begin_write` and `lease_outbox` methods.
+macro_rules! impl_sql_store {
+    ($store:ty) => {
+#[async_trait::async_trait]
+impl $crate::store::AccountStore for $store {
+    async fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
+                status, instagram_access_token, webhook_secret, created_at, updated_at, events,
+                auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.instagram_account_id)
+        .bind(a.crm_webhook_url.as_str())
+        .bind(&a.auto_reply_text)
+        .bind(a.status.as_str())
+        .bind(&a.instagram_access_token)
+        .bind(&a.webhook_secret)
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .bind(a.events.to_stored())
+        .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::DuplicateInstagramAccount
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_accounts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM accounts WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn update_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET name = $1, crm_webhook_url = $2, auto_reply_text = $3, status = $4,
+                instagram_access_token = $5, webhook_secret = $6, updated_at = $7, events = $8,
+                auto_reply_cooldown_secs = $9, max_in_flight = $10, deliveries_paused_at = $11,
+                deliveries_resumed_at = $12
+             WHERE id = $13",
+        )
+        .bind(&a.name)
+        .bind(a.crm_webhook_url.as_str())
+        .bind(&a.auto_reply_text)
+        .bind(a.status.as_str())
+        .bind(&a.instagram_access_token)
+        .bind(&a.webhook_secret)
+        .bind(a.updated_at)
+        .bind(a.events.to_stored())
+        .bind(a.auto_reply_cooldown_secs)
+        .bind(a.max_in_flight)
+        .bind(a.deliveries_paused_at)
+        .bind(a.deliveries_resumed_at)
+        .bind(&a.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_account(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM accounts WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn account_by_instagram_id(
+        &self,
+        instagram_account_id: &str,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM accounts WHERE instagram_account_id = $1")
+                .bind(instagram_account_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl $crate::store::MessageStore for $store {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn save_message(&self, m: &NewMessage) -> Result<SaveOutcome, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
+                conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
+                created_at, subject, payload, delivery_status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT (account_id, event_key) DO NOTHING",
+        )
+        .bind(&m.id)
+        .bind(&m.account_id)
+        .bind(m.event.as_str())
+        .bind(&m.event_key)
+        .bind(&m.instagram_message_id)
+        .bind(m.direction.as_str())
+        .bind(&m.conversation_id)
+        .bind(&m.sender_id)
+        .bind(&m.recipient_id)
+        .bind(&m.message_type)
+        .bind(&m.text)
+        .bind(&m.attachments)
+        .bind(m.sent_at)
+        .bind(now)
+        .bind(&m.subject)
+        .bind(if m.publish { None } else { m.payload(None) })
+        .bind(if m.publish {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Skipped
+        }
+        .as_str())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(SaveOutcome::Duplicate);
+        }
+        if !m.publish {
+            tx.commit().await?;
+            return Ok(SaveOutcome::Saved { sequence: None });
+        }
+        // Numbered only once it is certain to be published: a redelivery
+        // or a skipped event never leaves a gap. The counter row stays
+        // locked until commit, so another ingest saving the same
+        // conversation takes the next number after this one is in the outbox.
+        let (sequence,): (i64,) = sqlx::query_as(
+            "INSERT INTO conversations (account_id, conversation_id, last_sequence) VALUES ($1, $2, 1)
+             ON CONFLICT (account_id, conversation_id)
+             DO UPDATE SET last_sequence = conversations.last_sequence + 1
+             RETURNING last_sequence",
+        )
+        .bind(&m.account_id)
+        .bind(&m.conversation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let payload = m.payload(Some(sequence as u64)).unwrap_or_default();
+        sqlx::query("UPDATE messages SET sequence = $1, payload = $2 WHERE id = $3")
+            .bind(sequence)
+            .bind(&payload)
+            .bind(&m.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
+                account_id, conversation_id, sequence)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&m.id)
+        .bind(&m.subject)
+        .bind(&payload)
+        .bind(now)
+        .bind(m.hold_until)
+        .bind(&m.account_id)
+        .bind(&m.conversation_id)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(SaveOutcome::Saved {
+            sequence: Some(sequence as u64),
+        })
+    }
+
+    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.lease_outbox(limit).await
+    }
+
+    async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for id in message_ids {
+            sqlx::query("DELETE FROM outbox WHERE message_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET publish_attempts = publish_attempts + 1 WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        Ok(
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_messages(
+        &self,
+        account_id: &str,
+        conversation_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE account_id = $1 AND ($2 IS NULL OR conversation_id = $2) AND id > $3
+             ORDER BY id LIMIT $4"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(account_id)
+            .bind(conversation_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE delivery_status = 'dead'
+               AND ($1 IS NULL OR account_id = $1)
+               AND ($2 IS NULL OR dead_at >= $2)
+               AND ($3 IS NULL OR dead_at < $3)
+               AND id > $4
+             ORDER BY id LIMIT $5"
+        ));
+        Ok(sqlx::query_as(sql)
+            .bind(&f.account_id)
+            .bind(f.since)
+            .bind(f.until)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn replay_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row: ReplayRow = sqlx::query_as(
+            "UPDATE messages SET delivery_status = 'pending', dead_at = NULL, replays = replays + 1
+             WHERE id = $1 AND delivery_status = 'dead' AND payload IS NOT NULL
+             RETURNING subject, payload, replays, account_id, conversation_id, sequence",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((subject, payload, replays, account_id, conversation_id, sequence)) = row else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO outbox (message_id, nats_msg_id, subject, payload, created_at,
+                account_id, conversation_id, sequence)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (message_id) DO UPDATE SET nats_msg_id = excluded.nats_msg_id",
+        )
+        .bind(message_id)
+        .bind(format!("{message_id}-replay-{replays}"))
+        .bind(subject)
+        .bind(payload)
+        .bind(Utc::now())
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET delivery_status = 'discarded' WHERE id = $1 AND delivery_status = 'dead'",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_deleted(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET deleted_at = $1
+             WHERE account_id = $2 AND event_key = $3 AND deleted_at IS NULL",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm_echo(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET sent_at = $1
+             WHERE account_id = $2 AND event_key = $3 AND event = 'message.sent'",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_send(&self, message_id: &str, mid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET event_key = $1, instagram_message_id = $1 WHERE id = $2",
+        )
+        .bind(mid)
+        .bind(message_id)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn abandon_send(&self, message_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM messages WHERE id = $1 AND event_key LIKE 'pending:%'")
+            .bind(message_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn send_in_flight(
+        &self,
+        account_id: &str,
+        recipient_id: &str,
+    ) -> Result<bool, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::seconds(60);
+        let found = sqlx::query(
+            "SELECT 1 FROM messages
+             WHERE account_id = $1 AND recipient_id = $2 AND event = 'message.sent'
+               AND event_key LIKE 'pending:%' AND created_at > $3",
+        )
+        .bind(account_id)
+        .bind(recipient_id)
+        .bind(cutoff)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE outbox SET payload = $1, hold_until = NULL WHERE message_id = $2")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE messages SET payload = $1 WHERE id = $2")
+            .bind(payload)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+        now: DateTime<Utc>,
+        cooldown_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let cutoff = now - chrono::Duration::seconds(cooldown_secs);
+        let done = sqlx::query(
+            "INSERT INTO auto_replies (account_id, conversation_id, sent_at) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id, conversation_id)
+             DO UPDATE SET sent_at = excluded.sent_at WHERE auto_replies.sent_at <= $4",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_auto_reply(
+        &self,
+        account_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auto_replies WHERE account_id = $1 AND conversation_id = $2")
+            .bind(account_id)
+            .bind(conversation_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+}
+
+#[async_trait::async_trait]
+impl $crate::store::OutcomeStore for $store {
+    async fn record_outcome(&self, o: &DeliveryOutcome) -> Result<bool, StoreError> {
+        let outcome = o.outcome.as_str();
+        let seq = o.inbound_sequence as i64;
+        let attempt = i64::from(o.attempt);
+        let status_code = o.status_code.map(i64::from);
+        let mut tx = self.begin_write().await?;
+        let known = sqlx::query("SELECT 1 FROM messages WHERE id = $1")
+            .bind(&o.message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !known {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&o.message_id)
+        .bind(seq)
+        .bind(attempt)
+        .bind(outcome)
+        .bind(status_code)
+        .bind(&o.error)
+        .bind(o.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET delivery_attempts =
+                (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $1) WHERE id = $1",
+        )
+        .bind(&o.message_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET
+                delivery_status = $1,
+                last_error = CASE WHEN $1 = 'delivered' THEN last_error ELSE $2 END,
+                last_status_code = $3,
+                delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END,
+                dead_at = CASE WHEN $1 = 'dead' THEN $4 ELSE NULL END,
+                last_inbound_seq = $5,
+                last_attempt = $6
+             WHERE id = $7
+               AND delivery_status NOT IN ('delivered', 'discarded')
+               AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))",
+        )
+        .bind(outcome)
+        .bind(&o.error)
+        .bind(status_code)
+        .bind(o.at)
+        .bind(seq)
+        .bind(attempt)
+        .bind(&o.message_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+    };
+}

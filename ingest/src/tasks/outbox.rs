@@ -1,0 +1,178 @@
+//! The outbox publisher: every saved message has an outbox row until
+//! JetStream acknowledges its publish. Rows are published oldest first with
+//! `Nats-Msg-Id` = message id, so a republish after a crash or a lost ack is
+//! dropped by the stream's duplicate window instead of making a second copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use futures::future::join_all;
+use shared::observe::Throughput;
+use shared::shutdown::{Backoff, nap};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::nats::NatsLink;
+use crate::store::MessageStore;
+
+const BATCH: u32 = 256;
+/// How often the outbox is looked at without a wake-up.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the publisher uses: the outbox, NATS, and the wake-up a save rings.
+#[derive(Clone)]
+pub struct Publisher {
+    pub messages: Arc<dyn MessageStore>,
+    pub nats: Arc<NatsLink>,
+    pub wakeup: Arc<Notify>,
+    pub throughput: Arc<Throughput>,
+}
+
+impl Publisher {
+    /// Publishes what is pending until the outbox is empty or a publish fails.
+    /// Returns how many messages JetStream acknowledged.
+    pub async fn publish_pending(&self) -> anyhow::Result<usize> {
+        let state = self;
+        if state.nats.accounts().is_none() {
+            anyhow::bail!("NATS not set up yet");
+        }
+        let mut published = 0;
+        loop {
+            let batch = state.messages.pending_outbox(BATCH).await?;
+            if batch.is_empty() {
+                return Ok(published);
+            }
+            let mut acks = Vec::with_capacity(batch.len());
+            for entry in &batch {
+                let publish = PublishMessage::build()
+                    .payload(entry.payload.clone().into())
+                    .message_id(entry.nats_msg_id.as_deref().unwrap_or(&entry.message_id));
+                match state
+                    .nats
+                    .js
+                    .send_publish(entry.subject.clone(), publish)
+                    .await
+                {
+                    Ok(ack) => acks.push((entry.message_id.clone(), ack)),
+                    Err(e) => {
+                        tracing::warn!(message_id = %entry.message_id, error = %e, "publish failed");
+                        break;
+                    }
+                }
+            }
+            let started = std::time::Instant::now();
+            let results = join_all(
+                acks.into_iter()
+                    .map(|(id, ack)| async move { (id, ack.await) }),
+            )
+            .await;
+            let mut done = Vec::with_capacity(results.len());
+            let mut failed = None;
+            for (id, result) in results {
+                match result {
+                    Ok(_) => done.push(id),
+                    Err(e) => {
+                        let _ = state.messages.count_publish_failure(&id).await;
+                        failed.get_or_insert((id, e));
+                    }
+                }
+            }
+            metrics::histogram!("router_ingest_publish_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("router_ingest_published_total").increment(done.len() as u64);
+            Throughput::add(&state.throughput.sent, done.len() as u64);
+            if done.len() < batch.len() {
+                let failed = (batch.len() - done.len()) as u64;
+                metrics::counter!("router_ingest_publish_failures_total").increment(failed);
+                Throughput::add(&state.throughput.errors, failed);
+            }
+            published += done.len();
+            state.messages.remove_from_outbox(&done).await?;
+            if let Some((id, e)) = failed {
+                anyhow::bail!("publish of {id} not acknowledged: {e}");
+            }
+            if done.len() < batch.len() {
+                anyhow::bail!("publishing stopped early");
+            }
+        }
+    }
+
+    /// Runs until shutdown: publishes when woken by a save, and every second in
+    /// case a wake-up was missed or NATS came back; backs off while publishing
+    /// fails.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let state = &self;
+        let mut failures = 0u32;
+        let mut backoff = Backoff::default();
+        let mut backlog_recorded: Option<std::time::Instant> = None;
+        loop {
+            // Stopping mid-publish is safe: rows stay until acknowledged, and a
+            // republish is dropped by the stream's duplicate window.
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = state.publish_pending() => r,
+            };
+            match result {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(published = n, "outbox published");
+                    }
+                    if failures > 0 {
+                        tracing::info!("outbox publishing recovered");
+                    }
+                    failures = 0;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, failures, "outbox publish failed; messages stay saved and will be retried");
+                    }
+                }
+            }
+            // At most once a second: a save wakes this loop for every webhook,
+            // and the backlog is a COUNT over the outbox.
+            if backlog_recorded.is_none_or(|at| at.elapsed() >= TICK) {
+                state.record_backlog().await;
+                backlog_recorded = Some(std::time::Instant::now());
+            }
+            let go_on = if failures == 0 {
+                nap(&shutdown, TICK, &state.wakeup).await
+            } else {
+                backoff.wait(&shutdown).await
+            };
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// Outbox size and age, for `/metrics` and the stats summary.
+    async fn record_backlog(&self) {
+        let state = self;
+        if let Ok((count, oldest)) = state.messages.outbox_backlog().await {
+            let age = oldest.map_or(0.0, |t| {
+                (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            metrics::gauge!("router_ingest_outbox_backlog").set(count as f64);
+            metrics::gauge!("router_ingest_outbox_oldest_age_seconds").set(age);
+            state
+                .throughput
+                .pending
+                .store(count.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// On shutdown: one last bounded attempt to publish what is saved. Whatever
+    /// is left stays in the outbox and is published by the next start.
+    pub async fn flush(&self, within: Duration) {
+        match tokio::time::timeout(within, self.publish_pending()).await {
+            Ok(Ok(n)) => tracing::info!(published = n, "outbox flushed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox not fully flushed; the rest is published at next start")
+            }
+            Err(_) => tracing::warn!("outbox flush timed out; the rest is published at next start"),
+        }
+    }
+}

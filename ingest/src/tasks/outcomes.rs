@@ -1,0 +1,80 @@
+//! Records what the forwarders report: every attempt's outcome arrives on
+//! `<prefix>.delivery.<outcome>.<account_id>` and is stored on the message
+//! (status, attempt count, last error, delivery time). Several ingests share
+//! one durable consumer; recording an outcome twice is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt as _;
+use shared::shutdown::Backoff;
+use shared::subjects::Subjects;
+use shared::wire::DeliveryOutcome;
+use tokio_util::sync::CancellationToken;
+
+use crate::nats::NatsLink;
+use crate::store::OutcomeStore;
+
+/// What the recorder uses: the outcome store and the delivery stream.
+pub struct Recorder {
+    pub outcomes: Arc<dyn OutcomeStore>,
+    pub nats: Arc<NatsLink>,
+    pub subjects: Subjects,
+}
+
+/// Consumes outcomes until shutdown, reconnecting after any failure.
+pub async fn run(recorder: Recorder, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = consume(&recorder, &mut backoff) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "delivery outcome consumer stopped; restarting");
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn consume(state: &Recorder, backoff: &mut Backoff) -> anyhow::Result<()> {
+    let stream = state
+        .nats
+        .js
+        .get_stream(state.subjects.delivery_stream())
+        .await?;
+    let config = shared::jetstream::outcome_consumer(&state.subjects);
+    let consumer: PullConsumer = stream.create_consumer(config).await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        backoff.reset();
+        let outcome: DeliveryOutcome = match serde_json::from_slice(&message.payload) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "unreadable delivery outcome dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        match state.outcomes.record_outcome(&outcome).await {
+            Ok(known) => {
+                if !known {
+                    tracing::debug!(message_id = %outcome.message_id, "outcome for an unknown message ignored");
+                }
+                let _ = message.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %outcome.message_id, error = %e, "could not record outcome; will retry");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    anyhow::bail!("outcome stream ended")
+}

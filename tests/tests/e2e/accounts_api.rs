@@ -1,0 +1,402 @@
+//! The account API over HTTP against a running ingest: auth, validation,
+//! write-only secrets, and routing changes reaching the forwarder.
+
+use std::time::Duration;
+
+use router_tests::{API_TOKEN, CrmReceiver, Db, System, meta};
+use serde_json::{Value, json};
+
+const BUSINESS: &str = "17841400000000009";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn json_of(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")),
+    )
+}
+
+async fn api_routes_need_a_known_bearer_token_and_errors_are_json(db: Db) {
+    let sys = System::start(db).await;
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth("not-a-known-token-123")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    assert!(body["message"].is_string());
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url("/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let resp = sys
+        .http
+        .get(sys.url("/api/v1/accounts"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The spec and its UI are served without a token.
+    let spec: Value = sys
+        .http
+        .get(sys.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/api/v1/accounts"].is_object());
+    assert!(spec["webhooks"]["message.received"].is_object());
+    let docs = sys.http.get(sys.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}
+
+async fn create_read_list_update_delete_with_write_only_secrets(db: Db) {
+    let sys = System::start(db).await;
+    let token = "IGQVJ-access-token-that-must-stay-hidden";
+    let (status, created) = json_of(
+        sys.http
+            .post(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({
+                "name": "Acme Shoes",
+                "instagram_account_id": BUSINESS,
+                "crm_webhook_url": "https://crm.example.com/hooks/instagram",
+                "auto_reply_text": "Thanks, we'll answer soon",
+                "instagram_access_token": token,
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("acc_"));
+    let secret = created["webhook_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["name"], "Acme Shoes");
+    assert!(created.get("instagram_access_token").is_none());
+
+    let reads = [
+        sys.http
+            .get(sys.url(&format!("/api/v1/accounts/{id}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        sys.http
+            .patch(sys.url(&format!("/api/v1/accounts/{id}")))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({ "name": "Acme Shoes EU", "auto_reply_text": null }))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let mut bodies = Vec::new();
+    for resp in reads {
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(
+            !text.contains(&secret) && !text.contains("whsec_"),
+            "secret shown in a read: {text}"
+        );
+        assert!(
+            !text.contains(token),
+            "access token shown in a read: {text}"
+        );
+        bodies.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
+    assert_eq!(bodies[0]["instagram_account_id"], BUSINESS);
+    assert_eq!(bodies[1]["data"][0]["id"], id.as_str());
+    assert_eq!(bodies[2]["name"], "Acme Shoes EU");
+    assert!(bodies[2]["auto_reply_text"].is_null());
+
+    let del = sys
+        .http
+        .delete(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url(&format!("/api/v1/accounts/{id}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+}
+
+async fn invalid_input_gets_a_stable_code(db: Db) {
+    let sys = System::start(db).await;
+    let post = |body: Value| {
+        sys.http
+            .post(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let cases = [
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "ftp://crm"}),
+            400,
+            "invalid_crm_webhook_url",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://u:p@crm.example"}),
+            400,
+            "invalid_crm_webhook_url",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": "not-digits", "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example", "webhook_secret": "plain"}),
+            400,
+            "invalid_webhook_secret",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, b) = json_of(post(body.clone()).await.unwrap()).await;
+        assert_eq!(
+            (s, b["code"].as_str().unwrap()),
+            (status, code),
+            "for {body}"
+        );
+    }
+    let (s, b) = json_of(
+        sys.http
+            .post(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str().unwrap()), (400, "invalid_request"));
+
+    let ok = json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example",
+        "webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"});
+    let (s, b) = json_of(post(ok.clone()).await.unwrap()).await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        b["webhook_secret"],
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
+    let (s, b) = json_of(post(ok).await.unwrap()).await;
+    assert_eq!(
+        (s, b["code"].as_str().unwrap()),
+        (409, "instagram_account_exists")
+    );
+}
+
+async fn list_pages_with_a_cursor(db: Db) {
+    let sys = System::start(db).await;
+    for i in 0..5 {
+        sys.create_account(&format!("1784140000000010{i}"), "https://crm.example.com/h")
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = sys
+            .http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth(API_TOKEN)
+            .query(&[("limit", "2")]);
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let (s, page) = json_of(req.send().await.unwrap()).await;
+        assert_eq!(s, 200);
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        seen.extend(data.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 5);
+}
+
+async fn changes_to_an_account_reach_the_forwarder(db: Db) {
+    let sys = System::start(db).await;
+    let old_crm = CrmReceiver::start().await;
+    let new_crm = CrmReceiver::start().await;
+    let (id, _) = sys.create_account(BUSINESS, &old_crm.url()).await;
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_1", "one"))
+        .await;
+    old_crm.wait_for(1, WAIT).await;
+
+    // A new CRM URL and a rotated secret are used for the next message.
+    let rotated = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let resp = sys
+        .http
+        .patch(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({ "crm_webhook_url": new_crm.url(), "webhook_secret": rotated }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_2", "two"))
+        .await;
+    let d = new_crm.wait_for(1, WAIT).await;
+    assert_eq!(d[0].json["instagram_message_id"], "mid_2");
+    assert!(d[0].hub_signature_valid(rotated) && d[0].standard_signature_valid(rotated));
+
+    // Disabled: webhooks are answered 200 but nothing reaches the CRM.
+    let resp = sys
+        .http
+        .patch(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({ "status": "disabled" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_3", "three"))
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // Deleted: the account is unknown from then on.
+    let resp = sys
+        .http
+        .delete(sys.url(&format!("/api/v1/accounts/{id}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_4", "four"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(old_crm.deliveries().len(), 1);
+    assert_eq!(new_crm.deliveries().len(), 1);
+}
+
+async fn secrets_are_encrypted_at_rest_in_the_database_and_the_bucket(db: Db) {
+    let sys = System::start(db).await;
+    let crm = CrmReceiver::start().await;
+    let token = "IGAA-token-kept-sealed";
+    let created = sys
+        .create_account_with(json!({
+            "name": "Sealed", "instagram_account_id": BUSINESS, "crm_webhook_url": crm.url(),
+            "instagram_access_token": token,
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let secret = created["webhook_secret"].as_str().unwrap();
+
+    let (stored_secret, stored_token): (String, Option<String>) = match &sys.database {
+        router_tests::TestDatabase::Sqlite(_) => {
+            let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sys.database.url())
+                .await
+                .unwrap();
+            sqlx::query_as("SELECT webhook_secret, instagram_access_token FROM accounts")
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+        router_tests::TestDatabase::Postgres { .. } => {
+            let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&sys.database.url())
+                .await
+                .unwrap();
+            sqlx::query_as("SELECT webhook_secret, instagram_access_token FROM accounts")
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(stored_secret.starts_with("enc:v1:") && !stored_secret.contains(&secret[6..]));
+    let stored_token = stored_token.unwrap();
+    assert!(stored_token.starts_with("enc:v1:") && !stored_token.contains(token));
+
+    let nats = async_nats::connect(sys.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nats)
+        .get_key_value("router_accounts")
+        .await
+        .unwrap();
+    let entry = String::from_utf8(kv.get(id).await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(
+        !entry.contains(&secret[6..]),
+        "the bucket holds the secret in the clear: {entry}"
+    );
+    assert!(entry.contains("enc:v1:"));
+
+    // And the forwarder, holding the same key, still signs with the real secret.
+    sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_sealed", "hi"))
+        .await;
+    let d = crm.wait_for(1, WAIT).await;
+    assert!(d[0].hub_signature_valid(secret) && d[0].standard_signature_valid(secret));
+}
+
+router_tests::on_both_stores!(
+    api_routes_need_a_known_bearer_token_and_errors_are_json,
+    create_read_list_update_delete_with_write_only_secrets,
+    invalid_input_gets_a_stable_code,
+    list_pages_with_a_cursor,
+    changes_to_an_account_reach_the_forwarder,
+    secrets_are_encrypted_at_rest_in_the_database_and_the_bucket,
+);

@@ -1,0 +1,689 @@
+//! Instagram in full, against a fake Graph API on loopback: replies through
+//! the Send API with Meta's errors mapped, echoes, every event kind, the
+//! username lookup, auto-replies and the conversation history.
+
+use std::time::Duration;
+
+use router_tests::meta::{entry, payload, text_event};
+use router_tests::{API_TOKEN, CrmReceiver, Db, FakeGraph, SendAnswer, System};
+use serde_json::{Value, json};
+
+const BUSINESS: &str = "17841400000000041";
+const CUSTOMER: &str = "6061";
+const TOKEN: &str = "IGAA-test-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Setup {
+    sys: System,
+    crm: CrmReceiver,
+    graph: FakeGraph,
+    account: String,
+}
+
+async fn setup_with(db: Db, env: &[(&str, &str)], account: Value) -> Setup {
+    let graph = FakeGraph::start().await;
+    let graph_url = graph.url();
+    let mut all_env = vec![("GRAPH_API_BASE", graph_url.as_str())];
+    all_env.extend_from_slice(env);
+    let sys = System::start_with(db, &all_env).await;
+    let crm = CrmReceiver::start().await;
+    let mut body = json!({
+        "name": "Shop",
+        "instagram_account_id": BUSINESS,
+        "crm_webhook_url": crm.url(),
+        "instagram_access_token": TOKEN,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(account.as_object().unwrap().clone());
+    let created = sys.create_account_with(body).await;
+    let account = created["id"].as_str().unwrap().to_owned();
+    Setup {
+        sys,
+        crm,
+        graph,
+        account,
+    }
+}
+
+async fn setup(db: Db) -> Setup {
+    setup_with(db, &[], json!({})).await
+}
+
+impl Setup {
+    async fn send(&self, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        let resp = self
+            .sys
+            .http
+            .post(
+                self.sys
+                    .url(&format!("/api/v1/accounts/{}/messages", self.account)),
+            )
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, resp.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    async fn meta_events(&self, events: Vec<Value>) {
+        let resp = self
+            .sys
+            .send_meta_webhook(&payload(vec![entry(BUSINESS, events)]))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+
+    /// Sends the events and returns the first delivery's body.
+    async fn forwarded(&self, events: Vec<Value>) -> Value {
+        self.meta_events(events).await;
+        self.crm.wait_for(1, WAIT).await.remove(0).json
+    }
+
+    async fn history(&self, query: &str) -> Value {
+        self.sys
+            .api_get(&format!(
+                "/api/v1/accounts/{}/messages?{query}",
+                self.account
+            ))
+            .await
+    }
+}
+
+fn event(kind: Value) -> Value {
+    let mut e = json!({ "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_800_000i64 });
+    e.as_object_mut()
+        .unwrap()
+        .extend(kind.as_object().unwrap().clone());
+    e
+}
+
+fn echo(mid: &str, text: &str) -> Value {
+    json!({ "sender": { "id": BUSINESS }, "recipient": { "id": CUSTOMER }, "timestamp": 1_762_597_900_000i64,
+            "message": { "mid": mid, "text": text, "is_echo": true } })
+}
+
+async fn a_reply_goes_through_the_send_api_with_the_accounts_token(db: Db) {
+    let s = setup(db).await;
+    let (status, body, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "Your order ships Monday" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["instagram_message_id"], "mid_sent_1");
+    assert!(body["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        body["conversation_id"],
+        format!("conv_{CUSTOMER}_{BUSINESS}")
+    );
+    let sent = s.graph.sends();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].path, format!("/{BUSINESS}/messages"));
+    assert_eq!(sent[0].authorization, format!("Bearer {TOKEN}"));
+    assert_eq!(
+        sent[0].body,
+        json!({ "recipient": { "id": CUSTOMER }, "message": { "text": "Your order ships Monday" } })
+    );
+
+    let (status, _, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "attachment": { "type": "image", "url": "https://cdn.example.com/a.jpg" }, "tag": "HUMAN_AGENT" }))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        s.graph.sends()[1].body,
+        json!({ "recipient": { "id": CUSTOMER },
+                "message": { "attachment": { "type": "image", "payload": { "url": "https://cdn.example.com/a.jpg" } } },
+                "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT" })
+    );
+    let history = s.history("").await;
+    let data = history["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(
+        data.iter()
+            .all(|m| m["direction"] == "outbound" && m["event"] == "message.sent")
+    );
+    assert_eq!(data[1]["message_type"], "image");
+    assert_eq!(data[0]["delivery"]["status"], "skipped");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        s.crm.deliveries().is_empty(),
+        "the CRM is not sent its own replies"
+    );
+}
+
+async fn metas_errors_become_stable_codes(db: Db) {
+    let s = setup_with(db, &[("GRAPH_API_TIMEOUT_SECS", "1")], json!({})).await;
+    let reply = json!({ "recipient_id": CUSTOMER, "text": "hello" });
+
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 10,
+        subcode: Some(2018278),
+        message: "This message is sent outside of allowed window.",
+    });
+    let (status, body, _) = s.send(reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (422, "outside_messaging_window")
+    );
+
+    for code in [4, 17, 32, 613, 80002] {
+        s.graph.answer_next_send(SendAnswer::Error {
+            status: 400,
+            code,
+            subcode: None,
+            message: "Application request limit reached",
+        });
+        let (status, body, headers) = s.send(reply.clone()).await;
+        assert_eq!(
+            (status, body["code"].as_str().unwrap()),
+            (429, "instagram_rate_limited"),
+            "code {code}"
+        );
+        assert_eq!(headers["retry-after"], "60");
+    }
+
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 500,
+        code: 2,
+        subcode: None,
+        message: "Service temporarily unavailable",
+    });
+    let (status, body, _) = s.send(reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (502, "instagram_error")
+    );
+    assert_eq!(body["message"], "Service temporarily unavailable");
+    assert_eq!(body["meta_code"], 2);
+    assert_eq!(body["fbtrace_id"], "AfakeTrace123");
+
+    s.graph
+        .answer_next_send(SendAnswer::Slow(Duration::from_secs(3)));
+    let (status, body, _) = s.send(reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (504, "instagram_timeout")
+    );
+
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 190,
+        subcode: Some(460),
+        message: "Error validating access token",
+    });
+    let (status, body, _) = s.send(reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (502, "instagram_auth_failed")
+    );
+    let account = s
+        .sys
+        .api_get(&format!("/api/v1/accounts/{}", s.account))
+        .await;
+    assert_eq!(account["status"], "credentials_invalid");
+    assert!(!body.to_string().contains(TOKEN));
+
+    // Messages still reach the CRM while the token is bad.
+    s.meta_events(vec![event(
+        json!({ "message": { "mid": "mid_in", "text": "still there?" } }),
+    )])
+    .await;
+    s.crm.wait_for(1, WAIT).await;
+
+    // A new token puts the account back to active.
+    let resp = s
+        .sys
+        .http
+        .patch(s.sys.url(&format!("/api/v1/accounts/{}", s.account)))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({ "instagram_access_token": "IGAA-new-token" }))
+        .send()
+        .await
+        .unwrap();
+    let account: Value = resp.json().await.unwrap();
+    assert_eq!(account["status"], "active");
+    let (status, _, _) = s.send(reply).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        s.graph.sends().last().unwrap().authorization,
+        "Bearer IGAA-new-token"
+    );
+}
+
+async fn text_over_1000_bytes_is_refused_before_meta_is_called(db: Db) {
+    let s = setup(db).await;
+    let (status, body, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "é".repeat(501) }))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (400, "text_too_long")
+    );
+    assert!(s.graph.sends().is_empty());
+    let (status, _, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "a".repeat(1000) }))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body, _) = s.send(json!({ "recipient_id": CUSTOMER })).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (400, "text_or_attachment_required")
+    );
+    assert_eq!(s.graph.sends().len(), 1);
+}
+
+async fn the_echo_of_our_send_is_not_forwarded_but_an_app_echo_is(db: Db) {
+    let s = setup(db).await;
+    let (_, sent, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "from the CRM" }))
+        .await;
+    s.meta_events(vec![echo(
+        sent["instagram_message_id"].as_str().unwrap(),
+        "from the CRM",
+    )])
+    .await;
+    s.meta_events(vec![echo("mid_typed_in_app", "typed in the app")])
+        .await;
+
+    let d = s.crm.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.crm.deliveries().len(),
+        1,
+        "only the app echo is forwarded"
+    );
+    let body = &d[0].json;
+    assert_eq!(body["event"], "message.echo");
+    assert_eq!(body["instagram_message_id"], "mid_typed_in_app");
+    assert_eq!(body["sender_id"], BUSINESS);
+    assert_eq!(body["message"], "typed in the app");
+    assert_eq!(
+        body["conversation_id"],
+        format!("conv_{CUSTOMER}_{BUSINESS}")
+    );
+    let history = s.history("").await;
+    let events: Vec<&str> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["message.sent", "message.echo"]);
+}
+
+async fn reactions_and_unreactions_are_forwarded(db: Db) {
+    let s = setup(db).await;
+    s.meta_events(vec![
+        event(json!({ "reaction": { "mid": "mid_1", "action": "react", "reaction": "love", "emoji": "\u{2764}\u{fe0f}" } })),
+        json!({ "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_801_000i64,
+                "reaction": { "mid": "mid_1", "action": "unreact" } }),
+    ])
+    .await;
+    let d = s.crm.wait_for(2, WAIT).await;
+    let mut actions: Vec<&str> = d
+        .iter()
+        .map(|d| d.json["reaction"]["action"].as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(actions, ["react", "unreact"]);
+    let react = d
+        .iter()
+        .find(|d| d.json["reaction"]["action"] == "react")
+        .unwrap();
+    assert_eq!(react.json["event"], "message.reaction");
+    assert_eq!(react.json["instagram_message_id"], "mid_1");
+    assert_eq!(react.json["reaction"]["reaction"], "love");
+    assert_eq!(react.json["message_type"], "reaction");
+}
+
+async fn a_deletion_is_forwarded_and_marks_the_stored_message(db: Db) {
+    let s = setup(db).await;
+    s.meta_events(vec![event(
+        json!({ "message": { "mid": "mid_gone", "text": "oops" } }),
+    )])
+    .await;
+    s.crm.wait_for(1, WAIT).await;
+    s.meta_events(vec![event(
+        json!({ "message": { "mid": "mid_gone", "is_deleted": true } }),
+    )])
+    .await;
+    let d = s.crm.wait_for(2, WAIT).await;
+    let deleted = &d[1].json;
+    assert_eq!(deleted["event"], "message.deleted");
+    assert_eq!(deleted["instagram_message_id"], "mid_gone");
+    let history = s.history("").await;
+    let original = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["event"] == "message.received")
+        .unwrap()
+        .clone();
+    assert!(original["deleted_at"].is_string());
+}
+
+async fn read_receipts_are_forwarded(db: Db) {
+    let s = setup(db).await;
+    let body = s
+        .forwarded(vec![event(json!({ "read": { "mid": "mid_seen" } }))])
+        .await;
+    assert_eq!(body["event"], "message.read");
+    assert_eq!(body["instagram_message_id"], "mid_seen");
+}
+
+async fn postbacks_are_forwarded(db: Db) {
+    let s = setup(db).await;
+    let body = s.forwarded(vec![event(json!({ "postback": { "mid": "mid_pb", "title": "Track my order", "payload": "TRACK_ORDER" } }))]).await;
+    assert_eq!(body["event"], "message.postback");
+    assert_eq!(
+        body["postback"],
+        json!({ "title": "Track my order", "payload": "TRACK_ORDER" })
+    );
+}
+
+async fn referrals_are_forwarded(db: Db) {
+    let s = setup(db).await;
+    let referral = json!({ "ref": "summer_sale", "source": "IGME_LINK", "type": "OPEN_THREAD" });
+    let body = s
+        .forwarded(vec![event(json!({ "referral": referral }))])
+        .await;
+    assert_eq!(body["event"], "message.referral");
+    assert_eq!(body["referral"], referral);
+}
+
+async fn quick_replies_carry_their_payload(db: Db) {
+    let s = setup(db).await;
+    let body = s
+        .forwarded(vec![event(json!({ "message": { "mid": "mid_qr", "text": "Yes", "quick_reply": { "payload": "CONFIRM_YES" } } }))])
+        .await;
+    assert_eq!(body["message_type"], "text");
+    assert_eq!(body["quick_reply"]["payload"], "CONFIRM_YES");
+}
+
+async fn story_replies_and_replies_to_messages_carry_reply_to(db: Db) {
+    let s = setup(db).await;
+    s.meta_events(vec![
+        event(json!({ "message": { "mid": "mid_sr", "text": "Love it", "reply_to": { "story": { "url": "https://lookaside.fbsbx.com/story/1", "id": "1790" } } } })),
+        json!({ "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_801_000i64,
+                "message": { "mid": "mid_rr", "text": "About this", "reply_to": { "mid": "mid_earlier" } } }),
+    ])
+    .await;
+    let d = s.crm.wait_for(2, WAIT).await;
+    let story = d
+        .iter()
+        .find(|d| d.json["instagram_message_id"] == "mid_sr")
+        .unwrap();
+    assert_eq!(story.json["message_type"], "story_reply");
+    assert_eq!(story.json["reply_to"]["story"]["id"], "1790");
+    let reply = d
+        .iter()
+        .find(|d| d.json["instagram_message_id"] == "mid_rr")
+        .unwrap();
+    assert_eq!(reply.json["message_type"], "text");
+    assert_eq!(reply.json["reply_to"]["mid"], "mid_earlier");
+}
+
+async fn story_mentions_shares_reels_and_several_attachments_are_forwarded(db: Db) {
+    let s = setup(db).await;
+    let att = |kind: &str, url: &str| json!({ "type": kind, "payload": { "url": url } });
+    let events = vec![
+        event(
+            json!({ "message": { "mid": "mid_mention", "attachments": [att("story_mention", "https://cdn/story")] } }),
+        ),
+        event(
+            json!({ "message": { "mid": "mid_share", "attachments": [att("share", "https://cdn/post")] } }),
+        ),
+        event(
+            json!({ "message": { "mid": "mid_reel", "attachments": [att("ig_reel", "https://cdn/reel")] } }),
+        ),
+        event(
+            json!({ "message": { "mid": "mid_many", "attachments": [att("image", "https://cdn/1.jpg"), att("video", "https://cdn/2.mp4"), att("audio", "https://cdn/3.m4a"), att("file", "https://cdn/4.pdf")] } }),
+        ),
+    ];
+    s.meta_events(events).await;
+    let d = s.crm.wait_for(4, WAIT).await;
+    let by_mid = |mid: &str| {
+        d.iter()
+            .find(|d| d.json["instagram_message_id"] == mid)
+            .unwrap()
+            .json
+            .clone()
+    };
+    assert_eq!(by_mid("mid_mention")["message_type"], "story_mention");
+    assert_eq!(by_mid("mid_share")["message_type"], "share");
+    assert_eq!(by_mid("mid_reel")["message_type"], "reel");
+    let many = by_mid("mid_many");
+    assert_eq!(many["message_type"], "image");
+    let kinds: Vec<&str> = many["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["image", "video", "audio", "file"]);
+    assert_eq!(many["attachments"][3]["url"], "https://cdn/4.pdf");
+}
+
+async fn standby_events_and_the_dashboards_test_payload_are_accepted(db: Db) {
+    let s = setup(db).await;
+    let standby = json!({ "object": "instagram", "entry": [{ "id": BUSINESS, "time": 1_762_597_800,
+        "standby": [text_event(BUSINESS, CUSTOMER, "mid_standby", "while another app holds the thread", 1_762_597_800_000)] }] });
+    assert_eq!(s.sys.send_meta_webhook(&standby).await.status(), 200);
+    // The dashboard's "Test" button: changes[], string timestamps, entry id "0".
+    let test = json!({ "object": "instagram", "entry": [{ "id": "0", "time": 1_762_597_800,
+        "changes": [{ "field": "messages", "value": { "sender": { "id": "12334" }, "recipient": { "id": "23245" },
+            "timestamp": "1527459824", "message": { "mid": "random_mid", "text": "random_text" } } }] }] });
+    assert_eq!(s.sys.send_meta_webhook(&test).await.status(), 200);
+    let d = s.crm.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.crm.deliveries().len(), 1);
+    assert_eq!(d[0].json["instagram_message_id"], "mid_standby");
+}
+
+async fn an_account_receives_only_the_events_it_chose(db: Db) {
+    let s = setup_with(db, &[], json!({ "events": ["message.received"] })).await;
+    s.meta_events(vec![
+        event(json!({ "reaction": { "mid": "mid_x", "action": "react", "reaction": "love" } })),
+        event(json!({ "read": { "mid": "mid_x" } })),
+        json!({ "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_801_000i64,
+                "message": { "mid": "mid_text", "text": "hi" } }),
+    ])
+    .await;
+    s.crm.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d = s.crm.deliveries();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].json["event"], "message.received");
+    assert_eq!(d[0].json["sequence"], 1, "skipped events take no number");
+    let history = s.history("").await;
+    let skipped: Vec<&Value> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["delivery"]["status"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped.iter().all(|m| m["sequence"].is_null()));
+}
+
+async fn the_auto_reply_goes_once_per_conversation_and_never_to_an_echo(db: Db) {
+    let s = setup_with(
+        db,
+        &[],
+        json!({ "auto_reply_text": "Thanks! We answer within a day." }),
+    )
+    .await;
+    let msg = |sender: &str, mid: &str, ms: i64| json!({ "sender": { "id": sender }, "recipient": { "id": BUSINESS }, "timestamp": ms, "message": { "mid": mid, "text": "hi" } });
+    s.meta_events(vec![msg(CUSTOMER, "mid_a1", 1_762_597_800_000)])
+        .await;
+    s.crm.wait_for(1, WAIT).await;
+    router_tests::eventually(WAIT, "the auto-reply", || async {
+        (s.graph.sends().len() == 1).then_some(())
+    })
+    .await;
+    s.meta_events(vec![msg(CUSTOMER, "mid_a2", 1_762_597_801_000)])
+        .await;
+    s.meta_events(vec![echo("mid_sent_1", "Thanks! We answer within a day.")])
+        .await; // the auto-reply's echo
+    s.meta_events(vec![echo("mid_app", "typed in the app")])
+        .await;
+    s.meta_events(vec![msg("7070", "mid_b1", 1_762_597_802_000)])
+        .await;
+    router_tests::eventually(WAIT, "the second conversation's auto-reply", || async {
+        (s.graph.sends().len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sends = s.graph.sends();
+    assert_eq!(sends.len(), 2, "one auto-reply per conversation");
+    assert_eq!(sends[0].body["recipient"]["id"], CUSTOMER);
+    assert_eq!(
+        sends[0].body["message"]["text"],
+        "Thanks! We answer within a day."
+    );
+    assert_eq!(sends[1].body["recipient"]["id"], "7070");
+    let history = s
+        .history(&format!("conversation_id=conv_{CUSTOMER}_{BUSINESS}"))
+        .await;
+    let events: Vec<&str> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "message.received",
+            "message.sent",
+            "message.received",
+            "message.echo"
+        ]
+    );
+}
+
+async fn usernames_are_looked_up_once_and_failures_leave_null(db: Db) {
+    let s = setup(db).await;
+    s.graph.profile_is("111", "alice.shop.fan");
+    s.graph.profile_fails("222", 230);
+    s.graph.profile_fails("333", 1);
+    let msg = |sender: &str, mid: &str| json!({ "sender": { "id": sender }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_800_000i64, "message": { "mid": mid, "text": "hi" } });
+    s.meta_events(vec![msg("111", "mid_1")]).await;
+    s.crm.wait_for(1, WAIT).await;
+    s.meta_events(vec![
+        msg("111", "mid_2"),
+        msg("222", "mid_3"),
+        msg("333", "mid_4"),
+    ])
+    .await;
+    let d = s.crm.wait_for(4, WAIT).await;
+    let username = |mid: &str| {
+        d.iter()
+            .find(|d| d.json["instagram_message_id"] == mid)
+            .unwrap()
+            .json["sender_username"]
+            .clone()
+    };
+    assert_eq!(username("mid_1"), "alice.shop.fan");
+    assert_eq!(username("mid_2"), "alice.shop.fan");
+    assert!(username("mid_3").is_null(), "consent refused (230): null");
+    assert!(username("mid_4").is_null(), "Meta failing: null");
+    let lookups_of_111 = s
+        .graph
+        .lookups()
+        .iter()
+        .filter(|l| l.path == "/111")
+        .count();
+    assert_eq!(lookups_of_111, 1, "cached per account");
+    assert_eq!(
+        s.graph.lookups()[0].authorization,
+        format!("Bearer {TOKEN}")
+    );
+}
+
+async fn the_history_lists_a_conversation_in_order_by_pages(db: Db) {
+    let s = setup(db).await;
+    s.meta_events(vec![event(
+        json!({ "message": { "mid": "mid_h1", "text": "Do you ship to Spain?" } }),
+    )])
+    .await;
+    s.crm.wait_for(1, WAIT).await;
+    s.send(json!({ "recipient_id": CUSTOMER, "text": "Yes, in 3 days" }))
+        .await;
+    s.meta_events(vec![json!({ "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_900_000i64,
+        "message": { "mid": "mid_h2", "text": "Great" } })])
+    .await;
+    s.crm.wait_for(2, WAIT).await;
+    let conv = format!("conv_{CUSTOMER}_{BUSINESS}");
+    let page1 = s.history(&format!("conversation_id={conv}&limit=2")).await;
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2 = s
+        .history(&format!("conversation_id={conv}&limit=2&cursor={cursor}"))
+        .await;
+    assert!(page2["next_cursor"].is_null());
+    let all: Vec<Value> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["data"].as_array().unwrap())
+        .cloned()
+        .collect();
+    let directions: Vec<&str> = all
+        .iter()
+        .map(|m| m["direction"].as_str().unwrap())
+        .collect();
+    assert_eq!(directions, ["inbound", "outbound", "inbound"]);
+    assert_eq!(all[0]["instagram_message_id"], "mid_h1");
+    assert_eq!(all[1]["instagram_message_id"], "mid_sent_1");
+    assert_eq!(all[2]["instagram_message_id"], "mid_h2");
+}
+
+async fn an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised(db: Db) {
+    let s = setup(db).await;
+    // Meta takes 1.5 s to answer the send, and its echo arrives meanwhile.
+    s.graph
+        .answer_next_send(SendAnswer::Slow(Duration::from_millis(1500)));
+    let send = s.send(json!({ "recipient_id": CUSTOMER, "text": "racing the echo" }));
+    let echo_first = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.meta_events(vec![echo("mid_sent_1", "racing the echo")])
+            .await;
+    };
+    let ((status, sent, _), ()) = tokio::join!(send, echo_first);
+    assert_eq!(status, 201);
+    assert_eq!(sent["instagram_message_id"], "mid_sent_1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        s.crm.deliveries().is_empty(),
+        "our own reply is not forwarded as an echo"
+    );
+    let history = s.history("").await;
+    let data = history["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{history}");
+    assert_eq!(data[0]["event"], "message.sent");
+    assert_eq!(data[0]["instagram_message_id"], "mid_sent_1");
+}
+
+router_tests::on_both_stores!(
+    a_reply_goes_through_the_send_api_with_the_accounts_token,
+    metas_errors_become_stable_codes,
+    text_over_1000_bytes_is_refused_before_meta_is_called,
+    the_echo_of_our_send_is_not_forwarded_but_an_app_echo_is,
+    reactions_and_unreactions_are_forwarded,
+    a_deletion_is_forwarded_and_marks_the_stored_message,
+    read_receipts_are_forwarded,
+    postbacks_are_forwarded,
+    referrals_are_forwarded,
+    quick_replies_carry_their_payload,
+    story_replies_and_replies_to_messages_carry_reply_to,
+    story_mentions_shares_reels_and_several_attachments_are_forwarded,
+    standby_events_and_the_dashboards_test_payload_are_accepted,
+    an_account_receives_only_the_events_it_chose,
+    the_auto_reply_goes_once_per_conversation_and_never_to_an_echo,
+    usernames_are_looked_up_once_and_failures_leave_null,
+    the_history_lists_a_conversation_in_order_by_pages,
+    an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised,
+);

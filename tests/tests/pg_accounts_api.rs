@@ -1,6 +1,0 @@
-//! The `accounts_api` tests again, with ingest on PostgreSQL: compiled when
-//! `TEST_DATABASE_URL` is set (the harness gives each test its own database).
-#![cfg(postgres_tests)]
-
-#[path = "accounts_api.rs"]
-mod cases;
