@@ -59,6 +59,12 @@ pub struct ForwarderConfig {
     pub crm_allow_private_networks: bool,
 }
 
+impl shared::service::ServiceConfig for ForwarderConfig {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 impl ForwarderConfig {
     pub fn crm_timeout(&self) -> Duration {
         Duration::from_secs(self.crm_timeout_secs)

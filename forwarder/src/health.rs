@@ -2,7 +2,7 @@
 //! readiness (NATS connected) for orchestrators.
 
 use poem::http::StatusCode;
-use poem::listener::TcpListener;
+use poem::listener::TcpAcceptor;
 use poem::web::Data;
 use poem::{EndpointExt, Route, Server, get, handler};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ fn metrics_endpoint() -> poem::web::WithContentType<String> {
 }
 
 pub async fn serve(
-    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -39,7 +39,7 @@ pub async fn serve(
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics_endpoint))
         .data(client);
-    Server::new(TcpListener::bind(addr))
+    Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?)
         .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), None)
         .await
 }

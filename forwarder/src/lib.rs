@@ -32,19 +32,31 @@ use crate::breaker::BreakerSettings;
 use crate::crm::CrmClient;
 use crate::lane::LaneContext;
 
-/// Runs one forwarder process until `shutdown` is cancelled.
+/// Runs one forwarder process, its health endpoint on
+/// `FORWARDER_METRICS_ADDR`, until `shutdown` is cancelled.
 pub async fn run(
     config: config::ForwarderConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let addr = config.forwarder_metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on FORWARDER_METRICS_ADDR {addr}: {e}"))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Runs one forwarder with its health endpoint on a listener already bound,
+/// until `shutdown` is cancelled.
+pub async fn serve(
+    config: config::ForwarderConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let client = shared::jetstream::connect(&config.common.nats_url, "forwarder").await?;
     shared::observe::prometheus();
-    let health = tokio::spawn(health::serve(
-        config.forwarder_metrics_addr,
-        client.clone(),
-        shutdown.clone(),
-    ));
-    tracing::info!(addr = %config.forwarder_metrics_addr, "forwarder health endpoint listening");
+    let addr = listener.local_addr()?;
+    let health = tokio::spawn(health::serve(listener, client.clone(), shutdown.clone()));
+    tracing::info!(%addr, "forwarder health endpoint listening");
     let throughput = Arc::new(shared::observe::Throughput::default());
     let instance = shared::observe::instance_name();
     let subjects = config.common.router_subject_prefix.clone();

@@ -54,6 +54,12 @@ pub struct IngestConfig {
     pub ingest_max_body_bytes: usize,
 }
 
+impl shared::service::ServiceConfig for IngestConfig {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 impl std::fmt::Debug for IngestConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestConfig")

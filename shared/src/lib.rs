@@ -11,6 +11,7 @@ pub mod jetstream;
 pub mod model;
 pub mod observe;
 pub mod secrets;
+pub mod service;
 pub mod shutdown;
 pub mod signing;
 pub mod subjects;

@@ -112,9 +112,8 @@ pub async fn publish_stats(
     let mut last = (0u64, 0u64, 0u64);
     let mut last_at = Instant::now();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(STATS_EVERY) => {}
+        if !crate::shutdown::sleep_unless_stopped(&shutdown, STATS_EVERY).await {
+            return;
         }
         let now = (
             totals.received.load(Ordering::Relaxed),

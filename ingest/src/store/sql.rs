@@ -25,6 +25,34 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// its conversation and place in it.
 pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option<i64>)>;
 
+/// Binds every column of an account, in the order of the accounts table:
+/// `$1` id, `$2` name, `$3` instagram_account_id, `$4` crm_webhook_url,
+/// `$5` auto_reply_text, `$6` status, `$7` instagram_access_token, `$8`
+/// webhook_secret, `$9` created_at, `$10` updated_at, `$11` events, `$12`
+/// auto_reply_cooldown_secs, `$13` max_in_flight, `$14`
+/// deliveries_paused_at, `$15` deliveries_resumed_at.
+macro_rules! bind_account {
+    ($query:expr, $a:expr) => {{
+        let a: &$crate::store::AccountRow = $a;
+        $query
+            .bind(&a.id)
+            .bind(&a.name)
+            .bind(&a.instagram_account_id)
+            .bind(a.crm_webhook_url.as_str())
+            .bind(&a.auto_reply_text)
+            .bind(a.status.as_str())
+            .bind(&a.instagram_access_token)
+            .bind(&a.webhook_secret)
+            .bind(a.created_at)
+            .bind(a.updated_at)
+            .bind(a.events.to_stored())
+            .bind(a.auto_reply_cooldown_secs)
+            .bind(a.max_in_flight)
+            .bind(a.deliveries_paused_at)
+            .bind(a.deliveries_resumed_at)
+    }};
+}
+
 /// Implements the three store traits for a backend type with a `pool`
 /// field and the `begin_write` and `lease_outbox` methods.
 macro_rules! impl_sql_store {
@@ -32,27 +60,13 @@ macro_rules! impl_sql_store {
 #[async_trait::async_trait]
 impl $crate::store::AccountStore for $store {
     async fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
                 status, instagram_access_token, webhook_secret, created_at, updated_at, events,
                 auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.instagram_account_id)
-        .bind(a.crm_webhook_url.as_str())
-        .bind(&a.auto_reply_text)
-        .bind(a.status.as_str())
-        .bind(&a.instagram_access_token)
-        .bind(&a.webhook_secret)
-        .bind(a.created_at)
-        .bind(a.updated_at)
-        .bind(a.events.to_stored())
-        .bind(a.auto_reply_cooldown_secs)
-        .bind(a.max_in_flight)
-        .bind(a.deliveries_paused_at)
-        .bind(a.deliveries_resumed_at)
+        );
+        bind_account!(insert, a)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -87,28 +101,17 @@ impl $crate::store::AccountStore for $store {
     }
 
     async fn update_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE accounts SET name = $1, crm_webhook_url = $2, auto_reply_text = $3, status = $4,
-                instagram_access_token = $5, webhook_secret = $6, updated_at = $7, events = $8,
-                auto_reply_cooldown_secs = $9, max_in_flight = $10, deliveries_paused_at = $11,
-                deliveries_resumed_at = $12
-             WHERE id = $13",
-        )
-        .bind(&a.name)
-        .bind(a.crm_webhook_url.as_str())
-        .bind(&a.auto_reply_text)
-        .bind(a.status.as_str())
-        .bind(&a.instagram_access_token)
-        .bind(&a.webhook_secret)
-        .bind(a.updated_at)
-        .bind(a.events.to_stored())
-        .bind(a.auto_reply_cooldown_secs)
-        .bind(a.max_in_flight)
-        .bind(a.deliveries_paused_at)
-        .bind(a.deliveries_resumed_at)
-        .bind(&a.id)
-        .execute(&self.pool)
-        .await?;
+        // The parameters of the insert; the id and creation fields do not change.
+        let update = sqlx::query(
+            "UPDATE accounts SET name = $2, crm_webhook_url = $4, auto_reply_text = $5, status = $6,
+                instagram_access_token = $7, webhook_secret = $8, updated_at = $10, events = $11,
+                auto_reply_cooldown_secs = $12, max_in_flight = $13, deliveries_paused_at = $14,
+                deliveries_resumed_at = $15
+             WHERE id = $1",
+        );
+        let done = bind_account!(update, a)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -142,11 +142,32 @@ async fn main() -> anyhow::Result<()> {
             unsafe { std::env::set_var(key, value) };
         }
     }
+    let configs = || {
+        let ingest =
+            ingest::config::IngestConfig::try_parse_from(["ingest"]).unwrap_or_else(|e| e.exit());
+        let forwarder = forwarder::config::ForwarderConfig::try_parse_from(["forwarder"])
+            .unwrap_or_else(|e| e.exit());
+        (ingest, forwarder)
+    };
+    let (ingest_config, forwarder_config) = configs();
+    // Both ports first: a second router-local stops here, before it starts
+    // anything, and says which port is taken.
+    let bind = |name: &str, addr: std::net::SocketAddr| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot listen on {name} {addr}: {e}"))
+    };
+    let ingest_listener = bind("INGEST_ADDR", ingest_config.ingest_addr)?;
+    let forwarder_listener = bind(
+        "FORWARDER_METRICS_ADDR",
+        forwarder_config.forwarder_metrics_addr,
+    )?;
     let mut nats = ensure_nats()?;
-    let ingest_config =
-        ingest::config::IngestConfig::try_parse_from(["ingest"]).unwrap_or_else(|e| e.exit());
-    let forwarder_config = forwarder::config::ForwarderConfig::try_parse_from(["forwarder"])
-        .unwrap_or_else(|e| e.exit());
+    // Again: NATS_URL now names the server started for us, if one was.
+    let (ingest_config, forwarder_config) = configs();
     shared::telemetry::init_logging(ingest_config.common.log_format);
 
     let nats_url = ingest_config.common.nats_url.clone();
@@ -161,12 +182,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(shared::shutdown::on_signal(shutdown.clone()));
     let (ingest_result, forwarder_result) = tokio::join!(
         async {
-            let r = ingest::app::run(ingest_config, shutdown.clone()).await;
+            let r = ingest::app::serve(ingest_config, ingest_listener, shutdown.clone()).await;
             shutdown.cancel();
             r
         },
         async {
-            let r = forwarder::run(forwarder_config, shutdown.clone()).await;
+            let r = forwarder::serve(forwarder_config, forwarder_listener, shutdown.clone()).await;
             shutdown.cancel();
             r
         },
