@@ -4,6 +4,7 @@
 //! reply ([`send`]), the follow-ups of a saved message ([`followups`]), and
 //! keeping the accounts bucket in step ([`routing`]).
 
+pub mod deliveries;
 pub mod followups;
 pub mod inbound;
 pub mod routing;

@@ -11,10 +11,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use shared::ids::{AccountId, MessageId};
 
+use super::ApiTags;
 use super::auth::ApiToken;
 use super::error::ApiError;
 use super::messages::{MessagePage, default_limit, page_of};
-use super::openapi::ApiTags;
 use crate::domain::Core;
 use crate::store::DeadLetterFilter;
 

@@ -7,7 +7,7 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::openapi::ApiTags;
+use super::ApiTags;
 use crate::domain::Core;
 
 #[derive(Debug, Object)]

@@ -13,10 +13,10 @@ use poem_openapi::{Object, OpenApi};
 
 use shared::model::DeliveryStatus;
 
+use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
-use super::openapi::ApiTags;
 use crate::domain::Core;
 use crate::store::MessageRow;
 

@@ -7,7 +7,6 @@
 pub mod accounts;
 pub mod auth;
 pub mod dead_letters;
-pub mod deliveries;
 pub mod error;
 pub mod health;
 pub mod messages;
@@ -18,8 +17,22 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get};
+use poem_openapi::Tags;
 
 use crate::domain::Core;
+
+/// The groups of the API in its document; each resource module names its own.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Connected Instagram accounts and where their messages go.
+    Accounts,
+    /// Stored messages and where each stands on its way to the CRM.
+    Messages,
+    /// Messages the CRM refused or that ran out of retries: list, replay, discard.
+    DeadLetters,
+    /// Liveness and readiness.
+    Health,
+}
 
 /// The HTTP application: Meta's webhook, the API, the spec and its UI.
 pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {

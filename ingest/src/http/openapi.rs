@@ -4,26 +4,14 @@
 
 use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApiService, Tags, Webhook};
+use poem_openapi::{Object, OpenApiService, Webhook};
 
 use super::accounts::AccountsApi;
+use super::accounts::deliveries::DeliveriesApi;
 use super::dead_letters::DeadLettersApi;
-use super::deliveries::DeliveriesApi;
 use super::health::HealthApi;
 use super::messages::MessagesApi;
 use super::send::SendApi;
-
-#[derive(Tags)]
-pub enum ApiTags {
-    /// Connected Instagram accounts and where their messages go.
-    Accounts,
-    /// Stored messages and where each stands on its way to the CRM.
-    Messages,
-    /// Messages the CRM refused or that ran out of retries: list, replay, discard.
-    DeadLetters,
-    /// Liveness and readiness.
-    Health,
-}
 
 /// An attachment of a received message.
 #[derive(Debug, Object)]

@@ -10,10 +10,10 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
+use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
-use super::openapi::ApiTags;
 use crate::domain::Core;
 use crate::domain::send::{OutgoingMessage, SendError, Sent, send_and_record};
 use crate::meta::graph::GraphError;

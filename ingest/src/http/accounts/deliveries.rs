@@ -6,23 +6,20 @@
 //! `<prefix>.alerts.crm.<account_id>`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
-use shared::ids::AccountId;
-use shared::wire::{
-    ALERT_DELIVERIES_PAUSED, ALERT_DELIVERIES_RESUMED, CrmAlert, DeliveryHealth, HealthState,
-};
+use shared::wire::{DeliveryHealth, HealthState};
 
-use super::accounts::{Account, find_account};
-use super::auth::ApiToken;
-use super::error::ApiError;
-use super::openapi::ApiTags;
-use crate::domain::Core;
+use super::{Account, find_account};
+use crate::domain::deliveries::HealthUnknown;
+use crate::domain::{self, Core};
+use crate::http::ApiTags;
+use crate::http::auth::ApiToken;
+use crate::http::error::ApiError;
 use crate::store::AccountRow;
 
 /// How the account's deliveries are doing.
@@ -104,15 +101,18 @@ impl DeliveryHealthView {
 /// The account's delivery health: an operator's pause first, else what the
 /// forwarders stored, `unknown` when NATS does not answer within a second.
 pub async fn delivery_health(state: &Core, row: &AccountRow) -> DeliveryHealthView {
-    health_view(stored_health(state, &row.id).await, row)
+    health_view(domain::deliveries::stored_health(state, &row.id).await, row)
 }
 
 /// The health of `row` from what the forwarders stored (`Err` when NATS
 /// could not be asked).
-fn health_view(stored: Result<Option<DeliveryHealth>, ()>, row: &AccountRow) -> DeliveryHealthView {
+fn health_view(
+    stored: Result<Option<DeliveryHealth>, HealthUnknown>,
+    row: &AccountRow,
+) -> DeliveryHealthView {
     let mut view = match stored {
         Ok(stored) => DeliveryHealthView::from_stored(stored),
-        Err(()) => DeliveryHealthView {
+        Err(HealthUnknown) => DeliveryHealthView {
             state: HealthStateView::Unknown,
             ..DeliveryHealthView::healthy()
         },
@@ -126,16 +126,6 @@ fn health_view(stored: Result<Option<DeliveryHealth>, ()>, row: &AccountRow) -> 
     view
 }
 
-async fn stored_health(state: &Core, account_id: &str) -> Result<Option<DeliveryHealth>, ()> {
-    let bucket = state.nats.health().ok_or(())?;
-    let read = tokio::time::timeout(Duration::from_secs(1), bucket.get(account_id)).await;
-    match read {
-        Ok(Ok(Some(bytes))) => Ok(serde_json::from_slice(&bytes).ok()),
-        Ok(Ok(None)) => Ok(None),
-        _ => Err(()),
-    }
-}
-
 /// The account as the API shows it, with its delivery health.
 pub async fn account_view(state: &Core, row: &AccountRow) -> Account {
     Account::new(row, delivery_health(state, row).await)
@@ -144,30 +134,6 @@ pub async fn account_view(state: &Core, row: &AccountRow) -> Account {
 /// A new account's view: nothing has been delivered yet.
 pub fn new_account_view(row: &AccountRow) -> Account {
     Account::new(row, DeliveryHealthView::healthy())
-}
-
-/// Announces an operator's pause or resume on `<prefix>.alerts.crm.<account_id>`.
-async fn announce(
-    state: &Core,
-    account: &str,
-    event: &str,
-    at: DateTime<Utc>,
-    paused_since: Option<DateTime<Utc>>,
-) {
-    let Ok(id) = AccountId::parse(account) else {
-        return;
-    };
-    let alert = CrmAlert {
-        event: event.into(),
-        account_id: account.to_owned(),
-        at,
-        cause: "operator".into(),
-        consecutive_failures: None,
-        last_error: None,
-        next_probe_at: None,
-        paused_since,
-    };
-    shared::jetstream::publish_crm_alert(&state.nats.js, &state.subjects, &id, &alert).await;
 }
 
 pub struct DeliveriesApi;
@@ -191,15 +157,7 @@ impl DeliveriesApi {
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
         let mut row = find_account(state, &account_id.0).await?;
-        if row.deliveries_paused_at.is_none() {
-            let now = Utc::now();
-            row.deliveries_paused_at = Some(now);
-            row.updated_at = now;
-            state.store.accounts.update_account(&row).await?;
-            state.routing.account_changed(&row.id).await;
-            tracing::info!(account_id = %row.id, "deliveries paused by an operator");
-            announce(state, &row.id, ALERT_DELIVERIES_PAUSED, now, None).await;
-        }
+        domain::deliveries::pause(state, &mut row).await?;
         Ok(Json(account_view(state, &row).await))
     }
 
@@ -220,18 +178,10 @@ impl DeliveriesApi {
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
         let mut row = find_account(state, &account_id.0).await?;
-        let stored = stored_health(state, &row.id).await;
+        let stored = domain::deliveries::stored_health(state, &row.id).await;
         let before = health_view(stored.clone(), &row);
-        let now = Utc::now();
-        row.deliveries_paused_at = None;
-        row.deliveries_resumed_at = Some(now);
-        row.updated_at = now;
-        state.store.accounts.update_account(&row).await?;
-        state.routing.account_changed(&row.id).await;
-        if before.state == HealthStateView::Paused {
-            tracing::info!(account_id = %row.id, "deliveries resumed by an operator");
-            announce(state, &row.id, ALERT_DELIVERIES_RESUMED, now, before.since).await;
-        }
+        let paused_since = (before.state == HealthStateView::Paused).then_some(before.since);
+        let now = domain::deliveries::resume(state, &mut row, paused_since).await?;
         let mut health = health_view(stored, &row);
         if health.paused_by == Some(PausedBy::CircuitBreaker) {
             // The forwarder takes the resume a moment later; say what it will do.

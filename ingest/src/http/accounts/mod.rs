@@ -2,6 +2,8 @@
 //! Secrets (`webhook_secret`, `instagram_access_token`) are write-only: the
 //! generated webhook secret is returned once, in the create response.
 
+pub mod deliveries;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -14,11 +16,11 @@ use shared::ids::AccountId;
 use shared::model::{AccountStatus, CrmWebhookUrl, EventKind, EventSelection};
 use shared::signing::WebhookSecret;
 
-use super::auth::ApiToken;
-use super::deliveries::{DeliveryHealthView, account_view, new_account_view};
-use super::error::ApiError;
-use super::openapi::ApiTags;
+use self::deliveries::{DeliveryHealthView, account_view, new_account_view};
 use crate::domain::Core;
+use crate::http::ApiTags;
+use crate::http::auth::ApiToken;
+use crate::http::error::ApiError;
 use crate::store::AccountRow;
 
 /// The selection an API caller gives: `None` (omitted or null) for every event.
