@@ -302,6 +302,72 @@ impl fmt::Debug for CrmWebhookUrl {
     }
 }
 
+/// How ingest's store reads these values from text columns (the `sqlx`
+/// feature): a value the router does not know is a decoding error that
+/// names the column and the value, never a default.
+#[cfg(feature = "sqlx")]
+mod stored {
+    use sqlx::error::BoxDynError;
+    use sqlx::{Database, Decode, Type};
+
+    use super::*;
+
+    macro_rules! stored_as_text {
+        ($($name:ty),+) => {$(
+            impl<DB: Database> Type<DB> for $name
+            where
+                String: Type<DB>,
+            {
+                fn type_info() -> DB::TypeInfo {
+                    <String as Type<DB>>::type_info()
+                }
+                fn compatible(ty: &DB::TypeInfo) -> bool {
+                    <String as Type<DB>>::compatible(ty)
+                }
+            }
+
+            impl<'r, DB: Database> Decode<'r, DB> for $name
+            where
+                String: Decode<'r, DB>,
+            {
+                fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+                    Ok(<$name>::try_from(String::decode(value)?)?)
+                }
+            }
+        )+};
+    }
+
+    stored_as_text!(
+        AccountStatus,
+        Direction,
+        DeliveryStatus,
+        MessageEvent,
+        CrmWebhookUrl
+    );
+
+    /// `NULL` is every event; otherwise a JSON array of event names.
+    impl<DB: Database> Type<DB> for EventSelection
+    where
+        String: Type<DB>,
+    {
+        fn type_info() -> DB::TypeInfo {
+            <String as Type<DB>>::type_info()
+        }
+        fn compatible(ty: &DB::TypeInfo) -> bool {
+            <String as Type<DB>>::compatible(ty)
+        }
+    }
+
+    impl<'r, DB: Database> Decode<'r, DB> for EventSelection
+    where
+        String: Decode<'r, DB>,
+    {
+        fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+            Ok(EventSelection::try_from(<Option<String>>::decode(value)?)?)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,6 +154,35 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Runs one statement on the test's database behind ingest's back (to
+    /// corrupt a row, say); `$1` is `arg`. Returns the rows it changed.
+    pub async fn execute(&self, sql: &'static str, arg: &str) -> u64 {
+        use sqlx::Connection as _;
+        let url = self.url();
+        match self {
+            Self::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(arg)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            Self::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(arg)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        }
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Self::Postgres { server, name } = self {

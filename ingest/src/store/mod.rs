@@ -33,17 +33,14 @@ pub struct AccountRow {
     pub id: String,
     pub name: String,
     pub instagram_account_id: String,
-    #[sqlx(try_from = "String")]
     pub crm_webhook_url: CrmWebhookUrl,
     pub auto_reply_text: Option<String>,
-    #[sqlx(try_from = "String")]
     pub status: AccountStatus,
     pub instagram_access_token: Option<String>,
     pub webhook_secret: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The events the CRM receives (stored as `NULL` or a JSON array).
-    #[sqlx(try_from = "Option<String>")]
     pub events: EventSelection,
     pub auto_reply_cooldown_secs: i64,
     /// Deliveries in flight at once; `None` for the forwarders' default.
@@ -123,10 +120,8 @@ pub struct OutboxEntry {
 pub struct MessageRow {
     pub id: String,
     pub account_id: String,
-    #[sqlx(try_from = "String")]
     pub event: MessageEvent,
     pub instagram_message_id: String,
-    #[sqlx(try_from = "String")]
     pub direction: Direction,
     pub conversation_id: String,
     pub sender_id: String,
@@ -134,7 +129,6 @@ pub struct MessageRow {
     pub message_type: String,
     pub sent_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
-    #[sqlx(try_from = "String")]
     pub delivery_status: DeliveryStatus,
     pub delivery_attempts: i64,
     pub last_error: Option<String>,

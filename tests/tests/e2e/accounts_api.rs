@@ -392,7 +392,60 @@ async fn secrets_are_encrypted_at_rest_in_the_database_and_the_bucket(db: Db) {
     assert!(d[0].hub_signature_valid(secret) && d[0].standard_signature_valid(secret));
 }
 
+/// A stored value the router does not know (here an event list written by
+/// hand) is an error on every path, never read as some default: the API
+/// answers 500, Meta's webhook 503 so Meta keeps it and retries, and once
+/// the row is repaired the retried message is delivered.
+async fn a_stored_value_the_router_does_not_know_is_an_error_on_every_path(db: Db) {
+    let sys = System::start(db).await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let changed = sys
+        .database
+        .execute(
+            r#"UPDATE accounts SET events = '["message.typo"]' WHERE id = $1"#,
+            &account,
+        )
+        .await;
+    assert_eq!(changed, 1);
+
+    let (status, body) = json_of(
+        sys.http
+            .get(sys.url(&format!("/api/v1/accounts/{account}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal_error"))
+    );
+    let webhook = meta::text_message(BUSINESS, "4242", "mid.corrupt.1", "hello");
+    let resp = sys.send_meta_webhook(&webhook).await;
+    assert_eq!(resp.status(), 503, "Meta keeps the event and retries");
+    assert!(crm.deliveries().is_empty());
+    let logs = sys.ingest.logs();
+    assert!(
+        logs.contains("message.typo"),
+        "the bad value is named in the log: {}",
+        logs.lines()
+            .filter(|l| l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    sys.database
+        .execute("UPDATE accounts SET events = NULL WHERE id = $1", &account)
+        .await;
+    assert_eq!(sys.send_meta_webhook(&webhook).await.status(), 200);
+    sys.wait_all_delivered(&account, 1, WAIT).await;
+    assert_eq!(crm.deliveries().len(), 1);
+}
+
 router_tests::on_both_stores!(
+    a_stored_value_the_router_does_not_know_is_an_error_on_every_path,
     api_routes_need_a_known_bearer_token_and_errors_are_json,
     create_read_list_update_delete_with_write_only_secrets,
     invalid_input_gets_a_stable_code,
