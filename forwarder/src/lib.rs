@@ -39,9 +39,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = config.forwarder_metrics_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on FORWARDER_METRICS_ADDR {addr}: {e}"))?;
+    let listener = shared::service::listen("FORWARDER_METRICS_ADDR", addr).await?;
     serve(config, listener, shutdown).await
 }
 

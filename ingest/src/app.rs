@@ -23,10 +23,7 @@ use crate::{http, store};
 
 /// Runs ingest on `INGEST_ADDR` until `shutdown` is cancelled.
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = config.ingest_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on INGEST_ADDR {addr}: {e}"))?;
+    let listener = shared::service::listen("INGEST_ADDR", config.ingest_addr).await?;
     serve(config, listener, shutdown).await
 }
 

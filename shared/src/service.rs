@@ -14,6 +14,17 @@ pub trait ServiceConfig: clap::Parser {
     fn common(&self) -> &CommonConfig;
 }
 
+/// Binds the address of the setting `setting` (`INGEST_ADDR`, say); the
+/// error names both when it is taken.
+pub async fn listen(
+    setting: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {setting} {addr}: {e}"))
+}
+
 /// Runs the service `name` with `run`; a failure is logged and exits 1.
 pub async fn main<C, Fut>(
     name: &'static str,

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser as _;
+use shared::service::listen;
 use tokio_util::sync::CancellationToken;
 
 const DEV_DEFAULTS: [(&str, &str); 4] = [
@@ -152,19 +153,12 @@ async fn main() -> anyhow::Result<()> {
     let (ingest_config, forwarder_config) = configs();
     // Both ports first: a second router-local stops here, before it starts
     // anything, and says which port is taken.
-    let bind = |name: &str, addr: std::net::SocketAddr| {
-        std::net::TcpListener::bind(addr)
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            })
-            .map_err(|e| anyhow::anyhow!("cannot listen on {name} {addr}: {e}"))
-    };
-    let ingest_listener = bind("INGEST_ADDR", ingest_config.ingest_addr)?;
-    let forwarder_listener = bind(
+    let ingest_listener = listen("INGEST_ADDR", ingest_config.ingest_addr).await?;
+    let forwarder_listener = listen(
         "FORWARDER_METRICS_ADDR",
         forwarder_config.forwarder_metrics_addr,
-    )?;
+    )
+    .await?;
     let mut nats = ensure_nats()?;
     // Again: NATS_URL now names the server started for us, if one was.
     let (ingest_config, forwarder_config) = configs();
