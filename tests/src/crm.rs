@@ -146,6 +146,11 @@ impl CrmReceiver {
         format!("http://{}/hook", self.addr)
     }
 
+    /// How many requests arrived so far (without copying them).
+    pub fn count(&self) -> usize {
+        self.shared.deliveries.lock().unwrap().len()
+    }
+
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.shared.deliveries.lock().unwrap().clone()
     }

@@ -109,6 +109,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server abruptly (SIGKILL), as a crash or a lost host would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

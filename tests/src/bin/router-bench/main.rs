@@ -1,5 +1,10 @@
 //! `router-bench`: measurements over the real binaries, printed as a table.
-//! Not a test: figures depend on the machine; nothing here passes or fails.
+//! Not a test: figures depend on the machine; nothing here passes or fails
+//! (except on errors, losses or duplicates, which void the figures).
+//!
+//! `throughput`: see [`throughput`]; saturation with `--concurrency`, a
+//! steady load with `--rate`, on `--store sqlite` or `--store postgres`
+//! (`TEST_DATABASE_URL` names the server).
 //!
 //! `isolation`: one account (A) has a large backlog to a CRM that fails
 //! (every request answered 503) or is slow (each request takes 9 s), while a
@@ -12,7 +17,12 @@
 //! cargo build --release --bins
 //! target/release/router-bench isolation --failure 503
 //! target/release/router-bench isolation --failure slow
+//! target/release/router-bench throughput --store sqlite --messages 20000
+//! target/release/router-bench throughput --store sqlite --rate 500 --messages 15000
 //! ```
+
+mod procfs;
+mod throughput;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use router_tests::meta::{self, entry, payload, text_event};
-use router_tests::{CrmReceiver, NatsServer, Service, TestDatabase, http_client};
+use router_tests::{CrmReceiver, Db, NatsServer, Service, TestDatabase, http_client};
 
 #[derive(Parser)]
 #[command(about = "Measurements of the router over its real binaries")]
@@ -31,6 +41,30 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Throughput, latency, CPU and memory under Meta's load.
+    Throughput {
+        /// Where ingest saves messages.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: Store,
+        /// Messages to send.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Messages in each webhook (Meta batches up to about ten).
+        #[arg(long, default_value_t = 1)]
+        per_webhook: usize,
+        /// Closed loop: this many senders, each waiting for its answer.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open loop: webhooks per second instead, whatever the answers.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Accounts the messages are spread over.
+        #[arg(long, default_value_t = 10)]
+        accounts: usize,
+        /// Conversations the messages are spread over.
+        #[arg(long, default_value_t = 1000)]
+        conversations: usize,
+    },
     /// A quiet account's latency while another account's CRM fails or is slow.
     Isolation {
         /// How account A's CRM misbehaves.
@@ -49,6 +83,13 @@ enum Scenario {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Store {
+    Sqlite,
+    /// On the server `TEST_DATABASE_URL` names, in a database of its own.
+    Postgres,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Failure {
     /// Every request answered 503.
     #[value(name = "503")]
@@ -64,6 +105,29 @@ const BUSINESS_B: &str = "17841400000000882";
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.scenario {
+        Scenario::Throughput {
+            store,
+            messages,
+            per_webhook,
+            concurrency,
+            rate,
+            accounts,
+            conversations,
+        } => {
+            throughput::run(throughput::Load {
+                store: match store {
+                    Store::Sqlite => Db::Sqlite,
+                    Store::Postgres => Db::Postgres,
+                },
+                messages,
+                per_webhook: per_webhook.max(1),
+                concurrency: concurrency.max(1),
+                rate,
+                accounts: accounts.max(1),
+                conversations: conversations.max(1),
+            })
+            .await
+        }
         Scenario::Isolation {
             failure,
             backlog,
