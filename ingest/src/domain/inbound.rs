@@ -136,7 +136,7 @@ async fn save_event(
         publish,
         hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
     };
-    match core.store.messages.save_message(&new).await? {
+    match core.store.saves.save(new.clone()).await? {
         SaveOutcome::Saved { sequence } => {
             tracing::info!(account_id = %account.id, message_id = %new.id, event = %c.event, "message saved");
             tally.saved += 1;

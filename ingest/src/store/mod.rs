@@ -10,6 +10,7 @@
 // First: the statements both backends implement their traits with.
 #[macro_use]
 mod sql;
+mod group_commit;
 mod postgres;
 mod sealed;
 mod sqlite;
@@ -24,6 +25,7 @@ use shared::model::{
 use shared::secrets::SecretBox;
 use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
 
+pub use group_commit::GroupCommit;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -193,9 +195,16 @@ pub trait MessageStore: Send + Sync + 'static {
     /// A round trip to the database, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Saves a message and its outbox entry in one transaction, unless the
-    /// account already has a message with the same Instagram id.
-    async fn save_message(&self, message: &NewMessage) -> Result<SaveOutcome, StoreError>;
+    /// Saves messages and their outbox entries in one transaction, each
+    /// unless the account already has a message with the same Instagram id.
+    /// Nothing is saved when it fails.
+    async fn save_messages(&self, messages: &[NewMessage]) -> Result<Vec<SaveOutcome>, StoreError>;
+
+    /// [`Self::save_messages`] for one message.
+    async fn save_message(&self, message: &NewMessage) -> Result<SaveOutcome, StoreError> {
+        let mut saved = self.save_messages(std::slice::from_ref(message)).await?;
+        Ok(saved.pop().expect("one outcome per message"))
+    }
 
     /// The oldest outbox entries first, at most one per conversation: an
     /// event waits while an earlier one of its conversation is still in the
@@ -277,10 +286,11 @@ pub trait MessageStore: Send + Sync + 'static {
 /// What the forwarders report about each delivery attempt.
 #[async_trait]
 pub trait OutcomeStore: Send + Sync + 'static {
-    /// Records one delivery attempt's outcome; recording the same attempt
-    /// twice changes nothing, and an older outcome never overwrites a newer
-    /// one. False when the message is unknown (its account was deleted).
-    async fn record_outcome(&self, outcome: &DeliveryOutcome) -> Result<bool, StoreError>;
+    /// Records delivery attempts' outcomes in one transaction; recording the
+    /// same attempt twice changes nothing, and an older outcome never
+    /// overwrites a newer one. For each, false when the message is unknown
+    /// (its account was deleted).
+    async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError>;
 }
 
 /// The store as its callers see it: one handle per part, all backed by the
@@ -290,6 +300,8 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub messages: Arc<dyn MessageStore>,
     pub outcomes: Arc<dyn OutcomeStore>,
+    /// Saves of inbound events, committed in groups.
+    pub saves: GroupCommit,
 }
 
 impl Stores {
@@ -301,6 +313,7 @@ impl Stores {
                 key,
             }),
             messages: db.clone(),
+            saves: GroupCommit::start(db.clone()),
             outcomes: db,
         }
     }

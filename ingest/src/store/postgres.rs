@@ -8,10 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shared::model::DeliveryStatus;
 use shared::wire::DeliveryOutcome;
+use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
 
-use super::sql::{MESSAGE_COLUMNS, ReplayRow, is_unique_violation};
+use super::sql::{MESSAGE_COLUMNS, ReplayRow, WriteTx, is_unique_violation};
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
 };
@@ -32,8 +32,8 @@ impl PgStore {
     }
 
     /// Row locks taken by each statement are enough in PostgreSQL.
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+    async fn begin_write(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
+        Ok(WriteTx::new(self.pool.begin().await?, None))
     }
 
     /// Leases the rows for a while so another ingest's publisher skips them;

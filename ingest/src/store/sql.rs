@@ -4,7 +4,7 @@
 //! what really differs, as inherent methods:
 //!
 //! - `begin_write()`: the transaction every read-then-write runs in
-//!   (SQLite takes its write lock up front with `BEGIN IMMEDIATE`);
+//!   (SQLite: one writer at a time, in the process, and `BEGIN IMMEDIATE`);
 //! - `lease_outbox(limit)`: the outbox read (PostgreSQL leases rows with
 //!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one).
 //!
@@ -16,6 +16,40 @@ pub(super) const MESSAGE_COLUMNS: &str =
     sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
     delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at,
     sequence";
+
+/// The transaction a backend's `begin_write` opens, with the backend's own
+/// write lock when it has one (SQLite: one writer at a time, queued in the
+/// process instead of in SQLite's sleeping busy handler).
+pub(super) struct WriteTx<DB: sqlx::Database> {
+    tx: sqlx::Transaction<'static, DB>,
+    _lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTx<DB> {
+    pub(super) fn new(
+        tx: sqlx::Transaction<'static, DB>,
+        lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
+        Self { tx, _lock: lock }
+    }
+
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+}
 
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -143,9 +177,11 @@ impl $crate::store::MessageStore for $store {
         Ok(())
     }
 
-    async fn save_message(&self, m: &NewMessage) -> Result<SaveOutcome, StoreError> {
+    async fn save_messages(&self, messages: &[NewMessage]) -> Result<Vec<SaveOutcome>, StoreError> {
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for m in messages {
         let inserted = sqlx::query(
             "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
                 conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
@@ -178,11 +214,12 @@ impl $crate::store::MessageStore for $store {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Ok(SaveOutcome::Duplicate);
+            outcomes.push(SaveOutcome::Duplicate);
+            continue;
         }
         if !m.publish {
-            tx.commit().await?;
-            return Ok(SaveOutcome::Saved { sequence: None });
+            outcomes.push(SaveOutcome::Saved { sequence: None });
+            continue;
         }
         // Numbered only once it is certain to be published: a redelivery
         // or a skipped event never leaves a gap. The counter row stays
@@ -220,10 +257,12 @@ impl $crate::store::MessageStore for $store {
         .bind(sequence)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(SaveOutcome::Saved {
+        outcomes.push(SaveOutcome::Saved {
             sequence: Some(sequence as u64),
-        })
+        });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -492,19 +531,22 @@ impl $crate::store::MessageStore for $store {
 
 #[async_trait::async_trait]
 impl $crate::store::OutcomeStore for $store {
-    async fn record_outcome(&self, o: &DeliveryOutcome) -> Result<bool, StoreError> {
+    async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut known_messages = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
         let outcome = o.outcome.as_str();
         let seq = o.inbound_sequence as i64;
         let attempt = i64::from(o.attempt);
         let status_code = o.status_code.map(i64::from);
-        let mut tx = self.begin_write().await?;
         let known = sqlx::query("SELECT 1 FROM messages WHERE id = $1")
             .bind(&o.message_id)
             .fetch_optional(&mut *tx)
             .await?
             .is_some();
+        known_messages.push(known);
         if !known {
-            return Ok(false);
+            continue;
         }
         sqlx::query(
             "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
@@ -548,8 +590,9 @@ impl $crate::store::OutcomeStore for $store {
         .bind(&o.message_id)
         .execute(&mut *tx)
         .await?;
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(known_messages)
     }
 }
     };

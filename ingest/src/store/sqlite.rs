@@ -3,21 +3,25 @@
 //! [`super::sql`]; what is SQLite's own is here.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shared::model::DeliveryStatus;
 use shared::wire::DeliveryOutcome;
+use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Sqlite, Transaction};
 
-use super::sql::{MESSAGE_COLUMNS, ReplayRow, is_unique_violation};
+use super::sql::{MESSAGE_COLUMNS, ReplayRow, WriteTx, is_unique_violation};
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
 };
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One write transaction at a time: waiting here is a queue, where
+    /// SQLite's own busy handler sleeps up to 100 ms between tries.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -37,13 +41,19 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Arc::default(),
+        })
     }
 
-    /// Takes the write lock at the start: a deferred transaction that reads
-    /// and then writes can fail with SQLITE_BUSY instead of waiting.
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// Waits for the process's write turn, then takes SQLite's write lock
+    /// at the start: a deferred transaction that reads and then writes can
+    /// fail with SQLITE_BUSY instead of waiting.
+    async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx::new(tx, Some(turn)))
     }
 
     /// One ingest publishes from an SQLite file, so a plain read will do.

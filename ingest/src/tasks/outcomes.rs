@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::nats::NatsLink;
 use crate::store::OutcomeStore;
 
+/// The most outcomes recorded in one transaction.
+const BATCH: usize = 256;
+
 /// What the recorder uses: the outcome store and the delivery stream.
 pub struct Recorder {
     pub outcomes: Arc<dyn OutcomeStore>,
@@ -49,30 +52,40 @@ async fn consume(state: &Recorder, backoff: &mut Backoff) -> anyhow::Result<()> 
         .await?;
     let config = shared::jetstream::outcome_consumer(&state.subjects);
     let consumer: PullConsumer = stream.create_consumer(config).await?;
-    let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        backoff.reset();
-        let outcome: DeliveryOutcome = match serde_json::from_slice(&message.payload) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(subject = %message.subject, error = %e, "unreadable delivery outcome dropped");
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            }
-        };
-        match state.outcomes.record_outcome(&outcome).await {
-            Ok(known) => {
-                if !known {
-                    tracing::debug!(message_id = %outcome.message_id, "outcome for an unknown message ignored");
+    // What has arrived is recorded together: one transaction for many.
+    let mut batches = consumer.messages().await?.ready_chunks(BATCH);
+    while let Some(batch) = batches.next().await {
+        let mut readable = Vec::with_capacity(batch.len());
+        for message in batch {
+            let message = message?;
+            match serde_json::from_slice::<DeliveryOutcome>(&message.payload) {
+                Ok(outcome) => readable.push((message, outcome)),
+                Err(e) => {
+                    tracing::warn!(subject = %message.subject, error = %e, "unreadable delivery outcome dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
                 }
-                let _ = message.ack().await;
+            }
+        }
+        backoff.reset();
+        let (messages, outcomes): (Vec<_>, Vec<_>) = readable.into_iter().unzip();
+        match state.outcomes.record_outcomes(&outcomes).await {
+            Ok(known) => {
+                for (outcome, known) in outcomes.iter().zip(known) {
+                    if !known {
+                        tracing::debug!(message_id = %outcome.message_id, "outcome for an unknown message ignored");
+                    }
+                }
+                for message in messages {
+                    let _ = message.ack().await;
+                }
             }
             Err(e) => {
-                tracing::warn!(message_id = %outcome.message_id, error = %e, "could not record outcome; will retry");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                tracing::warn!(outcomes = outcomes.len(), error = %e, "could not record outcomes; will retry");
+                for message in messages {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
             }
         }
     }
