@@ -1,0 +1,38 @@
+//! A short run of `router-bench throughput` on each store: it exits with an
+//! error on any refused webhook, lost or duplicated message or bad
+//! signature. Counts only; its speed figures mean nothing in a debug build.
+
+use router_tests::Db;
+
+async fn router_bench_runs_clean(db: Db) {
+    let store = match db {
+        Db::Sqlite => "sqlite",
+        Db::Postgres => "postgres",
+    };
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_router-bench"))
+        .args(["throughput", "--store", store, "--messages", "400"])
+        .args([
+            "--per-webhook",
+            "10",
+            "--concurrency",
+            "4",
+            "--accounts",
+            "3",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "router-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("| 0 | 0 | 0 | 0 |"),
+        "no refusal, loss, duplicate or bad signature:\n{stdout}"
+    );
+}
+
+router_tests::on_both_stores!(router_bench_runs_clean);
