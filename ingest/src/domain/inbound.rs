@@ -49,29 +49,51 @@ pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::
             continue;
         }
         let account_id = AccountId::parse(&account.id)?;
+        // An entry's events are saved together (one trip to the writer),
+        // except that what must see the earlier events stored (a deletion,
+        // an echo) waits until they are.
+        let mut batch = Vec::new();
         for event in direct.into_iter().chain(from_changes.iter()) {
             let Some(c) = meta::classify(&entry.id, event) else {
                 tracing::debug!(account_id = %account.id, "event kind not forwarded");
                 tally.not_forwarded += 1;
                 continue;
             };
+            if matches!(c.event, EventKind::MessageDeleted | EventKind::MessageEcho) {
+                save_batch(core, &account, std::mem::take(&mut batch), &mut tally).await?;
+            }
             let span = tracing::info_span!("event", account_id = %account.id, event = %c.event);
-            save_event(core, &account, &account_id, &entry.id, c, &mut tally)
+            if let Some(prepared) = prepare_event(core, &account, &account_id, &entry.id, c)
                 .instrument(span)
-                .await?;
+                .await?
+            {
+                batch.push(prepared);
+            } else {
+                tally.duplicates += 1;
+            }
         }
+        save_batch(core, &account, batch, &mut tally).await?;
     }
     Ok(tally)
 }
 
-async fn save_event(
+/// An event ready to be saved, with what its follow-ups need.
+struct Prepared {
+    new: NewMessage,
+    webhook: InboundMessageWebhook,
+    event: EventKind,
+    customer_id: String,
+}
+
+/// Runs an event's steps before its save; `None` when it is the echo of a
+/// reply sent through the API (recorded with that reply).
+async fn prepare_event(
     core: &Arc<Core>,
     account: &AccountRow,
     account_id: &AccountId,
     instagram_account_id: &str,
     c: Classified,
-    tally: &mut Tally,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Prepared>> {
     if c.event == EventKind::MessageDeleted {
         core.store
             .messages
@@ -80,8 +102,7 @@ async fn save_event(
     }
     if c.event == EventKind::MessageEcho && echo_of_our_send(core, &account.id, &c).await? {
         tracing::info!(account_id = %account.id, "echo of a message sent through the API recorded");
-        tally.duplicates += 1;
-        return Ok(());
+        return Ok(None);
     }
     // The customer's username: from the cache now, or looked up after the
     // 200 while the outbox holds the message for a moment.
@@ -136,33 +157,62 @@ async fn save_event(
         publish,
         hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
     };
-    match core.store.saves.save(new.clone()).await? {
-        SaveOutcome::Saved { sequence } => {
-            tracing::info!(account_id = %account.id, message_id = %new.id, event = %c.event, "message saved");
-            tally.saved += 1;
-            if new.hold_until.is_some() {
-                followups::spawn_username_lookup(
-                    core.clone(),
-                    account.clone(),
-                    new.id.clone(),
-                    InboundMessageWebhook {
-                        sequence,
-                        ..webhook.clone()
-                    },
-                );
+    Ok(Some(Prepared {
+        new,
+        webhook,
+        event: c.event,
+        customer_id: c.customer_id,
+    }))
+}
+
+/// Saves prepared events in one group, in order, then starts their
+/// follow-ups. Fails (and Meta redelivers) if any could not be saved.
+async fn save_batch(
+    core: &Arc<Core>,
+    account: &AccountRow,
+    batch: Vec<Prepared>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let news = batch.iter().map(|p| p.new.clone()).collect();
+    let outcomes = core.store.saves.save_all(news).await;
+    for (prepared, outcome) in batch.into_iter().zip(outcomes) {
+        let Prepared {
+            new,
+            webhook,
+            event,
+            customer_id,
+        } = prepared;
+        match outcome? {
+            SaveOutcome::Saved { sequence } => {
+                tracing::info!(account_id = %account.id, message_id = %new.id, %event, "message saved");
+                tally.saved += 1;
+                if new.hold_until.is_some() {
+                    followups::spawn_username_lookup(
+                        core.clone(),
+                        account.clone(),
+                        new.id.clone(),
+                        InboundMessageWebhook {
+                            sequence,
+                            ..webhook.clone()
+                        },
+                    );
+                }
+                if event == EventKind::MessageReceived {
+                    followups::spawn_auto_reply(
+                        core.clone(),
+                        account.clone(),
+                        customer_id,
+                        webhook.conversation_id,
+                    );
+                }
             }
-            if c.event == EventKind::MessageReceived {
-                followups::spawn_auto_reply(
-                    core.clone(),
-                    account.clone(),
-                    c.customer_id,
-                    webhook.conversation_id,
-                );
+            SaveOutcome::Duplicate => {
+                tracing::info!(account_id = %account.id, %event, "redelivered event ignored");
+                tally.duplicates += 1;
             }
-        }
-        SaveOutcome::Duplicate => {
-            tracing::info!(account_id = %account.id, event = %c.event, "redelivered event ignored");
-            tally.duplicates += 1;
         }
     }
     Ok(())

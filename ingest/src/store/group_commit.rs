@@ -13,9 +13,10 @@ use super::{MessageStore, NewMessage, SaveOutcome, StoreError};
 /// The most saves in one transaction.
 const MAX_BATCH: usize = 256;
 
+/// One caller's messages, saved in order and in the same transaction.
 struct Job {
-    message: NewMessage,
-    done: oneshot::Sender<Result<SaveOutcome, StoreError>>,
+    messages: Vec<NewMessage>,
+    done: oneshot::Sender<Vec<Result<SaveOutcome, StoreError>>>,
 }
 
 /// The handle callers save through; the writer task ends with the last one.
@@ -34,38 +35,64 @@ impl GroupCommit {
     /// Saves the message with its outbox entry, in whatever transaction is
     /// next; returns once that transaction is committed.
     pub async fn save(&self, message: NewMessage) -> Result<SaveOutcome, StoreError> {
-        let (done, answer) = oneshot::channel();
-        let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.jobs
-            .send(Job { message, done })
+        self.save_all(vec![message])
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .pop()
+            .expect("one outcome per message")
+    }
+
+    /// Saves messages in this order, together, in whatever transaction is
+    /// next; one outcome per message, once that transaction is committed.
+    pub async fn save_all(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<SaveOutcome, StoreError>> {
+        let count = messages.len();
+        let stopped = || {
+            (0..count)
+                .map(|_| Err(StoreError::Database(sqlx::Error::PoolClosed)))
+                .collect()
+        };
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job { messages, done }).await.is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
     }
 }
 
 async fn write(store: Arc<dyn MessageStore>, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (messages, answers): (Vec<NewMessage>, Vec<_>) =
-            batch.drain(..).map(|j| (j.message, j.done)).unzip();
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut messages = Vec::new();
+        for job in batch.drain(..) {
+            sizes.push(job.messages.len());
+            answers.push(job.done);
+            messages.extend(job.messages);
+        }
         metrics::histogram!("router_ingest_save_batch_size").record(messages.len() as f64);
-        match store.save_messages(&messages).await {
-            Ok(outcomes) => {
-                for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                    let _ = answer.send(Ok(outcome));
+        let mut outcomes: Vec<Result<SaveOutcome, StoreError>> =
+            match store.save_messages(&messages).await {
+                Ok(saved) => saved.into_iter().map(Ok).collect(),
+                Err(e) if messages.len() == 1 => vec![Err(e)],
+                // One message the database refuses must not fail the others:
+                // the batch was rolled back, so each is tried on its own.
+                Err(_) => {
+                    let mut each = Vec::with_capacity(messages.len());
+                    for message in &messages {
+                        each.push(store.save_message(message).await);
+                    }
+                    each
                 }
             }
-            // One message the database refuses must not fail the others:
-            // the batch is rolled back, so each is tried on its own.
-            Err(e) if messages.len() == 1 => {
-                let _ = answers.into_iter().next().map(|a| a.send(Err(e)));
-            }
-            Err(_) => {
-                for (answer, message) in answers.into_iter().zip(&messages) {
-                    let _ = answer.send(store.save_message(message).await);
-                }
-            }
+            .into_iter()
+            .rev()
+            .collect();
+        for (answer, size) in answers.into_iter().zip(sizes) {
+            let mine = (0..size).filter_map(|_| outcomes.pop()).collect();
+            let _ = answer.send(mine);
         }
     }
 }

@@ -539,18 +539,12 @@ impl $crate::store::OutcomeStore for $store {
         let seq = o.inbound_sequence as i64;
         let attempt = i64::from(o.attempt);
         let status_code = o.status_code.map(i64::from);
-        let known = sqlx::query("SELECT 1 FROM messages WHERE id = $1")
-            .bind(&o.message_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        known_messages.push(known);
-        if !known {
-            continue;
-        }
+        // The attempt, unless the message is gone (its account was deleted).
         sqlx::query(
             "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+             SELECT $1, $2, $3, $4, $5, $6, $7
+             WHERE EXISTS (SELECT 1 FROM messages WHERE id = $1)
+             ON CONFLICT DO NOTHING",
         )
         .bind(&o.message_id)
         .bind(seq)
@@ -561,25 +555,20 @@ impl $crate::store::OutcomeStore for $store {
         .bind(o.at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE messages SET delivery_attempts =
-                (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $1) WHERE id = $1",
-        )
-        .bind(&o.message_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
+        // The count always; the state only when this outcome is newer than
+        // the one recorded (and the message is not delivered or discarded).
+        let updated = sqlx::query(
             "UPDATE messages SET
-                delivery_status = $1,
-                last_error = CASE WHEN $1 = 'delivered' THEN last_error ELSE $2 END,
-                last_status_code = $3,
-                delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END,
-                dead_at = CASE WHEN $1 = 'dead' THEN $4 ELSE NULL END,
-                last_inbound_seq = $5,
-                last_attempt = $6
-             WHERE id = $7
-               AND delivery_status NOT IN ('delivered', 'discarded')
-               AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))",
+                delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $7),
+                delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $1 ELSE delivery_status END,
+                last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) AND $1 <> 'delivered' THEN $2 ELSE last_error END,
+                last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $3 ELSE last_status_code END,
+                delivered_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) AND $1 = 'delivered' THEN $4 ELSE delivered_at END,
+                dead_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN (CASE WHEN $1 = 'dead' THEN $4 ELSE NULL END)
+                    ELSE dead_at END,
+                last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $5 ELSE last_inbound_seq END,
+                last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $6 ELSE last_attempt END
+             WHERE id = $7",
         )
         .bind(outcome)
         .bind(&o.error)
@@ -590,6 +579,7 @@ impl $crate::store::OutcomeStore for $store {
         .bind(&o.message_id)
         .execute(&mut *tx)
         .await?;
+        known_messages.push(updated.rows_affected() == 1);
         }
         tx.commit().await?;
         Ok(known_messages)

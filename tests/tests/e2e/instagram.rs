@@ -363,6 +363,24 @@ async fn a_deletion_is_forwarded_and_marks_the_stored_message(db: Db) {
         .unwrap()
         .clone();
     assert!(original["deleted_at"].is_string());
+
+    // A message and its deletion in one webhook (the events of a webhook
+    // are saved together): the deletion still finds the message.
+    s.meta_events(vec![
+        event(json!({ "message": { "mid": "mid_quick", "text": "typo" } })),
+        event(json!({ "message": { "mid": "mid_quick", "is_deleted": true } })),
+    ])
+    .await;
+    s.crm.wait_for(4, WAIT).await;
+    let history = s.history("").await;
+    let quick = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["instagram_message_id"] == "mid_quick" && m["event"] == "message.received")
+        .unwrap()
+        .clone();
+    assert!(quick["deleted_at"].is_string(), "{quick}");
 }
 
 async fn read_receipts_are_forwarded(db: Db) {
