@@ -182,11 +182,33 @@ impl $crate::store::MessageStore for $store {
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(messages.len());
         for m in messages {
+        // A published event is numbered first, so its row is written once
+        // with its place in the conversation; a redelivery gives the number
+        // back. The counter row stays locked until commit (the whole file on
+        // SQLite), so nobody else takes a number in between, and another
+        // ingest saving the same conversation gets the next one after this
+        // event is in the outbox. A skipped event is never numbered.
+        let sequence: Option<i64> = if m.publish {
+            let (n,): (i64,) = sqlx::query_as(
+                "INSERT INTO conversations (account_id, conversation_id, last_sequence) VALUES ($1, $2, 1)
+                 ON CONFLICT (account_id, conversation_id)
+                 DO UPDATE SET last_sequence = conversations.last_sequence + 1
+                 RETURNING last_sequence",
+            )
+            .bind(&m.account_id)
+            .bind(&m.conversation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            Some(n)
+        } else {
+            None
+        };
+        let payload = m.payload(sequence.map(|n| n as u64)).unwrap_or_default();
         let inserted = sqlx::query(
             "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
                 conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
-                created_at, subject, payload, delivery_status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                created_at, subject, payload, delivery_status, sequence)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
              ON CONFLICT (account_id, event_key) DO NOTHING",
         )
         .bind(&m.id)
@@ -204,44 +226,34 @@ impl $crate::store::MessageStore for $store {
         .bind(m.sent_at)
         .bind(now)
         .bind(&m.subject)
-        .bind(if m.publish { None } else { m.payload(None) })
+        .bind(m.webhook.is_some().then_some(&payload))
         .bind(if m.publish {
             DeliveryStatus::Pending
         } else {
             DeliveryStatus::Skipped
         }
         .as_str())
+        .bind(sequence)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
+            if sequence.is_some() {
+                sqlx::query(
+                    "UPDATE conversations SET last_sequence = last_sequence - 1
+                     WHERE account_id = $1 AND conversation_id = $2",
+                )
+                .bind(&m.account_id)
+                .bind(&m.conversation_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             outcomes.push(SaveOutcome::Duplicate);
             continue;
         }
-        if !m.publish {
+        let Some(sequence) = sequence else {
             outcomes.push(SaveOutcome::Saved { sequence: None });
             continue;
-        }
-        // Numbered only once it is certain to be published: a redelivery
-        // or a skipped event never leaves a gap. The counter row stays
-        // locked until commit, so another ingest saving the same
-        // conversation takes the next number after this one is in the outbox.
-        let (sequence,): (i64,) = sqlx::query_as(
-            "INSERT INTO conversations (account_id, conversation_id, last_sequence) VALUES ($1, $2, 1)
-             ON CONFLICT (account_id, conversation_id)
-             DO UPDATE SET last_sequence = conversations.last_sequence + 1
-             RETURNING last_sequence",
-        )
-        .bind(&m.account_id)
-        .bind(&m.conversation_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let payload = m.payload(Some(sequence as u64)).unwrap_or_default();
-        sqlx::query("UPDATE messages SET sequence = $1, payload = $2 WHERE id = $3")
-            .bind(sequence)
-            .bind(&payload)
-            .bind(&m.id)
-            .execute(&mut *tx)
-            .await?;
+        };
         sqlx::query(
             "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
                 account_id, conversation_id, sequence)
