@@ -312,7 +312,8 @@ mod stored {
 
     use super::*;
 
-    macro_rules! stored_as_text {
+    /// Stored in a text column, like `String`.
+    macro_rules! text_column {
         ($($name:ty),+) => {$(
             impl<DB: Database> Type<DB> for $name
             where
@@ -325,47 +326,35 @@ mod stored {
                     <String as Type<DB>>::compatible(ty)
                 }
             }
+        )+};
+    }
 
+    text_column!(
+        AccountStatus,
+        Direction,
+        DeliveryStatus,
+        MessageEvent,
+        CrmWebhookUrl,
+        EventSelection
+    );
+
+    /// Read with the value's one parser, `TryFrom` the column's text.
+    macro_rules! decoded_from {
+        ($text:ty => $($name:ty),+) => {$(
             impl<'r, DB: Database> Decode<'r, DB> for $name
             where
                 String: Decode<'r, DB>,
             {
                 fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-                    Ok(<$name>::try_from(String::decode(value)?)?)
+                    Ok(<$name>::try_from(<$text>::decode(value)?)?)
                 }
             }
         )+};
     }
 
-    stored_as_text!(
-        AccountStatus,
-        Direction,
-        DeliveryStatus,
-        MessageEvent,
-        CrmWebhookUrl
-    );
-
-    /// `NULL` is every event; otherwise a JSON array of event names.
-    impl<DB: Database> Type<DB> for EventSelection
-    where
-        String: Type<DB>,
-    {
-        fn type_info() -> DB::TypeInfo {
-            <String as Type<DB>>::type_info()
-        }
-        fn compatible(ty: &DB::TypeInfo) -> bool {
-            <String as Type<DB>>::compatible(ty)
-        }
-    }
-
-    impl<'r, DB: Database> Decode<'r, DB> for EventSelection
-    where
-        String: Decode<'r, DB>,
-    {
-        fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-            Ok(EventSelection::try_from(<Option<String>>::decode(value)?)?)
-        }
-    }
+    decoded_from!(String => AccountStatus, Direction, DeliveryStatus, MessageEvent, CrmWebhookUrl);
+    // `NULL` is every event; otherwise a JSON array of event names.
+    decoded_from!(Option<String> => EventSelection);
 }
 
 #[cfg(test)]

@@ -80,9 +80,16 @@ pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::
 /// An event ready to be saved, with what its follow-ups need.
 struct Prepared {
     new: NewMessage,
+    followup: Followup,
+}
+
+/// What happens after an event is saved needs: the CRM payload (with its
+/// message id), whether it is held for a username, and whom it is from.
+struct Followup {
     webhook: InboundMessageWebhook,
     event: EventKind,
     customer_id: String,
+    held_for_username: bool,
 }
 
 /// Runs an event's steps before its save; `None` when it is the echo of a
@@ -157,12 +164,13 @@ async fn prepare_event(
         publish,
         hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
     };
-    Ok(Some(Prepared {
-        new,
+    let followup = Followup {
         webhook,
         event: c.event,
         customer_id: c.customer_id,
-    }))
+        held_for_username: new.hold_until.is_some(),
+    };
+    Ok(Some(Prepared { new, followup }))
 }
 
 /// Saves prepared events in one group, in order, then starts their
@@ -176,24 +184,25 @@ async fn save_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    let news = batch.iter().map(|p| p.new.clone()).collect();
+    let (news, followups): (Vec<NewMessage>, Vec<Followup>) =
+        batch.into_iter().map(|p| (p.new, p.followup)).unzip();
     let outcomes = core.store.saves.save_all(news).await;
-    for (prepared, outcome) in batch.into_iter().zip(outcomes) {
-        let Prepared {
-            new,
+    for (followup, outcome) in followups.into_iter().zip(outcomes) {
+        let Followup {
             webhook,
             event,
             customer_id,
-        } = prepared;
+            held_for_username,
+        } = followup;
         match outcome? {
             SaveOutcome::Saved { sequence } => {
-                tracing::info!(account_id = %account.id, message_id = %new.id, %event, "message saved");
+                tracing::info!(account_id = %account.id, message_id = %webhook.message_id, %event, "message saved");
                 tally.saved += 1;
-                if new.hold_until.is_some() {
+                if held_for_username {
                     followups::spawn_username_lookup(
                         core.clone(),
                         account.clone(),
-                        new.id.clone(),
+                        webhook.message_id.clone(),
                         InboundMessageWebhook {
                             sequence,
                             ..webhook.clone()

@@ -32,15 +32,6 @@ impl GroupCommit {
         Self { jobs }
     }
 
-    /// Saves the message with its outbox entry, in whatever transaction is
-    /// next; returns once that transaction is committed.
-    pub async fn save(&self, message: NewMessage) -> Result<SaveOutcome, StoreError> {
-        self.save_all(vec![message])
-            .await
-            .pop()
-            .expect("one outcome per message")
-    }
-
     /// Saves messages in this order, together, in whatever transaction is
     /// next; one outcome per message, once that transaction is committed.
     pub async fn save_all(
@@ -106,6 +97,10 @@ mod tests {
     use crate::store::{AccountRow, AccountStore, SqliteStore};
     use shared::model::MessageEvent;
 
+    async fn save(saves: &GroupCommit, m: NewMessage) -> Result<SaveOutcome, StoreError> {
+        saves.save_all(vec![m]).await.pop().expect("one outcome")
+    }
+
     fn message(i: usize, account_id: &str) -> NewMessage {
         NewMessage {
             id: format!("msg_{i:04}"),
@@ -158,7 +153,7 @@ mod tests {
         // refuses it (foreign key), and only it.
         let results = futures::future::join_all((0..40).map(|i| {
             let account = if i == 13 { "acc_missing" } else { "acc_1" };
-            saves.save(message(i, account))
+            save(&saves, message(i, account))
         }))
         .await;
         for (i, result) in results.iter().enumerate() {
@@ -174,7 +169,7 @@ mod tests {
         assert!(db.get_message("msg_0039").await.unwrap().is_some());
         assert!(db.get_message("msg_0013").await.unwrap().is_none());
         assert_eq!(
-            saves.save(message(7, "acc_1")).await.unwrap(),
+            save(&saves, message(7, "acc_1")).await.unwrap(),
             SaveOutcome::Duplicate
         );
     }
