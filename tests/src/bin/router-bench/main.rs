@@ -21,6 +21,7 @@
 //! target/release/router-bench throughput --store sqlite --rate 500 --messages 15000
 //! ```
 
+mod measure;
 mod procfs;
 mod throughput;
 
@@ -277,24 +278,15 @@ async fn isolation(
 
     let deliveries = crm_b.deliveries();
     let sent_at = sent_at.lock().unwrap();
-    let mut first_arrival: HashMap<&str, Instant> = HashMap::new();
-    let mut valid = true;
-    for d in &deliveries {
-        let mid = d.json["instagram_message_id"].as_str().unwrap_or("");
-        first_arrival.entry(mid).or_insert(d.received_at);
-        valid &= d.hub_signature_valid(&secret_b) && d.standard_signature_valid(&secret_b);
-    }
-    let mut latencies: Vec<Duration> = first_arrival
+    let first_arrival = measure::first_arrivals(&deliveries);
+    let valid = deliveries
         .iter()
-        .filter_map(|(mid, at)| sent_at.get(*mid).map(|s| at.saturating_duration_since(*s)))
-        .collect();
-    latencies.sort();
+        .all(|d| d.hub_signature_valid(&secret_b) && d.standard_signature_valid(&secret_b));
+    let latencies = measure::latencies(&sent_at, &first_arrival);
     let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map_or("-".to_owned(), |d| {
-                format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-            })
+        measure::percentile(&latencies, p).map_or("-".to_owned(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        })
     };
     let failure_name = match failure {
         Failure::Unavailable => "answers 503 to everything",

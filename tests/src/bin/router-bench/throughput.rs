@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use router_tests::meta::{self, entry, payload, text_event};
 use router_tests::{CrmReceiver, Db, NatsServer, Service, TestDatabase, http_client};
 
+use crate::measure::{self, percentile};
 use crate::procfs::{self, Cpu};
 
 pub struct Load {
@@ -142,11 +143,9 @@ pub async fn run(load: Load) -> anyhow::Result<()> {
 
     let deliveries = crm.deliveries();
     let sent = sent.lock().unwrap();
-    let mut first_arrival: HashMap<&str, Instant> = HashMap::new();
+    let first_arrival = measure::first_arrivals(&deliveries);
     let mut bad_signatures = 0;
     for d in &deliveries {
-        let mid = d.json["instagram_message_id"].as_str().unwrap_or("");
-        first_arrival.entry(mid).or_insert(d.received_at);
         let secret = secrets
             .get(d.json["account_id"].as_str().unwrap_or(""))
             .map_or("", String::as_str);
@@ -154,11 +153,7 @@ pub async fn run(load: Load) -> anyhow::Result<()> {
             bad_signatures += 1;
         }
     }
-    let mut latencies: Vec<Duration> = first_arrival
-        .iter()
-        .filter_map(|(mid, at)| sent.at.get(*mid).map(|s| at.saturating_duration_since(*s)))
-        .collect();
-    latencies.sort();
+    let latencies = measure::latencies(&sent.at, &first_arrival);
     let mut responses = sent.responses.clone();
     responses.sort();
     let last_arrival = first_arrival.values().max().copied().unwrap_or(started);
@@ -283,12 +278,6 @@ async fn send_all(
         }
     });
     futures::future::join_all(workers).await;
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    sorted
-        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
-        .copied()
 }
 
 fn ms(d: Option<Duration>) -> String {
