@@ -59,6 +59,68 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// its conversation and place in it.
 pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option<i64>)>;
 
+/// The most events in one multi-row statement: 18 parameters each stays far
+/// below both databases' limits.
+pub(super) const SAVE_CHUNK: usize = 256;
+
+/// Consecutive runs of at most [`SAVE_CHUNK`] outcomes, each of different
+/// messages.
+pub(super) fn runs_of_distinct_messages(
+    outcomes: &[shared::wire::DeliveryOutcome],
+) -> Vec<&[shared::wire::DeliveryOutcome]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        if i - start == SAVE_CHUNK || !seen.insert(o.message_id.as_str()) {
+            runs.push(&outcomes[start..i]);
+            start = i;
+            seen.clear();
+            seen.insert(o.message_id.as_str());
+        }
+    }
+    if start < outcomes.len() {
+        runs.push(&outcomes[start..]);
+    }
+    runs
+}
+
+/// Outcomes as rows of a subquery, `SELECT ... UNION ALL SELECT ...` (one
+/// spelling both databases take, where a `VALUES` list cannot name its
+/// columns in SQLite).
+pub(super) fn push_outcome_rows<DB: sqlx::Database>(
+    query: &mut sqlx::QueryBuilder<DB>,
+    outcomes: &[shared::wire::DeliveryOutcome],
+) where
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> chrono::DateTime<chrono::Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    for (i, o) in outcomes.iter().enumerate() {
+        if i > 0 {
+            query.push(" UNION ALL ");
+        }
+        query
+            .push("SELECT ")
+            .push_bind(o.message_id.as_str())
+            .push(" AS message_id, ")
+            .push_bind(o.inbound_sequence as i64)
+            .push(" AS inbound_seq, ")
+            .push_bind(i64::from(o.attempt))
+            .push(" AS attempt, ")
+            .push_bind(o.outcome.as_str())
+            .push(" AS outcome, ")
+            .push_bind(o.status_code.map(i64::from))
+            .push(" AS status_code, ")
+            .push_bind(o.error.as_deref())
+            .push(" AS error, ")
+            .push_bind(o.at)
+            .push(" AS at");
+    }
+}
+
 /// Binds every column of an account, in the order of the accounts table:
 /// `$1` id, `$2` name, `$3` instagram_account_id, `$4` crm_webhook_url,
 /// `$5` auto_reply_text, `$6` status, `$7` instagram_access_token, `$8`
@@ -170,6 +232,145 @@ impl $crate::store::AccountStore for $store {
     }
 }
 
+impl $store {
+    /// Saves events with three statements per [`SAVE_CHUNK`] of them (the
+    /// conversations' counters, the messages, the outbox) instead of three
+    /// each: on a busy ingest a statement's trip to the database, not its
+    /// work, is what the writer waits on. `None`, with nothing written, when
+    /// one of them is already saved: the one-by-one path then numbers the
+    /// others without a gap.
+    async fn save_new_together(
+        &self,
+        messages: &[NewMessage],
+    ) -> Result<Option<Vec<SaveOutcome>>, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(SAVE_CHUNK) {
+            // Each conversation's counter moves once, by its number of
+            // published events; they take the numbers in their order here.
+            let mut conversations: Vec<(&str, &str, i64)> = Vec::new();
+            let mut which = std::collections::HashMap::new();
+            let places: Vec<Option<usize>> = chunk
+                .iter()
+                .map(|m| {
+                    m.publish.then(|| {
+                        let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                        let i = *which.entry(key).or_insert_with(|| {
+                            conversations.push((key.0, key.1, 0));
+                            conversations.len() - 1
+                        });
+                        conversations[i].2 += 1;
+                        i
+                    })
+                })
+                .collect();
+            let mut next = vec![0i64; conversations.len()];
+            if !conversations.is_empty() {
+                let mut counters = sqlx::QueryBuilder::new(
+                    "INSERT INTO conversations (account_id, conversation_id, last_sequence) ",
+                );
+                counters.push_values(&conversations, |mut row, (account, conversation, count)| {
+                    row.push_bind(*account).push_bind(*conversation).push_bind(*count);
+                });
+                counters.push(
+                    " ON CONFLICT (account_id, conversation_id)
+                     DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence
+                     RETURNING account_id, conversation_id, last_sequence",
+                );
+                let lasts: Vec<(String, String, i64)> =
+                    counters.build_query_as().fetch_all(&mut *tx).await?;
+                for (account, conversation, last) in &lasts {
+                    let i = which[&(account.as_str(), conversation.as_str())];
+                    next[i] = last - conversations[i].2 + 1;
+                }
+            }
+            let sequences: Vec<Option<i64>> = places
+                .iter()
+                .map(|place| {
+                    place.map(|i| {
+                        next[i] += 1;
+                        next[i] - 1
+                    })
+                })
+                .collect();
+            let payloads: Vec<Option<Vec<u8>>> = chunk
+                .iter()
+                .zip(&sequences)
+                .map(|(m, n)| m.payload(n.map(|n| n as u64)))
+                .collect();
+            let mut rows = sqlx::QueryBuilder::new(
+                "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
+                    conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
+                    created_at, subject, payload, delivery_status, sequence) ",
+            );
+            rows.push_values(
+                chunk.iter().zip(&sequences).zip(&payloads),
+                |mut row, ((m, sequence), payload)| {
+                    row.push_bind(&m.id)
+                        .push_bind(&m.account_id)
+                        .push_bind(m.event.as_str())
+                        .push_bind(&m.event_key)
+                        .push_bind(&m.instagram_message_id)
+                        .push_bind(m.direction.as_str())
+                        .push_bind(&m.conversation_id)
+                        .push_bind(&m.sender_id)
+                        .push_bind(&m.recipient_id)
+                        .push_bind(&m.message_type)
+                        .push_bind(&m.text)
+                        .push_bind(&m.attachments)
+                        .push_bind(m.sent_at)
+                        .push_bind(now)
+                        .push_bind(&m.subject)
+                        .push_bind(payload)
+                        .push_bind(
+                            if m.publish {
+                                DeliveryStatus::Pending
+                            } else {
+                                DeliveryStatus::Skipped
+                            }
+                            .as_str(),
+                        )
+                        .push_bind(*sequence);
+                },
+            );
+            rows.push(" ON CONFLICT (account_id, event_key) DO NOTHING RETURNING id");
+            let inserted: Vec<(String,)> = rows.build_query_as().fetch_all(&mut *tx).await?;
+            if inserted.len() < chunk.len() {
+                return Ok(None);
+            }
+            let published: Vec<_> = chunk
+                .iter()
+                .zip(&sequences)
+                .zip(&payloads)
+                .filter_map(|((m, n), p)| Some((m, (*n)?, p.as_ref()?)))
+                .collect();
+            if !published.is_empty() {
+                let mut outbox = sqlx::QueryBuilder::new(
+                    "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
+                        account_id, conversation_id, sequence) ",
+                );
+                outbox.push_values(&published, |mut row, (m, sequence, payload)| {
+                    row.push_bind(&m.id)
+                        .push_bind(&m.subject)
+                        .push_bind(*payload)
+                        .push_bind(now)
+                        .push_bind(m.hold_until)
+                        .push_bind(&m.account_id)
+                        .push_bind(&m.conversation_id)
+                        .push_bind(*sequence);
+                });
+                outbox.build().execute(&mut *tx).await?;
+            }
+            outcomes.extend(sequences.iter().map(|n| SaveOutcome::Saved {
+                sequence: n.map(|n| n as u64),
+            }));
+        }
+        tx.commit().await?;
+        Ok(Some(outcomes))
+    }
+}
+
 #[async_trait::async_trait]
 impl $crate::store::MessageStore for $store {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -178,6 +379,12 @@ impl $crate::store::MessageStore for $store {
     }
 
     async fn save_messages(&self, messages: &[NewMessage]) -> Result<Vec<SaveOutcome>, StoreError> {
+        // Several events that are all new: a few statements for all of them.
+        if messages.len() > 1
+            && let Some(outcomes) = self.save_new_together(messages).await?
+        {
+            return Ok(outcomes);
+        }
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(messages.len());
@@ -283,11 +490,14 @@ impl $crate::store::MessageStore for $store {
 
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        for id in message_ids {
-            sqlx::query("DELETE FROM outbox WHERE message_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in message_ids.chunks(SAVE_CHUNK) {
+            let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
+            let mut ids = delete.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            delete.push(")");
+            delete.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -543,55 +753,49 @@ impl $crate::store::MessageStore for $store {
 
 #[async_trait::async_trait]
 impl $crate::store::OutcomeStore for $store {
+    /// Records outcomes in one transaction, two statements for each run of
+    /// outcomes of different messages (so a message's outcomes still apply
+    /// in their order): each attempt is added unless its message is gone
+    /// (its account was deleted); the message's attempt count is updated
+    /// always, and its state only when the outcome is newer than the one
+    /// recorded and the message is not delivered or discarded. Says, for
+    /// each outcome, whether its message is known.
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin_write().await?;
         let mut known_messages = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-        let outcome = o.outcome.as_str();
-        let seq = o.inbound_sequence as i64;
-        let attempt = i64::from(o.attempt);
-        let status_code = o.status_code.map(i64::from);
-        // The attempt, unless the message is gone (its account was deleted).
-        sqlx::query(
-            "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
-             SELECT $1, $2, $3, $4, $5, $6, $7
-             WHERE EXISTS (SELECT 1 FROM messages WHERE id = $1)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&o.message_id)
-        .bind(seq)
-        .bind(attempt)
-        .bind(outcome)
-        .bind(status_code)
-        .bind(&o.error)
-        .bind(o.at)
-        .execute(&mut *tx)
-        .await?;
-        // The count always; the state only when this outcome is newer than
-        // the one recorded (and the message is not delivered or discarded).
-        let updated = sqlx::query(
-            "UPDATE messages SET
-                delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = $7),
-                delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $1 ELSE delivery_status END,
-                last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) AND $1 <> 'delivered' THEN $2 ELSE last_error END,
-                last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $3 ELSE last_status_code END,
-                delivered_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) AND $1 = 'delivered' THEN $4 ELSE delivered_at END,
-                dead_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN (CASE WHEN $1 = 'dead' THEN $4 ELSE NULL END)
-                    ELSE dead_at END,
-                last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $5 ELSE last_inbound_seq END,
-                last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < $5 OR (last_inbound_seq = $5 AND last_attempt < $6))) THEN $6 ELSE last_attempt END
-             WHERE id = $7",
-        )
-        .bind(outcome)
-        .bind(&o.error)
-        .bind(status_code)
-        .bind(o.at)
-        .bind(seq)
-        .bind(attempt)
-        .bind(&o.message_id)
-        .execute(&mut *tx)
-        .await?;
-        known_messages.push(updated.rows_affected() == 1);
+        for chunk in runs_of_distinct_messages(outcomes) {
+            let mut attempts = sqlx::QueryBuilder::new(
+                "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
+                 SELECT v.message_id, v.inbound_seq, v.attempt, v.outcome, v.status_code, v.error, v.at FROM (",
+            );
+            push_outcome_rows(&mut attempts, chunk);
+            attempts.push(
+                ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
+                 ON CONFLICT DO NOTHING",
+            );
+            attempts.build().execute(&mut *tx).await?;
+            let mut states = sqlx::QueryBuilder::new(
+                "UPDATE messages SET
+                    delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
+                    delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.outcome ELSE delivery_status END,
+                    last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome <> 'delivered' THEN v.error ELSE last_error END,
+                    last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.status_code ELSE last_status_code END,
+                    delivered_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome = 'delivered' THEN v.at ELSE delivered_at END,
+                    dead_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN (CASE WHEN v.outcome = 'dead' THEN v.at ELSE NULL END)
+                        ELSE dead_at END,
+                    last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.inbound_seq ELSE last_inbound_seq END,
+                    last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.attempt ELSE last_attempt END
+                 FROM (",
+            );
+            push_outcome_rows(&mut states, chunk);
+            states.push(") AS v WHERE messages.id = v.message_id RETURNING messages.id");
+            let updated: std::collections::HashSet<String> = states
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            known_messages.extend(chunk.iter().map(|o| updated.contains(&o.message_id)));
         }
         tx.commit().await?;
         Ok(known_messages)

@@ -12,7 +12,10 @@ use shared::wire::DeliveryOutcome;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::sql::{MESSAGE_COLUMNS, ReplayRow, WriteTx, is_unique_violation};
+use super::sql::{
+    MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, push_outcome_rows,
+    runs_of_distinct_messages,
+};
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
 };

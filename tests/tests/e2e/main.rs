@@ -13,4 +13,5 @@ mod instagram;
 mod observe;
 mod readme_examples;
 mod scale_out;
+mod store_batches;
 mod tenants;
