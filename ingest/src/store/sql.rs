@@ -279,7 +279,7 @@ impl $store {
                      RETURNING account_id, conversation_id, last_sequence",
                 );
                 let lasts: Vec<(String, String, i64)> =
-                    counters.build_query_as().fetch_all(&mut *tx).await?;
+                    counters.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
                 for (account, conversation, last) in &lasts {
                     let i = which[&(account.as_str(), conversation.as_str())];
                     next[i] = last - conversations[i].2 + 1;
@@ -335,7 +335,7 @@ impl $store {
                 },
             );
             rows.push(" ON CONFLICT (account_id, event_key) DO NOTHING RETURNING id");
-            let inserted: Vec<(String,)> = rows.build_query_as().fetch_all(&mut *tx).await?;
+            let inserted: Vec<(String,)> = rows.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
             if inserted.len() < chunk.len() {
                 return Ok(None);
             }
@@ -360,7 +360,7 @@ impl $store {
                         .push_bind(&m.conversation_id)
                         .push_bind(*sequence);
                 });
-                outbox.build().execute(&mut *tx).await?;
+                outbox.build().persistent(false).execute(&mut *tx).await?;
             }
             outcomes.extend(sequences.iter().map(|n| SaveOutcome::Saved {
                 sequence: n.map(|n| n as u64),
@@ -497,7 +497,7 @@ impl $crate::store::MessageStore for $store {
                 ids.push_bind(id);
             }
             delete.push(")");
-            delete.build().execute(&mut *tx).await?;
+            delete.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -773,7 +773,7 @@ impl $crate::store::OutcomeStore for $store {
                 ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
                  ON CONFLICT DO NOTHING",
             );
-            attempts.build().execute(&mut *tx).await?;
+            attempts.build().persistent(false).execute(&mut *tx).await?;
             let mut states = sqlx::QueryBuilder::new(
                 "UPDATE messages SET
                     delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
@@ -790,7 +790,7 @@ impl $crate::store::OutcomeStore for $store {
             push_outcome_rows(&mut states, chunk);
             states.push(") AS v WHERE messages.id = v.message_id RETURNING messages.id");
             let updated: std::collections::HashSet<String> = states
-                .build_query_scalar()
+                .build_query_scalar().persistent(false)
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
