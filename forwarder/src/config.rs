@@ -53,10 +53,6 @@ pub struct ForwarderConfig {
     /// Seconds to wait for the CRM's answer.
     #[arg(long, env = "CRM_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub crm_timeout_secs: u64,
-
-    /// Allow CRM URLs that resolve to loopback or private addresses.
-    #[arg(long, env = "CRM_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub crm_allow_private_networks: bool,
 }
 
 impl shared::service::ServiceConfig for ForwarderConfig {

@@ -77,7 +77,10 @@ pub async fn serve(
                 inbound: ready.inbound,
                 holds: ready.holds,
                 health: ready.health,
-                crm: CrmClient::new(config.crm_timeout(), config.crm_allow_private_networks)?,
+                crm: CrmClient::new(
+                    config.crm_timeout(),
+                    config.common.crm_allow_private_networks,
+                )?,
                 schedule: config.forwarder_retry_schedule.clone(),
                 key: config.common.router_encryption_key.clone(),
                 slots: Arc::new(Semaphore::new(config.forwarder_concurrency as usize)),

@@ -18,7 +18,12 @@ pub struct IngestConfig {
     pub common: CommonConfig,
 
     /// Database: sqlite://path/to/file.db (created when missing).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/ingest.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://data/ingest.db"
+    )]
     pub database_url: String,
 
     /// Address the HTTP server listens on.

@@ -28,6 +28,7 @@ fn help_lists_every_setting() {
         "INGEST_MAX_BODY_BYTES",
         "GRAPH_API_TIMEOUT_SECS",
         "ROUTER_ENCRYPTION_KEY",
+        "CRM_ALLOW_PRIVATE_NETWORKS",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }
@@ -43,16 +44,53 @@ fn missing_settings_stop_it_with_one_line() {
 }
 
 #[test]
-fn an_invalid_setting_is_named_and_secrets_are_not_echoed() {
-    let out = ingest()
-        .env("META_APP_SECRET", "s3cr3t-app-secret")
-        .env("META_VERIFY_TOKEN", "verify")
-        .env("ROUTER_API_TOKENS", "short")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("ROUTER_API_TOKENS"), "{err}");
-    assert!(!err.contains("s3cr3t-app-secret"), "{err}");
+fn an_invalid_setting_is_named_and_no_value_is_echoed() {
+    let valid_token = "a-valid-token-0123456789";
+    for (setting, value, reason) in [
+        (
+            "ROUTER_API_TOKENS",
+            "tok-SHORT1,a-valid-token-0123456789",
+            "at least 16 characters",
+        ),
+        ("ROUTER_ENCRYPTION_KEY", "c2VjcmV0LWtleQ==", "32 bytes"),
+        ("LOG_FORMAT", "xml-please", "expected one of text, json"),
+    ] {
+        let out = ingest()
+            .env("META_APP_SECRET", "s3cr3t-app-secret")
+            .env("META_VERIFY_TOKEN", "verify")
+            .env("ROUTER_API_TOKENS", valid_token)
+            .env(setting, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(setting), "{err}");
+        assert!(err.contains(reason), "{err}");
+        for secret in ["s3cr3t-app-secret", "tok-SHORT1", valid_token, value] {
+            assert!(!err.contains(secret), "{setting}: {err}");
+        }
+    }
+}
+
+#[test]
+fn help_shows_no_secret_and_no_url_with_credentials() {
+    let secrets = [
+        ("DATABASE_URL", "postgres://router:hunter2-db@db/router"),
+        ("NATS_URL", "nats://ingest:hunter2-nats@nats:4222"),
+        ("META_APP_SECRET", "hunter2-app"),
+        ("META_VERIFY_TOKEN", "hunter2-verify"),
+        ("ROUTER_API_TOKENS", "hunter2-token-0123456789"),
+        (
+            "ROUTER_ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ),
+    ];
+    let out = ingest().envs(secrets).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (setting, value) in secrets {
+        assert!(help.contains(setting));
+        assert!(!help.contains(value), "--help shows {setting}'s value");
+    }
 }

@@ -15,7 +15,12 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Args)]
 pub struct CommonConfig {
     /// NATS server with JetStream.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// First token(s) of every subject, stream and bucket name.
@@ -26,6 +31,13 @@ pub struct CommonConfig {
     /// tokens at rest (database and accounts bucket). Unset: stored in plaintext.
     #[arg(long, env = "ROUTER_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_key)]
     pub router_encryption_key: Option<crate::secrets::SecretBox>,
+
+    /// Allow CRM URLs that are, or resolve to, loopback, private or other
+    /// non-public addresses (a CRM on your own network). Off: ingest refuses
+    /// such a URL when an account is created or updated, and the forwarder
+    /// refuses to connect to one at delivery.
+    #[arg(long, env = "CRM_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub crm_allow_private_networks: bool,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
@@ -52,14 +64,14 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 1m or 6h"))?;
+        .map_err(|_| "not a duration like 10s, 1m or 6h".to_owned())?;
     let secs = match unit {
         "ms" => return Ok(std::time::Duration::from_millis(n)),
         "s" | "" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m, h or d)")),
+        _ => return Err("unknown unit (use ms, s, m, h or d)".to_owned()),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -70,6 +82,10 @@ pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
     match T::try_parse() {
         Ok(config) => config,
         Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) if let Some(summary) = invalid_value(&e) => {
+            eprintln!("{service}: invalid configuration: {summary} (see {service} --help)");
+            std::process::exit(2);
+        }
         Err(e) => {
             let rendered = e.render().to_string();
             let summary: Vec<&str> = rendered
@@ -84,6 +100,30 @@ pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
             std::process::exit(2);
         }
     }
+}
+
+/// A rejected value's setting and reason, without the value: it may be a
+/// secret (an API token, the encryption key, a URL with a password).
+fn invalid_value(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let setting = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.clone(),
+        _ => "a setting".to_owned(),
+    };
+    let reason = match (std::error::Error::source(e), e.get(ContextKind::ValidValue)) {
+        (Some(why), _) => why.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => "not accepted".to_owned(),
+    };
+    Some(format!("invalid value for {setting}: {reason}"))
 }
 
 #[cfg(test)]

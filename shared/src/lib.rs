@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod jetstream;
 pub mod model;
+pub mod net;
 pub mod observe;
 pub mod secrets;
 pub mod service;

@@ -91,6 +91,8 @@ impl Service {
                 format!("other-token-abcdefghijkl,{API_TOKEN}"),
             ),
             ("ROUTER_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
+            // The tests' CRMs listen on loopback.
+            ("CRM_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
             ("RUST_LOG", "info,ingest=debug".to_owned()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));

@@ -13,5 +13,6 @@ mod instagram;
 mod observe;
 mod readme_examples;
 mod scale_out;
+mod security;
 mod store_batches;
 mod tenants;

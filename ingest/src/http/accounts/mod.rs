@@ -163,6 +163,38 @@ fn parse_crm_url(s: &str) -> Result<CrmWebhookUrl, ApiError> {
     })
 }
 
+/// Refuses a CRM URL that reaches only loopback, private or other
+/// non-public addresses, unless `CRM_ALLOW_PRIVATE_NETWORKS`. A name that
+/// does not resolve (yet) is accepted: the forwarder checks again at each
+/// delivery, since DNS can change.
+async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), ApiError> {
+    if state.config.common.crm_allow_private_networks {
+        return Ok(());
+    }
+    let url = url.url();
+    let addresses: Vec<std::net::IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+        Some(url::Host::Domain(name)) => {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let lookup = tokio::net::lookup_host((name, port));
+            match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                _ => return Ok(()),
+            }
+        }
+        None => return Ok(()),
+    };
+    if !addresses.is_empty() && !addresses.iter().any(|ip| shared::net::is_public(*ip)) {
+        return Err(ApiError::bad_request(
+            "crm_webhook_url_not_public",
+            "crm_webhook_url reaches only loopback, private or other non-public addresses \
+             (CRM_ALLOW_PRIVATE_NETWORKS=true allows them)",
+        ));
+    }
+    Ok(())
+}
+
 /// An account's cap, within the operator's maximum.
 fn parse_max_in_flight(state: &Core, n: i64) -> Result<i64, ApiError> {
     let max = i64::from(state.config.common.router_account_in_flight_max);
@@ -214,6 +246,7 @@ impl AccountsApi {
     ) -> Result<CreateAccountResponse, ApiError> {
         let body = body.0;
         let crm_webhook_url = parse_crm_url(&body.crm_webhook_url)?;
+        check_crm_reachable(state, &crm_webhook_url).await?;
         let secret = match body.webhook_secret.as_deref() {
             Some(s) => parse_secret(s)?,
             None => WebhookSecret::generate(),
@@ -319,6 +352,7 @@ impl AccountsApi {
         }
         if let Some(url) = body.crm_webhook_url {
             row.crm_webhook_url = parse_crm_url(&url)?;
+            check_crm_reachable(state, &row.crm_webhook_url).await?;
         }
         match body.auto_reply_text {
             MaybeUndefined::Value(t) => row.auto_reply_text = Some(t),

@@ -1,0 +1,110 @@
+//! The router as an attacker would try it: a CRM URL that points back into
+//! the operator's network (loopback, private ranges, the cloud metadata
+//! address, IPv4 hidden in IPv6) is refused when an account is created or
+//! changed, and again by the forwarder at delivery time, when DNS may have
+//! changed since.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use router_tests::{CrmReceiver, Db, NatsServer, Service, System, TestDatabase, http_client, meta};
+use serde_json::json;
+
+const BUSINESS: &str = "17841400000000077";
+
+#[tokio::test]
+async fn crm_urls_reaching_non_public_addresses_are_refused_at_create_and_update() {
+    let sys = System::start_with(Db::Sqlite, &[("CRM_ALLOW_PRIVATE_NETWORKS", "false")]).await;
+    let create = |url: &str| json!({"name": "Shop", "instagram_account_id": BUSINESS, "crm_webhook_url": url});
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/hook",
+        "http://[2002:a00:1::1]/hook",
+    ] {
+        let (status, body) = sys
+            .api_send(Method::POST, "/api/v1/accounts", Some(create(url)))
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["code"], "crm_webhook_url_not_public", "{url}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("CRM_ALLOW_PRIVATE_NETWORKS"),
+            "the error names the setting that allows it"
+        );
+    }
+    let accounts = sys.api_get("/api/v1/accounts").await;
+    assert!(accounts["data"].as_array().unwrap().is_empty());
+
+    // A public address is accepted; changing it to a private one is not.
+    let (status, account) = sys
+        .api_send(
+            Method::POST,
+            "/api/v1/accounts",
+            Some(create("https://93.184.215.14/hook")),
+        )
+        .await;
+    assert_eq!(status, 201, "{account}");
+    let path = format!("/api/v1/accounts/{}", account["id"].as_str().unwrap());
+    let (status, body) = sys
+        .api_send(
+            Method::PATCH,
+            &path,
+            Some(json!({"crm_webhook_url": "http://172.16.5.4:8080/hook"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "crm_webhook_url_not_public");
+    assert_eq!(
+        sys.api_get(&path).await["crm_webhook_url"],
+        "https://93.184.215.14/hook",
+        "the refused change left the account as it was"
+    );
+}
+
+#[tokio::test]
+async fn a_crm_name_resolving_to_loopback_at_delivery_is_dead_lettered_and_never_retried() {
+    // Ingest accepted the URL (as if DNS pointed elsewhere then); the
+    // forwarder, with the check on, finds it resolves to loopback now.
+    let nats = NatsServer::start().await;
+    let database = TestDatabase::create(Db::Sqlite).await;
+    let ingest = Service::ingest(&nats.url(), &database.url(), &[]).await;
+    let forwarder =
+        Service::forwarder(&nats.url(), &[("CRM_ALLOW_PRIVATE_NETWORKS", "false")]).await;
+    let sys = System {
+        nats,
+        ingest,
+        forwarder,
+        http: http_client(),
+        database,
+    };
+    let crm = CrmReceiver::start().await;
+    let url = format!("http://localhost:{}/hook", crm.addr.port());
+    let (account, _) = sys.create_account(BUSINESS, &url).await;
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "5551", "mid_ssrf", "hi"))
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    let messages = router_tests::eventually(Duration::from_secs(30), "a message", || async {
+        let all = sys.messages(&account).await;
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let id = messages[0]["id"].as_str().unwrap().to_owned();
+    let m = sys.wait_for_status(&account, &id, "dead").await;
+    assert_eq!(m["delivery"]["last_error"], "private_address");
+    assert_eq!(m["delivery"]["attempts"], 1);
+    // The forwarder's retry schedule here is 1 s: a retry would show by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = sys.message(&account, &id).await.unwrap();
+    assert_eq!(m["delivery"]["attempts"], 1, "never retried");
+    assert_eq!(crm.count(), 0, "nothing reached the loopback CRM");
+}
