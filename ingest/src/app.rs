@@ -21,20 +21,44 @@ use crate::nats::NatsLink;
 use crate::tasks::{outbox, outcomes, routing};
 use crate::{http, store};
 
-/// Runs ingest on `INGEST_ADDR` until `shutdown` is cancelled.
-pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = shared::service::listen("INGEST_ADDR", config.ingest_addr).await?;
-    serve(config, listener, shutdown).await
+/// The two addresses ingest serves, bound.
+pub struct Listeners {
+    /// `INGEST_ADDR`: Meta's webhooks, the API, health, the document.
+    pub public: tokio::net::TcpListener,
+    /// `INGEST_METRICS_ADDR`: `/metrics`.
+    pub metrics: tokio::net::TcpListener,
 }
 
-/// Runs ingest on a listener already bound (tests bind port 0 and read the
-/// port before starting), until `shutdown` is cancelled; then drains HTTP,
+impl Listeners {
+    /// Binds both addresses of `config`; an error names the setting.
+    pub async fn bind(config: &IngestConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            public: shared::service::listen("INGEST_ADDR", config.ingest_addr).await?,
+            metrics: shared::service::listen("INGEST_METRICS_ADDR", config.ingest_metrics_addr)
+                .await?,
+        })
+    }
+}
+
+/// Runs ingest on `INGEST_ADDR` and `INGEST_METRICS_ADDR` until `shutdown`
+/// is cancelled.
+pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown).await
+}
+
+/// Runs ingest on listeners already bound (a launcher binds them before
+/// starting anything), until `shutdown` is cancelled; then drains HTTP,
 /// flushes the outbox within a bound, and returns.
 pub async fn serve(
     config: IngestConfig,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        public: listener,
+        metrics,
+    } = listeners;
     let key = config.common.router_encryption_key.clone();
     if key.is_none() {
         tracing::warn!(
@@ -74,16 +98,27 @@ pub async fn serve(
         background.clone(),
     ));
 
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let window = Duration::from_secs(
+        core.config
+            .ingest_client_timeout_secs
+            .max(core.config.graph_api_timeout_secs + 5),
+    );
+    let acceptor = http::guard::Guarded::new(
+        TcpAcceptor::from_tokio(listener)?,
+        core.config.ingest_max_connections as usize,
+        window,
+    );
     let addr = acceptor.local_addr().into_iter().next();
     tracing::info!(addr = ?addr.map(|a| a.to_string()), "ingest listening");
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            http::routes(core.clone()),
-            shutdown.cancelled_owned(),
-            Some(Duration::from_secs(10)),
-        )
-        .await?;
+    let metrics = http::metrics::serve(metrics, shutdown.clone());
+    let public = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+        http::routes(core.clone()),
+        shutdown.cancelled_owned(),
+        Some(Duration::from_secs(10)),
+    );
+    let (public, metrics) = tokio::join!(public, metrics);
+    public?;
+    metrics?;
 
     tracing::info!("http server stopped; flushing the outbox");
     background.cancel();

@@ -30,6 +30,11 @@ pub struct IngestConfig {
     #[arg(long, env = "INGEST_ADDR", default_value = "127.0.0.1:8080")]
     pub ingest_addr: SocketAddr,
 
+    /// Address of `/metrics` (Prometheus), kept off INGEST_ADDR, which faces
+    /// Meta and the CRM.
+    #[arg(long, env = "INGEST_METRICS_ADDR", default_value = "127.0.0.1:9092")]
+    pub ingest_metrics_addr: SocketAddr,
+
     /// Meta app secret: verifies X-Hub-Signature-256 on Meta's webhooks.
     #[arg(long, env = "META_APP_SECRET", hide_env_values = true, value_parser = non_empty)]
     pub meta_app_secret: String,
@@ -57,6 +62,21 @@ pub struct IngestConfig {
     /// Largest webhook body accepted from Meta, in bytes (413 above it).
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub ingest_max_body_bytes: usize,
+
+    /// Largest request body accepted on /api/v1, in bytes (413 above it).
+    #[arg(long, env = "INGEST_API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub ingest_api_max_body_bytes: usize,
+
+    /// HTTP connections open at once; more wait in the kernel's queue.
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ingest_max_connections: u32,
+
+    /// Seconds a connection has to complete a request after it opens or
+    /// after its last answer (slow headers or body, idle keep-alive); never
+    /// less than GRAPH_API_TIMEOUT_SECS + 5, so a reply sent through the
+    /// API is never cut short.
+    #[arg(long, env = "INGEST_CLIENT_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingest_client_timeout_secs: u64,
 }
 
 impl shared::service::ServiceConfig for IngestConfig {

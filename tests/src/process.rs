@@ -84,6 +84,7 @@ impl Service {
             ("NATS_URL", nats_url.to_owned()),
             ("DATABASE_URL", db),
             ("INGEST_ADDR", format!("127.0.0.1:{port}")),
+            ("INGEST_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
             ("META_APP_SECRET", META_APP_SECRET.to_owned()),
             ("META_VERIFY_TOKEN", META_VERIFY_TOKEN.to_owned()),
             (
@@ -219,6 +220,11 @@ impl Service {
             },
         )
         .await;
+    }
+
+    /// The value of one of its settings.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.environment().get(name).copied()
     }
 
     pub fn logs(&self) -> String {

@@ -2,6 +2,7 @@
 //! is unreachable, so a load balancer stops sending traffic.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -28,6 +29,23 @@ pub enum ReadyResponse {
     NotReady(Json<Readiness>),
 }
 
+/// The last database check and its answer: `/readyz` is public, so it pings
+/// the database at most once a second however often it is called (callers
+/// in between share the answer, or wait for the one ping under way).
+static LAST_PING: tokio::sync::Mutex<Option<(Instant, bool)>> = tokio::sync::Mutex::const_new(None);
+
+async fn database_reachable(state: &Core) -> bool {
+    let mut last = LAST_PING.lock().await;
+    if let Some((at, ok)) = *last
+        && at.elapsed() < Duration::from_secs(1)
+    {
+        return ok;
+    }
+    let ok = state.store.messages.ping().await.is_ok();
+    *last = Some((Instant::now(), ok));
+    ok
+}
+
 pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Health")]
@@ -41,7 +59,7 @@ impl HealthApi {
     /// Readiness: database and NATS reachable
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, Data(state): Data<&Arc<Core>>) -> ReadyResponse {
-        let db_ok = state.store.messages.ping().await.is_ok();
+        let db_ok = database_reachable(state).await;
         let nats_ok = state.nats.is_ready();
         let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
         let body = Json(Readiness {

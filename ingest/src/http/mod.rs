@@ -1,6 +1,6 @@
 //! The HTTP surface: Meta's webhook endpoint ([`webhooks`]), the API under
 //! `/api/v1` with one module per resource (its routes, types and tag
-//! together), health, `/metrics`, and the OpenAPI document generated from
+//! together), health, and the OpenAPI document generated from
 //! these types ([`openapi`]). Handlers turn requests into calls on
 //! [`crate::domain`] and the store, and errors into [`error::ApiError`].
 
@@ -8,8 +8,10 @@ pub mod accounts;
 pub mod auth;
 pub mod dead_letters;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod openapi;
 pub mod send;
 pub mod webhooks;
@@ -37,6 +39,7 @@ pub enum ApiTags {
 /// The HTTP application: Meta's webhook, the API, the spec and its UI.
 pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
     let api = openapi::service();
+    let api_max_body = core.config.ingest_api_max_body_bytes;
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
@@ -45,12 +48,27 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
             get(webhooks::handshake).post(webhooks::receive),
         )
         .at("/openapi.json", spec)
-        .at("/metrics", get(metrics_endpoint))
         .nest("/docs", docs)
-        .nest("/", api)
+        .nest(
+            "/",
+            api.around(move |next, req| limit_body(next, req, api_max_body)),
+        )
         .data(core)
         .around(log_request)
         .catch_all_error(error::render_error)
+}
+
+/// Reads an API request's body up to `max` bytes (413 `payload_too_large`
+/// above it, whether or not the client announced its length), then hands it
+/// on. How long the client may take is the connection's deadline ([`guard`]).
+async fn limit_body<E: Endpoint>(
+    next: Arc<E>,
+    mut req: Request,
+    max: usize,
+) -> poem::Result<Response> {
+    let body = req.take_body().into_bytes_limit(max).await?;
+    req.set_body(body);
+    next.call(req).await.map(IntoResponse::into_response)
 }
 
 /// One line per request: method, path (never the query string, which holds
@@ -72,10 +90,4 @@ async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Re
         "http request"
     );
     result
-}
-
-/// `GET /metrics`: Prometheus text format. Counts and durations only.
-#[poem::handler]
-fn metrics_endpoint() -> poem::web::WithContentType<String> {
-    shared::observe::render().with_content_type("text/plain; version=0.0.4")
 }

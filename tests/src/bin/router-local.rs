@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let (ingest_config, forwarder_config) = configs();
     // Both ports first: a second router-local stops here, before it starts
     // anything, and says which port is taken.
-    let ingest_listener = listen("INGEST_ADDR", ingest_config.ingest_addr).await?;
+    let ingest_listeners = ingest::app::Listeners::bind(&ingest_config).await?;
     let forwarder_listener = listen(
         "FORWARDER_METRICS_ADDR",
         forwarder_config.forwarder_metrics_addr,
@@ -167,8 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let nats_url = ingest_config.common.nats_url.clone();
 
     eprintln!(
-        "router-local: ingest on http://{}, forwarder health on http://{}, NATS at {nats_url}, database {}",
+        "router-local: ingest on http://{} (metrics on http://{}), forwarder health on http://{}, NATS at {nats_url}, database {}",
         ingest_config.ingest_addr,
+        ingest_config.ingest_metrics_addr,
         forwarder_config.forwarder_metrics_addr,
         ingest_config.database_url
     );
@@ -176,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(shared::shutdown::on_signal(shutdown.clone()));
     let (ingest_result, forwarder_result) = tokio::join!(
         async {
-            let r = ingest::app::serve(ingest_config, ingest_listener, shutdown.clone()).await;
+            let r = ingest::app::serve(ingest_config, ingest_listeners, shutdown.clone()).await;
             shutdown.cancel();
             r
         },

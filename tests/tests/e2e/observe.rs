@@ -69,9 +69,12 @@ async fn metrics_and_nats_stats_show_the_flow(db: Db) {
         }
     }
 
+    let metrics_addr = sys.ingest.setting("INGEST_METRICS_ADDR").unwrap();
+    let public = sys.http.get(sys.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "no /metrics on the public address");
     let ingest_metrics = sys
         .http
-        .get(sys.url("/metrics"))
+        .get(format!("http://{metrics_addr}/metrics"))
         .send()
         .await
         .unwrap()

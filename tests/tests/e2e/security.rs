@@ -108,3 +108,80 @@ async fn a_crm_name_resolving_to_loopback_at_delivery_is_dead_lettered_and_never
     assert_eq!(m["delivery"]["attempts"], 1, "never retried");
     assert_eq!(crm.count(), 0, "nothing reached the loopback CRM");
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_cannot_take_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // At most 3 connections; a request must be complete within 6 s of
+    // connecting (GRAPH_API_TIMEOUT_SECS + 5 is the floor).
+    let sys = System::start_with(
+        Db::Sqlite,
+        &[
+            ("INGEST_MAX_CONNECTIONS", "3"),
+            ("INGEST_CLIENT_TIMEOUT_SECS", "6"),
+            ("GRAPH_API_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    // Three clients that never finish their headers.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(sys.ingest.addr)
+            .await
+            .unwrap();
+        c.write_all(b"POST /webhooks/instagram HTTP/1.1\r\nHost: ingest\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    let started = std::time::Instant::now();
+    let health = tokio::spawn({
+        let (http, url) = (sys.http.clone(), sys.url("/healthz"));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !health.is_finished(),
+        "a fourth connection waits while three are open"
+    );
+    // The slow ones are cut off, and the waiting request is then served.
+    for mut c in slow {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(15), c.read(&mut buf))
+            .await
+            .expect("the slow connection is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
+    }
+    assert_eq!(health.await.unwrap().unwrap(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn api_bodies_over_the_limit_are_refused_with_413() {
+    let sys = System::start_with(Db::Sqlite, &[("INGEST_API_MAX_BODY_BYTES", "2048")]).await;
+    let name = "x".repeat(4096);
+    let (status, body) = sys
+        .api_send(
+            Method::POST,
+            "/api/v1/accounts",
+            Some(json!({"name": name, "instagram_account_id": BUSINESS, "crm_webhook_url": "https://93.184.215.14/hook"})),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "payload_too_large");
+    let accounts = sys.api_get("/api/v1/accounts").await;
+    assert!(accounts["data"].as_array().unwrap().is_empty());
+    // Under the limit, the same request is served.
+    let (status, _) = sys
+        .api_send(
+            Method::POST,
+            "/api/v1/accounts",
+            Some(json!({"name": "Shop", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://93.184.215.14/hook"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+}
