@@ -108,6 +108,7 @@ pub struct LaneStart {
 #[derive(Deserialize)]
 struct Envelope {
     message_id: String,
+    account_id: String,
     conversation_id: String,
 }
 
@@ -509,7 +510,7 @@ impl Lane {
     /// Takes a message into its conversation's place in stream order. A held
     /// message that is back before its retry time goes back to wait.
     async fn accept(&mut self, message: jetstream::Message) {
-        let Some(mut held) = read(message) else {
+        let Some(mut held) = read(message, &self.account) else {
             return;
         };
         Throughput::add(&self.ctx.throughput.received, 1);
@@ -830,9 +831,10 @@ async fn next_pulled(
     }
 }
 
-/// Reads what a lane needs from a message; one it cannot read is
-/// terminated (it could never be delivered).
-fn read(message: jetstream::Message) -> Option<Held> {
+/// Reads what a lane needs from a message; one it cannot read, or one that
+/// names another account than its subject (forged: it would be signed with
+/// this account's secret), is terminated: it could never be delivered.
+fn read(message: jetstream::Message, account: &AccountId) -> Option<Held> {
     let (stream_sequence, delivered, published) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -845,6 +847,14 @@ fn read(message: jetstream::Message) -> Option<Held> {
         }
     };
     match serde_json::from_slice::<Envelope>(&message.payload) {
+        Ok(e) if e.account_id != account.as_str() => {
+            tracing::error!(subject = %message.subject, account_id = %account, stream_sequence, "inbound message naming another account terminated");
+            metrics::counter!("router_forwarder_refused_messages_total", "reason" => "account_mismatch").increment(1);
+            tokio::spawn(async move {
+                let _ = message.ack_with(AckKind::Term).await;
+            });
+            None
+        }
         Ok(e) => Some(Held {
             message,
             message_id: e.message_id,
@@ -868,6 +878,13 @@ fn read(message: jetstream::Message) -> Option<Held> {
 fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, String> {
     if routing.status == AccountStatus::Disabled {
         return Ok(Arc::new(Target::Refuse("account_disabled")));
+    }
+    if ctx.key.is_some() && !shared::secrets::is_sealed(&routing.webhook_secret) {
+        return Err(
+            "the account's webhook secret in the accounts bucket is not sealed although \
+             ROUTER_ENCRYPTION_KEY is set: refused (ingest seals every value it writes)"
+                .into(),
+        );
     }
     let secret = shared::secrets::open(ctx.key.as_ref(), &routing.webhook_secret).map_err(|e| {
         format!(

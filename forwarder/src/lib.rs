@@ -68,7 +68,14 @@ pub async fn serve(
     ));
 
     let js = jetstream::new(client.clone());
-    let result = match shared::jetstream::set_up_until_ready(&js, &subjects, &shutdown).await {
+    let result = match shared::jetstream::set_up_until_ready(
+        &js,
+        &subjects,
+        shared::jetstream::Role::Forwarder,
+        &shutdown,
+    )
+    .await
+    {
         None => Ok(()),
         Some(ready) => {
             let ctx = Arc::new(LaneContext {

@@ -52,8 +52,13 @@ impl NatsLink {
 
     /// Creates the streams and the bucket, retrying until NATS answers.
     pub async fn set_up(&self, subjects: &Subjects, shutdown: &CancellationToken) {
-        if let Some(ready) =
-            shared::jetstream::set_up_until_ready(&self.js, subjects, shutdown).await
+        if let Some(ready) = shared::jetstream::set_up_until_ready(
+            &self.js,
+            subjects,
+            shared::jetstream::Role::Ingest,
+            shutdown,
+        )
+        .await
         {
             let _ = self.buckets.set(Buckets {
                 accounts: ready.accounts,

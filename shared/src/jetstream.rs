@@ -191,21 +191,43 @@ pub struct Ready {
     pub forwarders: kv::Store,
 }
 
-/// Creates the streams and the bucket, retrying with backoff (200 ms up to
-/// 5 s) until NATS answers; `None` when `shutdown` comes first. A server too
-/// old for this client is named in the log.
+/// Who sets up what. Ingest creates (or updates) the streams and every
+/// bucket; a forwarder creates only the buckets it writes (CRM health,
+/// conversation holds, heartbeats) and finds the rest, waiting until ingest
+/// has made them. So its NATS user needs no right to change the streams or
+/// the accounts bucket (README, Security).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ingest,
+    Forwarder,
+}
+
+/// Sets up the layout for `role`, retrying with backoff (200 ms up to 5 s)
+/// until NATS answers and, for a forwarder, until ingest has created what it
+/// finds; `None` when `shutdown` comes first. A server too old for this
+/// client is named in the log.
 pub async fn set_up_until_ready(
     js: &jetstream::Context,
     subjects: &Subjects,
+    role: Role,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Ready> {
     let mut backoff = crate::shutdown::Backoff::default();
     loop {
         let attempt = async {
-            ensure_streams(js, subjects).await?;
+            let accounts = if role == Role::Ingest {
+                ensure_streams(js, subjects).await?;
+                bucket(js, accounts_bucket_config(subjects)).await?
+            } else {
+                js.get_key_value(subjects.accounts_bucket())
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("accounts bucket not there yet (ingest creates it): {e}")
+                    })?
+            };
             anyhow::Ok(Ready {
                 inbound: js.get_stream(subjects.inbound_stream()).await?,
-                accounts: bucket(js, accounts_bucket_config(subjects)).await?,
+                accounts,
                 health: bucket(js, health_bucket_config(subjects)).await?,
                 holds: bucket(js, holds_bucket_config(subjects)).await?,
                 forwarders: bucket(js, forwarders_bucket_config(subjects)).await?,
@@ -260,15 +282,38 @@ pub async fn publish_crm_alert(
 
 /// Connects to NATS, retrying forever in the background once connected, and
 /// naming the connection after the service for `nats server report connections`.
+/// Replies come on `_INBOX_<name>.>`, so a NATS user may subscribe to its own
+/// replies only (README, Security). Credentials and TLS come from `url`
+/// (`nats://user:password@host`, `tls://host`).
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = url_login(url) {
+        options = options.user_and_password(user, password);
+    }
+    let client = options
         .name(name)
+        .custom_inbox_prefix(format!("_INBOX_{name}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await?;
     Ok(client)
+}
+
+/// The user and password in a NATS URL (the first of a list that has one),
+/// percent-decoded: async-nats leaves them in the URL unused.
+pub fn url_login(urls: &str) -> Option<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    urls.split(',').find_map(|one| {
+        let url = url::Url::parse(one.trim()).ok()?;
+        (!url.username().is_empty())
+            .then(|| (decode(url.username()), decode(url.password().unwrap_or(""))))
+    })
 }
 
 /// The oldest nats-server whose JetStream API this build speaks (pinned
@@ -301,6 +346,19 @@ pub fn unsupported_server(client: &async_nats::Client) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_is_read_from_the_url_and_decoded() {
+        assert_eq!(url_login("nats://127.0.0.1:4222"), None);
+        assert_eq!(
+            url_login("nats://ingest:p%40ss%2Fword@nats:4222"),
+            Some(("ingest".into(), "p@ss/word".into()))
+        );
+        assert_eq!(
+            url_login("nats://a:4222, nats://fwd:pw@b:4222"),
+            Some(("fwd".into(), "pw".into()))
+        );
+    }
 
     #[test]
     fn versions_before_2_11_are_refused() {

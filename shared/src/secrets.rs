@@ -91,6 +91,11 @@ pub fn seal(key: Option<&SecretBox>, plaintext: &str) -> String {
     }
 }
 
+/// Whether a stored value is sealed (written by a service with the key).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX)
+}
+
 /// Opens a stored value: sealed ones need the key, plaintext passes through.
 pub fn open(key: Option<&SecretBox>, stored: &str) -> Result<String, SecretError> {
     match (stored.strip_prefix(PREFIX), key) {

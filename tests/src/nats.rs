@@ -57,14 +57,36 @@ pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// A configuration file and the environment it reads.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
+    /// `user:password` to check the server is up with, when it wants one.
+    login: Option<String>,
 }
 
 impl NatsServer {
     pub async fn start() -> Self {
+        Self::start_with_config(None, &[], None).await
+    }
+
+    /// Starts a server with a configuration file (`-c`), the environment
+    /// variables it reads, and a user to check it is up with.
+    pub async fn start_with_config(
+        config: Option<PathBuf>,
+        env: &[(&str, &str)],
+        login: Option<&str>,
+    ) -> Self {
         let mut server = Self {
             port: free_port(),
             store: tempfile::tempdir().unwrap(),
             child: None,
+            config: config.map(|path| {
+                let env = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (path, env)
+            }),
+            login: login.map(str::to_owned),
         };
         server.resume().await;
         server
@@ -74,10 +96,29 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The URL with a user and password in it.
+    pub fn url_as(&self, login: &str) -> String {
+        format!("nats://{login}@127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log file (written when it runs with a configuration).
+    pub fn log_file(&self) -> PathBuf {
+        self.store.path().join("nats-server.log")
+    }
+
     /// Starts the server again on the same port with the same store.
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "nats-server already running");
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some((path, env)) = &self.config {
+            command
+                .arg("-c")
+                .arg(path)
+                .arg("-l")
+                .arg(self.log_file())
+                .envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -95,7 +136,11 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(client) = async_nats::connect(self.url()).await {
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some((user, password)) = self.login.as_deref().and_then(|l| l.split_once(':')) {
+                options = options.user_and_password(user.into(), password.into());
+            }
+            if let Ok(client) = options.connect(self.url()).await {
                 let js = async_nats::jetstream::new(client);
                 if js.query_account().await.is_ok() {
                     return;
@@ -103,7 +148,8 @@ impl NatsServer {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "nats-server did not start"
+                "nats-server did not start: {}",
+                std::fs::read_to_string(self.log_file()).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

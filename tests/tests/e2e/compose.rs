@@ -60,8 +60,12 @@ fn every_required_setting_is_set_for_each_service() {
         }
         let nats = env[&Yaml::String("NATS_URL".into())].as_str().unwrap();
         assert_eq!(
-            nats, "nats://nats:4222",
-            "{service} reaches NATS by service name"
+            nats,
+            format!(
+                "nats://{service}:${{ROUTER_NATS_{}_PASSWORD}}@nats:4222",
+                service.to_uppercase()
+            ),
+            "{service} reaches NATS by service name, as its own NATS user"
         );
     }
     let ingest = env_of(&doc["services"]["ingest"]);
@@ -79,6 +83,49 @@ fn every_required_setting_is_set_for_each_service() {
         addr.starts_with("0.0.0.0:"),
         "ingest must listen beyond the container"
     );
+}
+
+#[test]
+fn nats_runs_with_the_repositorys_users_and_is_published_on_loopback_only() {
+    let doc = compose();
+    let nats = &doc["services"]["nats"];
+    let command: Vec<&str> = nats["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let config = command[command.iter().position(|a| *a == "-c").unwrap() + 1];
+    let volumes: Vec<&str> = nats["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(
+        volumes.contains(&format!("./nats-server.conf:{config}:ro").as_str()),
+        "{volumes:?}"
+    );
+    let env = env_of(nats);
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats-server.conf"))
+        .unwrap();
+    for var in [
+        "ROUTER_NATS_INGEST_PASSWORD",
+        "ROUTER_NATS_FORWARDER_PASSWORD",
+        "ROUTER_NATS_ADMIN_PASSWORD",
+    ] {
+        assert!(text.contains(&format!("${var}")), "the config reads {var}");
+        assert!(
+            env.contains_key(&Yaml::String(var.into())),
+            "compose sets {var}"
+        );
+    }
+    for port in nats["ports"].as_vec().unwrap() {
+        assert!(
+            port.as_str().unwrap().starts_with("127.0.0.1:"),
+            "NATS published beyond loopback: {port:?}"
+        );
+    }
 }
 
 #[test]

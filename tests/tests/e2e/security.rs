@@ -185,3 +185,169 @@ async fn api_bodies_over_the_limit_are_refused_with_413() {
         .await;
     assert_eq!(status, 201);
 }
+
+/// The repository's NATS permissions, with these passwords.
+async fn locked_down_nats() -> NatsServer {
+    let config =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats-server.conf"));
+    NatsServer::start_with_config(
+        Some(config),
+        &[
+            ("ROUTER_NATS_INGEST_PASSWORD", "ingest-pw-0451"),
+            ("ROUTER_NATS_FORWARDER_PASSWORD", "forwarder-pw-0452"),
+            ("ROUTER_NATS_ADMIN_PASSWORD", "admin-pw-0453"),
+        ],
+        Some("admin:admin-pw-0453"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn on_the_documented_nats_permissions_the_path_works_and_the_forwarder_cannot_write_routing()
+{
+    let nats = locked_down_nats().await;
+    let database = TestDatabase::create(Db::Sqlite).await;
+    let ingest = Service::ingest(&nats.url_as("ingest:ingest-pw-0451"), &database.url(), &[]).await;
+    let forwarder = Service::forwarder(&nats.url_as("forwarder:forwarder-pw-0452"), &[]).await;
+    let sys = System {
+        nats,
+        ingest,
+        forwarder,
+        http: http_client(),
+        database,
+    };
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    // A first answer of 500: the retry path (a conversation hold, a
+    // redelivery) runs too.
+    crm.answer_with(&[500]);
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "5551", "mid_locked", "hi"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let delivered = crm.wait_for(2, Duration::from_secs(30)).await;
+    let id = delivered[0].json["message_id"].as_str().unwrap().to_owned();
+    sys.wait_for_status(&account, &id, "delivered").await;
+    // Every step was allowed: a refused one shows in the services' logs.
+    for service in [&sys.ingest, &sys.forwarder] {
+        let logs = service.logs();
+        assert!(
+            !logs.contains("Permissions Violation"),
+            "{} was refused a step:\n{logs}",
+            service.name
+        );
+    }
+
+    // With the forwarder's credentials: routing can be read, not written,
+    // and nothing can be published as an inbound message.
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "forwarder".into(),
+        "forwarder-pw-0452".into(),
+    )
+    .custom_inbox_prefix("_INBOX_forwarder")
+    .connect(sys.nats.url())
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let routing = js.get_key_value("router_accounts").await.unwrap();
+    let before = routing
+        .get(&account)
+        .await
+        .unwrap()
+        .expect("routing readable");
+    let put = tokio::time::timeout(
+        Duration::from_secs(5),
+        routing.put(&account, r#"{"forged":true}"#.into()),
+    )
+    .await;
+    assert!(!matches!(put, Ok(Ok(_))), "the forwarder wrote routing");
+    let forged = async {
+        js.publish(format!("router.inbound.{account}"), "{}".into())
+            .await?
+            .await?;
+        anyhow::Ok(())
+    };
+    let forged = tokio::time::timeout(Duration::from_secs(5), forged).await;
+    assert!(
+        !matches!(forged, Ok(Ok(()))),
+        "the forwarder published inbound"
+    );
+    assert_eq!(routing.get(&account).await.unwrap(), Some(before));
+}
+
+#[tokio::test]
+async fn the_forwarder_refuses_a_message_naming_another_account_and_unsealed_routing() {
+    let sys = System::start(Db::Sqlite).await;
+    let (crm_a, crm_b, elsewhere) = (
+        CrmReceiver::start().await,
+        CrmReceiver::start().await,
+        CrmReceiver::start().await,
+    );
+    let (a, _) = sys.create_account("17841400000000081", &crm_a.url()).await;
+    let (b, _) = sys.create_account("17841400000000082", &crm_b.url()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+
+    // On A's subject, a message that says it is B's: it would be signed with
+    // A's secret and sent to A's CRM. Terminated instead.
+    let forged = json!({
+        "event": "message.received", "message_id": "msg_forged01", "account_id": b,
+        "conversation_id": "c_1", "message": "pay here", "sender_id": "1",
+    });
+    js.publish(format!("router.inbound.{a}"), forged.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(
+            "17841400000000081",
+            "5551",
+            "mid_real",
+            "hi",
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let got = crm_a.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].json["instagram_message_id"], "mid_real");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        crm_a.count() + crm_b.count(),
+        1,
+        "the forged message went nowhere"
+    );
+    assert!(sys.forwarder.logs().contains("naming another account"));
+
+    // A's routing rewritten behind ingest's back with a plaintext secret and
+    // another CRM: with ROUTER_ENCRYPTION_KEY set, the forwarder refuses it.
+    let bucket = js.get_key_value("router_accounts").await.unwrap();
+    let mut routing: serde_json::Value =
+        serde_json::from_slice(&bucket.get(&a).await.unwrap().unwrap()).unwrap();
+    assert!(
+        routing["webhook_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("enc:v1:")
+    );
+    routing["webhook_secret"] = json!("whsec_c2VjcmV0LWNob3Nlbi1ieS1hbi1hdHRhY2tlcg==");
+    routing["crm_webhook_url"] = json!(elsewhere.url());
+    bucket.put(&a, routing.to_string().into()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(
+            "17841400000000081",
+            "5551",
+            "mid_after",
+            "hi",
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    router_tests::eventually(
+        Duration::from_secs(10),
+        "the planted routing refused",
+        || async { sys.forwarder.logs().contains("not sealed").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(elsewhere.count(), 0, "nothing signed with a planted secret");
+    assert_eq!(crm_a.count(), 1);
+}
