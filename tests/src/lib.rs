@@ -228,9 +228,21 @@ impl System {
     /// Starts everything; `env` is added to both services' environment.
     pub async fn start_with(db: Db, env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().await;
+        let url = nats.url();
+        Self::start_on(nats, db, (&url, env), (&url, env)).await
+    }
+
+    /// Starts ingest on `db` and a forwarder on a NATS server already
+    /// running, each with its own NATS URL (its own user, say) and settings.
+    pub async fn start_on(
+        nats: NatsServer,
+        db: Db,
+        (ingest_nats, ingest_env): (&str, &[(&str, &str)]),
+        (forwarder_nats, forwarder_env): (&str, &[(&str, &str)]),
+    ) -> Self {
         let database = TestDatabase::create(db).await;
-        let ingest = Service::ingest(&nats.url(), &database.url(), env).await;
-        let forwarder = Service::forwarder(&nats.url(), env).await;
+        let ingest = Service::ingest(ingest_nats, &database.url(), ingest_env).await;
+        let forwarder = Service::forwarder(forwarder_nats, forwarder_env).await;
         Self {
             nats,
             ingest,

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{
     MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, push_outcome_rows,
-    runs_of_distinct_messages,
+    runs_of_distinct_messages, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -67,4 +67,4 @@ impl PgStore {
     }
 }
 
-impl_sql_store!(PgStore);
+impl_sql_store!(PgStore, Postgres);

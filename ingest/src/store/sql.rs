@@ -51,6 +51,17 @@ impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
     }
 }
 
+/// A message text as both databases can hold it: PostgreSQL's text refuses
+/// NUL (U+0000), so it is stored as U+FFFD on both. The CRM receives the
+/// original text (the payload is stored as bytes).
+pub(super) fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
+}
+
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -149,10 +160,10 @@ macro_rules! bind_account {
     }};
 }
 
-/// Implements the three store traits for a backend type with a `pool`
-/// field and the `begin_write` and `lease_outbox` methods.
+/// Implements the three store traits for a backend type (on database `$db`)
+/// with a `pool` field and the `begin_write` and `lease_outbox` methods.
 macro_rules! impl_sql_store {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
 #[async_trait::async_trait]
 impl $crate::store::AccountStore for $store {
     async fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
@@ -233,6 +244,53 @@ impl $crate::store::AccountStore for $store {
 }
 
 impl $store {
+    /// Inserts message rows, each with its place in its conversation and
+    /// its payload; a redelivered event is skipped. Returns how many were new.
+    async fn insert_messages(
+        tx: &mut WriteTx<$db>,
+        rows: &[(&NewMessage, Option<i64>, Option<&Vec<u8>>)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, sqlx::Error> {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
+                conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
+                created_at, subject, payload, delivery_status, sequence) ",
+        );
+        insert.push_values(rows, |mut row, (m, sequence, payload)| {
+            let status = if m.publish {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Skipped
+            };
+            row.push_bind(&m.id)
+                .push_bind(&m.account_id)
+                .push_bind(m.event.as_str())
+                .push_bind(&m.event_key)
+                .push_bind(&m.instagram_message_id)
+                .push_bind(m.direction.as_str())
+                .push_bind(&m.conversation_id)
+                .push_bind(&m.sender_id)
+                .push_bind(&m.recipient_id)
+                .push_bind(&m.message_type)
+                .push_bind(m.text.as_deref().map(storable_text))
+                .push_bind(&m.attachments)
+                .push_bind(m.sent_at)
+                .push_bind(now)
+                .push_bind(&m.subject)
+                .push_bind(*payload)
+                .push_bind(status.as_str())
+                .push_bind(*sequence);
+        });
+        insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
+        // One row has one shape, worth keeping prepared; a group's is new each time.
+        let done = insert
+            .build()
+            .persistent(rows.len() == 1)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() as usize)
+    }
+
     /// Saves events with three statements per [`SAVE_CHUNK`] of them (the
     /// conversations' counters, the messages, the outbox) instead of three
     /// each: on a busy ingest a statement's trip to the database, not its
@@ -299,44 +357,14 @@ impl $store {
                 .zip(&sequences)
                 .map(|(m, n)| m.payload(n.map(|n| n as u64)))
                 .collect();
-            let mut rows = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
-                    conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
-                    created_at, subject, payload, delivery_status, sequence) ",
-            );
-            rows.push_values(
-                chunk.iter().zip(&sequences).zip(&payloads),
-                |mut row, ((m, sequence), payload)| {
-                    row.push_bind(&m.id)
-                        .push_bind(&m.account_id)
-                        .push_bind(m.event.as_str())
-                        .push_bind(&m.event_key)
-                        .push_bind(&m.instagram_message_id)
-                        .push_bind(m.direction.as_str())
-                        .push_bind(&m.conversation_id)
-                        .push_bind(&m.sender_id)
-                        .push_bind(&m.recipient_id)
-                        .push_bind(&m.message_type)
-                        .push_bind(&m.text)
-                        .push_bind(&m.attachments)
-                        .push_bind(m.sent_at)
-                        .push_bind(now)
-                        .push_bind(&m.subject)
-                        .push_bind(payload)
-                        .push_bind(
-                            if m.publish {
-                                DeliveryStatus::Pending
-                            } else {
-                                DeliveryStatus::Skipped
-                            }
-                            .as_str(),
-                        )
-                        .push_bind(*sequence);
-                },
-            );
-            rows.push(" ON CONFLICT (account_id, event_key) DO NOTHING RETURNING id");
-            let inserted: Vec<(String,)> = rows.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
-            if inserted.len() < chunk.len() {
+            let rows: Vec<_> = chunk
+                .iter()
+                .zip(&sequences)
+                .zip(&payloads)
+                .map(|((m, n), p)| (m, *n, p.as_ref()))
+                .collect();
+            let inserted = Self::insert_messages(&mut tx, &rows, now).await?;
+            if inserted < chunk.len() {
                 return Ok(None);
             }
             let published: Vec<_> = chunk
@@ -411,39 +439,9 @@ impl $crate::store::MessageStore for $store {
             None
         };
         let payload = m.payload(sequence.map(|n| n as u64)).unwrap_or_default();
-        let inserted = sqlx::query(
-            "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
-                conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
-                created_at, subject, payload, delivery_status, sequence)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-             ON CONFLICT (account_id, event_key) DO NOTHING",
-        )
-        .bind(&m.id)
-        .bind(&m.account_id)
-        .bind(m.event.as_str())
-        .bind(&m.event_key)
-        .bind(&m.instagram_message_id)
-        .bind(m.direction.as_str())
-        .bind(&m.conversation_id)
-        .bind(&m.sender_id)
-        .bind(&m.recipient_id)
-        .bind(&m.message_type)
-        .bind(&m.text)
-        .bind(&m.attachments)
-        .bind(m.sent_at)
-        .bind(now)
-        .bind(&m.subject)
-        .bind(m.webhook.is_some().then_some(&payload))
-        .bind(if m.publish {
-            DeliveryStatus::Pending
-        } else {
-            DeliveryStatus::Skipped
-        }
-        .as_str())
-        .bind(sequence)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
+        let row = (m, sequence, m.webhook.is_some().then_some(&payload));
+        let inserted = Self::insert_messages(&mut tx, &[row], now).await?;
+        if inserted == 0 {
             if sequence.is_some() {
                 sqlx::query(
                     "UPDATE conversations SET last_sequence = last_sequence - 1

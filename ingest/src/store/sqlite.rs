@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::sql::{
     MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, push_outcome_rows,
-    runs_of_distinct_messages,
+    runs_of_distinct_messages, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -78,4 +78,4 @@ impl SqliteStore {
     }
 }
 
-impl_sql_store!(SqliteStore);
+impl_sql_store!(SqliteStore, Sqlite);

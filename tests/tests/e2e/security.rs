@@ -7,10 +7,23 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use router_tests::{CrmReceiver, Db, NatsServer, Service, System, TestDatabase, http_client, meta};
+use router_tests::{CrmReceiver, Db, NatsServer, System, meta};
 use serde_json::json;
 
 const BUSINESS: &str = "17841400000000077";
+
+/// A request body creating an account for [`BUSINESS`].
+fn new_account(name: &str, crm_url: &str) -> serde_json::Value {
+    json!({"name": name, "instagram_account_id": BUSINESS, "crm_webhook_url": crm_url})
+}
+
+async fn assert_no_accounts(sys: &System) {
+    let accounts = sys.api_get("/api/v1/accounts").await;
+    assert!(
+        accounts["data"].as_array().unwrap().is_empty(),
+        "{accounts}"
+    );
+}
 
 #[tokio::test]
 async fn crm_urls_reaching_non_public_addresses_are_refused_at_create_and_update() {
@@ -40,8 +53,7 @@ async fn crm_urls_reaching_non_public_addresses_are_refused_at_create_and_update
             "the error names the setting that allows it"
         );
     }
-    let accounts = sys.api_get("/api/v1/accounts").await;
-    assert!(accounts["data"].as_array().unwrap().is_empty());
+    assert_no_accounts(&sys).await;
 
     // A public address is accepted; changing it to a private one is not.
     let (status, account) = sys
@@ -74,17 +86,14 @@ async fn a_crm_name_resolving_to_loopback_at_delivery_is_dead_lettered_and_never
     // Ingest accepted the URL (as if DNS pointed elsewhere then); the
     // forwarder, with the check on, finds it resolves to loopback now.
     let nats = NatsServer::start().await;
-    let database = TestDatabase::create(Db::Sqlite).await;
-    let ingest = Service::ingest(&nats.url(), &database.url(), &[]).await;
-    let forwarder =
-        Service::forwarder(&nats.url(), &[("CRM_ALLOW_PRIVATE_NETWORKS", "false")]).await;
-    let sys = System {
+    let url = nats.url();
+    let sys = System::start_on(
         nats,
-        ingest,
-        forwarder,
-        http: http_client(),
-        database,
-    };
+        Db::Sqlite,
+        (&url, &[]),
+        (&url, &[("CRM_ALLOW_PRIVATE_NETWORKS", "false")]),
+    )
+    .await;
     let crm = CrmReceiver::start().await;
     let url = format!("http://localhost:{}/hook", crm.addr.port());
     let (account, _) = sys.create_account(BUSINESS, &url).await;
@@ -168,19 +177,18 @@ async fn api_bodies_over_the_limit_are_refused_with_413() {
         .api_send(
             Method::POST,
             "/api/v1/accounts",
-            Some(json!({"name": name, "instagram_account_id": BUSINESS, "crm_webhook_url": "https://93.184.215.14/hook"})),
+            Some(new_account(&name, "https://93.184.215.14/hook")),
         )
         .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["code"], "payload_too_large");
-    let accounts = sys.api_get("/api/v1/accounts").await;
-    assert!(accounts["data"].as_array().unwrap().is_empty());
+    assert_no_accounts(&sys).await;
     // Under the limit, the same request is served.
     let (status, _) = sys
         .api_send(
             Method::POST,
             "/api/v1/accounts",
-            Some(json!({"name": "Shop", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://93.184.215.14/hook"})),
+            Some(new_account("Shop", "https://93.184.215.14/hook")),
         )
         .await;
     assert_eq!(status, 201);
@@ -206,16 +214,11 @@ async fn locked_down_nats() -> NatsServer {
 async fn on_the_documented_nats_permissions_the_path_works_and_the_forwarder_cannot_write_routing()
 {
     let nats = locked_down_nats().await;
-    let database = TestDatabase::create(Db::Sqlite).await;
-    let ingest = Service::ingest(&nats.url_as("ingest:ingest-pw-0451"), &database.url(), &[]).await;
-    let forwarder = Service::forwarder(&nats.url_as("forwarder:forwarder-pw-0452"), &[]).await;
-    let sys = System {
-        nats,
-        ingest,
-        forwarder,
-        http: http_client(),
-        database,
-    };
+    let (ingest, forwarder) = (
+        nats.url_as("ingest:ingest-pw-0451"),
+        nats.url_as("forwarder:forwarder-pw-0452"),
+    );
+    let sys = System::start_on(nats, Db::Sqlite, (&ingest, &[]), (&forwarder, &[])).await;
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
     // A first answer of 500: the retry path (a conversation hold, a
