@@ -47,11 +47,13 @@ pub struct IngestConfig {
     #[arg(long, env = "ROUTER_API_TOKENS", hide_env_values = true, value_parser = parse_tokens)]
     pub router_api_tokens: ApiTokens,
 
-    /// Base URL of Meta's Graph API (tests point it at a fake).
+    /// Base URL of Meta's Graph API: https, or http on loopback only (a
+    /// fake, for tests), since access tokens travel with every call.
     #[arg(
         long,
         env = "GRAPH_API_BASE",
-        default_value = "https://graph.instagram.com/v23.0"
+        default_value = "https://graph.instagram.com/v23.0",
+        value_parser = parse_graph_base
     )]
     pub graph_api_base: url::Url,
 
@@ -90,6 +92,21 @@ impl std::fmt::Debug for IngestConfig {
         f.debug_struct("IngestConfig")
             .field("ingest_addr", &self.ingest_addr)
             .finish_non_exhaustive()
+    }
+}
+
+fn parse_graph_base(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err("must be an https URL (http only on loopback, for a fake)".into()),
     }
 }
 
@@ -133,6 +150,25 @@ fn parse_tokens(s: &str) -> Result<ApiTokens, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_graph_api_is_reached_over_https_or_on_loopback() {
+        for ok in [
+            "https://graph.instagram.com/v23.0",
+            "http://127.0.0.1:4000/v23.0",
+            "http://localhost:4000",
+            "http://[::1]:4000",
+        ] {
+            assert!(super::parse_graph_base(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://graph.instagram.com/v23.0",
+            "http://10.0.0.5",
+            "ftp://x",
+        ] {
+            assert!(super::parse_graph_base(refused).is_err(), "{refused}");
+        }
+    }
+
     use super::*;
 
     #[test]

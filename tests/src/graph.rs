@@ -33,6 +33,8 @@ pub enum SendAnswer {
     },
     /// Answers only after this delay.
     Slow(Duration),
+    /// A 200 whose JSON body is padded to this many bytes.
+    Huge(usize),
 }
 
 #[derive(Default)]
@@ -95,6 +97,10 @@ async fn send(
             message,
         }) => return meta_error(status, code, subcode, message),
         Some(SendAnswer::Slow(d)) => tokio::time::sleep(d).await,
+        Some(SendAnswer::Huge(bytes)) => {
+            return Json(json!({ "message_id": "mid_huge", "padding": "x".repeat(bytes) }))
+                .into_response();
+        }
         None => {}
     }
     Json(json!({ "recipient_id": body["recipient"]["id"], "message_id": format!("mid_sent_{n}") }))

@@ -2,11 +2,11 @@
 //! the customer's username (while the outbox holds the message for at most
 //! [`USERNAME_HOLD`]) and sending the account's auto-reply.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use hashlink::LruCache;
 use shared::wire::InboundMessageWebhook;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -25,11 +25,21 @@ const UNKNOWN_FOR: Duration = Duration::from_secs(600);
 
 type Lookup = Arc<OnceCell<Option<String>>>;
 
+/// The most senders whose usernames are kept; the least recently used goes
+/// first (about 2 MiB when full).
+const USERNAMES_KEPT: usize = 10_000;
+
 /// Usernames per (account, sender), so each is looked up once a day, and
-/// concurrent messages from one sender share one lookup.
-#[derive(Default)]
+/// concurrent messages from one sender share one lookup. Bounded: senders
+/// not seen for a while make room for new ones.
 pub struct UsernameCache {
-    entries: Mutex<HashMap<(String, String), (Instant, Lookup)>>,
+    entries: Mutex<LruCache<(String, String), (Instant, Lookup)>>,
+}
+
+impl Default for UsernameCache {
+    fn default() -> Self {
+        Self::with_capacity(USERNAMES_KEPT)
+    }
 }
 
 /// How long a finished lookup is trusted: a day when Meta gave a username,
@@ -44,10 +54,16 @@ fn still_fresh(at: Instant, value: &Option<String>) -> bool {
 }
 
 impl UsernameCache {
+    fn with_capacity(senders: usize) -> Self {
+        Self {
+            entries: Mutex::new(LruCache::new(senders)),
+        }
+    }
+
     /// A finished, unexpired lookup: `Some(username or None)`; `None` when
     /// the sender must be looked up.
     pub fn cached(&self, account_id: &str, sender_id: &str) -> Option<Option<String>> {
-        let entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.lock().unwrap();
         let (at, cell) = entries.get(&(account_id.to_owned(), sender_id.to_owned()))?;
         let value = cell.get()?;
         still_fresh(*at, value).then(|| value.clone())
@@ -57,13 +73,14 @@ impl UsernameCache {
         let mut entries = self.entries.lock().unwrap();
         let key = (account_id.to_owned(), sender_id.to_owned());
         // A lookup still running is shared rather than repeated.
-        let fresh = entries
-            .get(&key)
-            .is_some_and(|(at, cell)| cell.get().is_none_or(|value| still_fresh(*at, value)));
-        if !fresh {
-            entries.insert(key.clone(), (Instant::now(), Arc::new(OnceCell::new())));
+        if let Some((at, cell)) = entries.get(&key)
+            && cell.get().is_none_or(|value| still_fresh(*at, value))
+        {
+            return cell.clone();
         }
-        entries[&key].1.clone()
+        let cell = Lookup::default();
+        entries.insert(key, (Instant::now(), cell.clone()));
+        cell
     }
 }
 
@@ -191,6 +208,28 @@ mod tests {
             None,
             "a username is refreshed daily"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_used_sender_makes_room_when_full() {
+        let cache = UsernameCache::with_capacity(3);
+        for sender in ["1", "2", "3"] {
+            cache
+                .cell("acc_1", sender)
+                .set(Some(format!("user{sender}")))
+                .unwrap();
+        }
+        assert!(cache.cached("acc_1", "1").is_some(), "1 used again");
+        cache.cell("acc_1", "4").set(None).unwrap();
+        assert_eq!(cache.entries.lock().unwrap().len(), 3);
+        assert_eq!(
+            cache.cached("acc_1", "2"),
+            None,
+            "the least recently used left"
+        );
+        for kept in ["1", "3", "4"] {
+            assert!(cache.cached("acc_1", kept).is_some(), "{kept} kept");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The most of an answer read from the Graph API: Meta's are a few hundred
+/// bytes, and a larger one is not read into memory.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub struct GraphClient {
     http: reqwest::Client,
@@ -46,6 +50,15 @@ impl std::fmt::Display for GraphError {
             GraphError::Timeout => f.write_str("graph api timeout"),
             GraphError::Transport(e) => write!(f, "graph api unreachable: {e}"),
         }
+    }
+}
+
+/// A failed request or read: a timeout, or Meta unreachable.
+fn failed_call(e: reqwest::Error) -> GraphError {
+    if e.is_timeout() {
+        GraphError::Timeout
+    } else {
+        GraphError::Transport(e.without_url().to_string())
     }
 }
 
@@ -91,21 +104,19 @@ impl GraphClient {
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, GraphError> {
-        let resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                GraphError::Timeout
-            } else {
-                GraphError::Transport(e.without_url().to_string())
-            }
-        })?;
+        let resp = req.send().await.map_err(failed_call)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                GraphError::Timeout
-            } else {
-                GraphError::Transport(e.without_url().to_string())
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(failed_call)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(GraphError::Transport(format!(
+                    "answer larger than {} KiB",
+                    MAX_ANSWER_BYTES / 1024
+                )));
             }
-        })?;
+            body.extend_from_slice(&chunk);
+        }
         if status.is_success() {
             return serde_json::from_slice(&body)
                 .map_err(|_| GraphError::Transport("answer is not JSON".into()));

@@ -200,6 +200,14 @@ async fn metas_errors_become_stable_codes(db: Db) {
     assert_eq!(body["meta_code"], 2);
     assert_eq!(body["fbtrace_id"], "AfakeTrace123");
 
+    // An answer far larger than Meta's is not read to the end.
+    s.graph.answer_next_send(SendAnswer::Huge(4 * 1024 * 1024));
+    let (status, body, _) = s.send(reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (502, "instagram_unavailable")
+    );
+
     s.graph
         .answer_next_send(SendAnswer::Slow(Duration::from_secs(3)));
     let (status, body, _) = s.send(reply.clone()).await;
