@@ -206,6 +206,12 @@ async fn invalid_input_gets_a_stable_code(db: Db) {
             400,
             "invalid_webhook_secret",
         ),
+        (
+            // 300 characters, 1,200 UTF-8 bytes: Instagram counts bytes.
+            json!({"name": "x", "instagram_account_id": BUSINESS, "crm_webhook_url": "https://crm.example", "auto_reply_text": "🙂".repeat(300)}),
+            400,
+            "text_too_long",
+        ),
     ];
     for (body, status, code) in cases {
         let (s, b) = json_of(post(body.clone()).await.unwrap()).await;

@@ -21,6 +21,7 @@ use crate::domain::Core;
 use crate::http::ApiTags;
 use crate::http::auth::ApiToken;
 use crate::http::error::ApiError;
+use crate::http::send::MAX_TEXT_BYTES;
 use crate::store::AccountRow;
 
 /// The selection an API caller gives: `None` (omitted or null) for every event.
@@ -195,6 +196,20 @@ async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), Ap
     Ok(())
 }
 
+/// An auto-reply Instagram will take: Meta counts UTF-8 bytes, not characters.
+fn checked_auto_reply(text: String) -> Result<String, ApiError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::bad_request(
+            "text_too_long",
+            format!(
+                "auto_reply_text is {} UTF-8 bytes; Instagram allows at most {MAX_TEXT_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// An account's cap, within the operator's maximum.
 fn parse_max_in_flight(state: &Core, n: i64) -> Result<i64, ApiError> {
     let max = i64::from(state.config.common.router_account_in_flight_max);
@@ -257,7 +272,7 @@ impl AccountsApi {
             name: body.name,
             instagram_account_id: body.instagram_account_id,
             crm_webhook_url,
-            auto_reply_text: body.auto_reply_text,
+            auto_reply_text: body.auto_reply_text.map(checked_auto_reply).transpose()?,
             status: body.status.unwrap_or(AccountStatus::Active),
             instagram_access_token: body.instagram_access_token,
             webhook_secret: secret.expose().to_owned(),
@@ -355,7 +370,7 @@ impl AccountsApi {
             check_crm_reachable(state, &row.crm_webhook_url).await?;
         }
         match body.auto_reply_text {
-            MaybeUndefined::Value(t) => row.auto_reply_text = Some(t),
+            MaybeUndefined::Value(t) => row.auto_reply_text = Some(checked_auto_reply(t)?),
             MaybeUndefined::Null => row.auto_reply_text = None,
             MaybeUndefined::Undefined => {}
         }
