@@ -57,6 +57,11 @@ pub struct IngestConfig {
     )]
     pub graph_api_base: url::Url,
 
+    /// Requests per second each API token may make (bursts of twice as
+    /// many); above it, 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = "ROUTER_API_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub router_api_rate_limit: u32,
+
     /// Seconds to wait for Meta's Graph API.
     #[arg(long, env = "GRAPH_API_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub graph_api_timeout_secs: u64,
@@ -124,11 +129,20 @@ pub struct ApiTokens(Vec<String>);
 
 impl ApiTokens {
     pub fn accepts(&self, candidate: &str) -> bool {
-        use subtle::ConstantTimeEq as _;
+        self.position(candidate).is_some()
+    }
+
+    /// Which token this is (its place in the list), never the token itself:
+    /// what a request is counted and logged under.
+    pub fn position(&self, candidate: &str) -> Option<usize> {
+        use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
         // Look at every token so the time taken does not tell which matched.
-        self.0.iter().fold(false, |found, t| {
-            found | bool::from(t.as_bytes().ct_eq(candidate.as_bytes()))
-        })
+        let mut found = 0u64;
+        for (i, t) in self.0.iter().enumerate() {
+            let same = t.as_bytes().ct_eq(candidate.as_bytes());
+            found = u64::conditional_select(&found, &(i as u64 + 1), same);
+        }
+        (found > 0).then(|| found as usize - 1)
     }
 }
 

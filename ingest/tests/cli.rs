@@ -29,6 +29,11 @@ fn help_lists_every_setting() {
         "GRAPH_API_TIMEOUT_SECS",
         "ROUTER_ENCRYPTION_KEY",
         "CRM_ALLOW_PRIVATE_NETWORKS",
+        "INGEST_API_MAX_BODY_BYTES",
+        "INGEST_MAX_CONNECTIONS",
+        "INGEST_CLIENT_TIMEOUT_SECS",
+        "INGEST_METRICS_ADDR",
+        "ROUTER_API_RATE_LIMIT",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

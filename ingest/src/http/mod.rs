@@ -53,6 +53,9 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
             "/",
             api.around(move |next, req| limit_body(next, req, api_max_body)),
         )
+        .data(Arc::new(auth::ApiLimiter::new(
+            core.config.router_api_rate_limit,
+        )))
         .data(core)
         .around(log_request)
         .catch_all_error(error::render_error)

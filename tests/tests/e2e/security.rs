@@ -354,3 +354,39 @@ async fn the_forwarder_refuses_a_message_naming_another_account_and_unsealed_rou
     assert_eq!(elsewhere.count(), 0, "nothing signed with a planted secret");
     assert_eq!(crm_a.count(), 1);
 }
+
+#[tokio::test]
+async fn each_api_token_has_its_own_rate_limit() {
+    // One request a second, bursts of two, per token.
+    let sys = System::start_with(Db::Sqlite, &[("ROUTER_API_RATE_LIMIT", "1")]).await;
+    let get = |token: &'static str| {
+        sys.http
+            .get(sys.url("/api/v1/accounts"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let resp = get(router_tests::API_TOKEN).await.unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "a burst of two: {statuses:?}");
+    assert!(statuses[2..].contains(&429), "then refused: {statuses:?}");
+    let wait = retry_after.expect("429 carries Retry-After in seconds");
+    assert!((1..=2).contains(&wait), "{wait}");
+    // Another token is not held back by this one.
+    let other = get("other-token-abcdefghijkl").await.unwrap();
+    assert_eq!(other.status(), 200);
+    // After the wait, the first token is served again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(get(router_tests::API_TOKEN).await.unwrap().status(), 200);
+}
