@@ -53,11 +53,12 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
             "/",
             api.around(move |next, req| limit_body(next, req, api_max_body)),
         )
+        // The request line is logged outside the handlers, with what they share.
+        .around(log_request)
         .data(Arc::new(auth::ApiLimiter::new(
             core.config.router_api_rate_limit,
         )))
         .data(core)
-        .around(log_request)
         .catch_all_error(error::render_error)
 }
 
@@ -79,6 +80,16 @@ async fn limit_body<E: Endpoint>(
 async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // Which API token made the request: its place in ROUTER_API_TOKENS
+    // (1 for the first), never the token; absent without a known one.
+    let token = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .zip(req.data::<Arc<Core>>())
+        .and_then(|(bearer, core)| core.config.router_api_tokens.position(bearer))
+        .map(|i| i + 1);
     let started = std::time::Instant::now();
     let result = next.call(req).await.map(IntoResponse::into_response);
     let status = match &result {
@@ -88,6 +99,7 @@ async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Re
     tracing::info!(
         %method,
         %path,
+        token,
         status = status.as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "http request"

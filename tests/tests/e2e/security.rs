@@ -389,4 +389,13 @@ async fn each_api_token_has_its_own_rate_limit() {
     // After the wait, the first token is served again.
     tokio::time::sleep(Duration::from_secs(wait)).await;
     assert_eq!(get(router_tests::API_TOKEN).await.unwrap().status(), 200);
+    // Each request line names the token by its place in ROUTER_API_TOKENS.
+    let logs = sys.ingest.logs();
+    let lines = |token: &str| {
+        logs.lines()
+            .filter(|l| l.contains("http request") && l.contains(token))
+            .count()
+    };
+    assert_eq!(lines("token=2"), 6, "{logs}");
+    assert_eq!(lines("token=1"), 1, "{logs}");
 }
