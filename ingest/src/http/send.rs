@@ -19,7 +19,22 @@ use crate::domain::send::{OutgoingMessage, SendError, Sent, send_and_record};
 use crate::meta::graph::GraphError;
 
 /// Meta's limit on a text message, in UTF-8 bytes.
-pub const MAX_TEXT_BYTES: usize = 1000;
+const MAX_TEXT_BYTES: usize = 1000;
+/// Refuses a text Instagram would refuse (400 `text_too_long`): Meta counts
+/// UTF-8 bytes, not characters. `field` names it in the message.
+pub fn within_text_limit(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::bad_request(
+            "text_too_long",
+            format!(
+                "{field} is {} UTF-8 bytes; Instagram allows at most {MAX_TEXT_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Seconds a rate-limited caller is asked to wait (Meta gives no figure).
 const RATE_LIMIT_RETRY_AFTER: u64 = 60;
 
@@ -168,15 +183,7 @@ impl SendApi {
                         "text must not be empty",
                     ));
                 }
-                if text.len() > MAX_TEXT_BYTES {
-                    return Err(ApiError::bad_request(
-                        "text_too_long",
-                        format!(
-                            "text is {} UTF-8 bytes; Instagram allows at most {MAX_TEXT_BYTES}",
-                            text.len()
-                        ),
-                    ));
-                }
+                within_text_limit("text", &text)?;
                 OutgoingMessage {
                     recipient_id: body.recipient_id,
                     text: Some(text),

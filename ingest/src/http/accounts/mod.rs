@@ -21,7 +21,7 @@ use crate::domain::Core;
 use crate::http::ApiTags;
 use crate::http::auth::ApiToken;
 use crate::http::error::ApiError;
-use crate::http::send::MAX_TEXT_BYTES;
+use crate::http::send::within_text_limit;
 use crate::store::AccountRow;
 
 /// The selection an API caller gives: `None` (omitted or null) for every event.
@@ -196,17 +196,9 @@ async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), Ap
     Ok(())
 }
 
-/// An auto-reply Instagram will take: Meta counts UTF-8 bytes, not characters.
+/// An auto-reply Instagram will take.
 fn checked_auto_reply(text: String) -> Result<String, ApiError> {
-    if text.len() > MAX_TEXT_BYTES {
-        return Err(ApiError::bad_request(
-            "text_too_long",
-            format!(
-                "auto_reply_text is {} UTF-8 bytes; Instagram allows at most {MAX_TEXT_BYTES}",
-                text.len()
-            ),
-        ));
-    }
+    within_text_limit("auto_reply_text", &text)?;
     Ok(text)
 }
 
