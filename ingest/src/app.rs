@@ -86,6 +86,7 @@ pub async fn serve(
 
     let publisher = outbox::Publisher {
         messages: core.store.messages.clone(),
+        writes: core.store.saves.clone(),
         nats: core.nats.clone(),
         wakeup: core.outbox_wakeup.clone(),
         throughput: core.throughput.clone(),
@@ -138,7 +139,7 @@ pub async fn serve(
 async fn background_tasks(core: Arc<Core>, publisher: outbox::Publisher, stop: CancellationToken) {
     core.nats.set_up(&core.subjects, &stop).await;
     let recorder = outcomes::Recorder {
-        outcomes: core.store.outcomes.clone(),
+        writes: core.store.saves.clone(),
         nats: core.nats.clone(),
         subjects: core.subjects.clone(),
     };

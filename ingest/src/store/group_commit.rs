@@ -1,35 +1,64 @@
 //! Group commit: saves that arrive while another is being written share the
-//! next transaction, and so one commit (one fsync) for many webhooks. Each
+//! next transaction, and so one commit (one fsync) for many webhooks; the
+//! outbox's removals and the delivery outcomes share it too. Each
 //! caller still gets its answer only after its own rows are committed, so
 //! Meta's 200 still means "saved". Under light load a save is written at
 //! once, alone; nothing waits for a batch to fill.
 
 use std::sync::Arc;
 
+use shared::wire::DeliveryOutcome;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MessageStore, NewMessage, SaveOutcome, StoreError};
+use super::{MessageStore, NewMessage, OutcomeStore, SaveOutcome, StoreError};
 
-/// The most saves in one transaction.
+/// The most callers served by one transaction.
 const MAX_BATCH: usize = 256;
 
-/// One caller's messages, saved in order and in the same transaction.
-struct Job {
-    messages: Vec<NewMessage>,
-    done: oneshot::Sender<Vec<Result<SaveOutcome, StoreError>>>,
+/// Where a saving caller's outcomes go, one per message.
+type SaveAnswer = oneshot::Sender<Vec<Result<SaveOutcome, StoreError>>>;
+
+/// One caller's writes. Saves are what Meta's 200 waits on; the outbox
+/// publisher's removals and the delivery outcomes ride along in the same
+/// transaction, so a busy ingest commits once per turn instead of three times.
+enum Work {
+    /// Messages saved in order, in the same transaction.
+    Save {
+        messages: Vec<NewMessage>,
+        done: SaveAnswer,
+    },
+    /// Outbox rows of messages JetStream has acknowledged.
+    Remove {
+        message_ids: Vec<String>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Delivery outcomes reported by the forwarders.
+    Record {
+        outcomes: Vec<DeliveryOutcome>,
+        done: oneshot::Sender<Result<Vec<bool>, StoreError>>,
+    },
 }
 
-/// The handle callers save through; the writer task ends with the last one.
+/// The handle callers write through; the writer task ends with the last one.
 #[derive(Clone)]
 pub struct GroupCommit {
-    jobs: mpsc::Sender<Job>,
+    saves: mpsc::Sender<Work>,
+    /// Removals and outcomes wait in a queue of their own and go into the
+    /// very next turn: behind a thousand queued saves, the outbox would
+    /// stop draining and every message would wait for it.
+    chores: mpsc::Sender<Work>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
 }
 
 impl GroupCommit {
-    pub fn start(store: Arc<dyn MessageStore>) -> Self {
-        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write(store, queue));
-        Self { jobs }
+    pub fn start(store: Arc<dyn MessageStore>, outcomes: Arc<dyn OutcomeStore>) -> Self {
+        let (saves, save_queue) = mpsc::channel(4 * MAX_BATCH);
+        let (chores, chore_queue) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(write(store, outcomes, save_queue, chore_queue));
+        Self { saves, chores }
     }
 
     /// Saves messages in this order, together, in whatever transaction is
@@ -39,52 +68,139 @@ impl GroupCommit {
         messages: Vec<NewMessage>,
     ) -> Vec<Result<SaveOutcome, StoreError>> {
         let count = messages.len();
-        let stopped = || {
-            (0..count)
-                .map(|_| Err(StoreError::Database(sqlx::Error::PoolClosed)))
-                .collect()
-        };
         let (done, answer) = oneshot::channel();
-        if self.jobs.send(Job { messages, done }).await.is_err() {
-            return stopped();
+        if self
+            .saves
+            .send(Work::Save { messages, done })
+            .await
+            .is_err()
+        {
+            return (0..count).map(|_| Err(stopped())).collect();
         }
-        answer.await.unwrap_or_else(|_| stopped())
+        answer
+            .await
+            .unwrap_or_else(|_| (0..count).map(|_| Err(stopped())).collect())
+    }
+
+    /// [`MessageStore::remove_from_outbox`], in the next transaction.
+    pub async fn remove_from_outbox(&self, message_ids: Vec<String>) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let work = Work::Remove { message_ids, done };
+        self.chores.send(work).await.map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// [`OutcomeStore::record_outcomes`], in the next transaction.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: Vec<DeliveryOutcome>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let work = Work::Record { outcomes, done };
+        self.chores.send(work).await.map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
-async fn write(store: Arc<dyn MessageStore>, mut queue: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut sizes = Vec::with_capacity(batch.len());
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut messages = Vec::new();
-        for job in batch.drain(..) {
-            sizes.push(job.messages.len());
-            answers.push(job.done);
-            messages.extend(job.messages);
+async fn write(
+    store: Arc<dyn MessageStore>,
+    recorder: Arc<dyn OutcomeStore>,
+    mut save_queue: mpsc::Receiver<Work>,
+    mut chore_queue: mpsc::Receiver<Work>,
+) {
+    let mut batch = Vec::with_capacity(2 * MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(chore) = chore_queue.recv() => chore,
+            Some(save) = save_queue.recv() => save,
+            else => return,
+        };
+        batch.push(first);
+        // Whatever else is ready joins this turn; nothing waits for more.
+        while batch.len() < MAX_BATCH
+            && let Ok(chore) = chore_queue.try_recv()
+        {
+            batch.push(chore);
         }
-        metrics::histogram!("router_ingest_save_batch_size").record(messages.len() as f64);
-        let mut outcomes: Vec<Result<SaveOutcome, StoreError>> =
-            match store.save_messages(&messages).await {
-                Ok(saved) => saved.into_iter().map(Ok).collect(),
-                Err(e) if messages.len() == 1 => vec![Err(e)],
-                // One message the database refuses must not fail the others:
-                // the batch was rolled back, so each is tried on its own.
-                Err(_) => {
-                    let mut each = Vec::with_capacity(messages.len());
-                    for message in &messages {
-                        each.push(store.save_message(message).await);
-                    }
-                    each
+        let chores = batch.len();
+        while batch.len() < chores + MAX_BATCH
+            && let Ok(save) = save_queue.try_recv()
+        {
+            batch.push(save);
+        }
+        let mut saves = Vec::new();
+        let mut messages = Vec::new();
+        let mut removals = Vec::new();
+        let mut removed = Vec::new();
+        let mut records = Vec::new();
+        let mut outcomes = Vec::new();
+        for work in batch.drain(..) {
+            match work {
+                Work::Save { messages: m, done } => {
+                    saves.push((m.len(), done));
+                    messages.extend(m);
+                }
+                Work::Remove { message_ids, done } => {
+                    removed.extend(message_ids.iter().cloned());
+                    removals.push((message_ids, done));
+                }
+                Work::Record { outcomes: o, done } => {
+                    outcomes.extend(o.iter().cloned());
+                    records.push((o, done));
                 }
             }
-            .into_iter()
-            .rev()
-            .collect();
-        for (answer, size) in answers.into_iter().zip(sizes) {
-            let mine = (0..size).filter_map(|_| outcomes.pop()).collect();
-            let _ = answer.send(mine);
         }
+        if !messages.is_empty() {
+            metrics::histogram!("router_ingest_save_batch_size").record(messages.len() as f64);
+        }
+        if let Ok(Some((saved, mut known))) =
+            store.write_together(&messages, &removed, &outcomes).await
+        {
+            answer_saves(saves, saved.into_iter().map(Ok).collect());
+            for (_, done) in removals {
+                let _ = done.send(Ok(()));
+            }
+            for (o, done) in records {
+                let rest = known.split_off(o.len());
+                let _ = done.send(Ok(std::mem::replace(&mut known, rest)));
+            }
+            continue;
+        }
+        // Something in the turn was refused (or a message was already
+        // saved): each caller's part is written on its own, so one bad
+        // write fails only its caller.
+        for (message_ids, done) in removals {
+            let _ = done.send(store.remove_from_outbox(&message_ids).await);
+        }
+        for (o, done) in records {
+            let _ = done.send(recorder.record_outcomes(&o).await);
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let saved = match store.save_messages(&messages).await {
+            Ok(saved) => saved.into_iter().map(Ok).collect(),
+            Err(e) if messages.len() == 1 => vec![Err(e)],
+            // One message the database refuses must not fail the others:
+            // the batch was rolled back, so each is tried on its own.
+            Err(_) => {
+                let mut each = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    each.push(store.save_message(message).await);
+                }
+                each
+            }
+        };
+        answer_saves(saves, saved);
+    }
+}
+
+/// Hands each saving caller its messages' outcomes, in order.
+fn answer_saves(saves: Vec<(usize, SaveAnswer)>, outcomes: Vec<Result<SaveOutcome, StoreError>>) {
+    let mut outcomes = outcomes.into_iter();
+    for (size, done) in saves {
+        let _ = done.send(outcomes.by_ref().take(size).collect());
     }
 }
 
@@ -148,7 +264,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let saves = GroupCommit::start(db.clone());
+        let saves = GroupCommit::start(db.clone(), db.clone());
         // Message 13 names an account that does not exist: the database
         // refuses it (foreign key), and only it.
         let results = futures::future::join_all((0..40).map(|i| {

@@ -10,6 +10,7 @@
 // First: the statements both backends implement their traits with.
 #[macro_use]
 mod sql;
+mod cached;
 mod group_commit;
 mod postgres;
 mod sealed;
@@ -212,6 +213,17 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Called once JetStream acknowledged the publish.
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError>;
+    /// One write turn: new events (as [`Self::save_messages`]), published
+    /// outbox rows (as [`Self::remove_from_outbox`]) and delivery outcomes
+    /// (as [`OutcomeStore::record_outcomes`]) in one transaction, so one
+    /// commit. `None`, with nothing written, when one of the events is
+    /// already saved: the caller then writes each part on its own.
+    async fn write_together(
+        &self,
+        messages: &[NewMessage],
+        published: &[String],
+        outcomes: &[DeliveryOutcome],
+    ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError>;
     async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
     /// How many messages wait to be published, and since when the oldest.
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
@@ -294,13 +306,15 @@ pub trait OutcomeStore: Send + Sync + 'static {
 }
 
 /// The store as its callers see it: one handle per part, all backed by the
-/// same database; only the accounts part seals secrets.
+/// same database; only the accounts part seals secrets (and keeps the
+/// accounts webhooks name in memory for a moment).
 #[derive(Clone)]
 pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub messages: Arc<dyn MessageStore>,
     pub outcomes: Arc<dyn OutcomeStore>,
-    /// Saves of inbound events, committed in groups.
+    /// Saves of inbound events, outbox removals and delivery outcomes,
+    /// committed in groups.
     pub saves: GroupCommit,
 }
 
@@ -308,12 +322,14 @@ impl Stores {
     fn new<S: AccountStore + MessageStore + OutcomeStore>(db: S, key: Option<SecretBox>) -> Self {
         let db = Arc::new(db);
         Self {
-            accounts: Arc::new(sealed::SealedAccounts {
-                inner: db.clone(),
-                key,
-            }),
+            accounts: Arc::new(cached::CachedAccounts::new(Arc::new(
+                sealed::SealedAccounts {
+                    inner: db.clone(),
+                    key,
+                },
+            ))),
             messages: db.clone(),
-            saves: GroupCommit::start(db.clone()),
+            saves: GroupCommit::start(db.clone(), db.clone()),
             outcomes: db,
         }
     }

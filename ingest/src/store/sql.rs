@@ -74,6 +74,15 @@ pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option
 /// below both databases' limits.
 pub(super) const SAVE_CHUNK: usize = 256;
 
+/// Whether a multi-row statement of `rows` rows is kept prepared. Under
+/// light load every group is one to a few rows, the same few shapes again
+/// and again, and parsing them was a sixth of ingest's CPU; a larger group's
+/// shape seldom repeats and would crowd the statement cache (100 per
+/// connection): it is parsed each time.
+pub(super) fn keep_prepared(rows: usize) -> bool {
+    rows <= 8
+}
+
 /// Consecutive runs of at most [`SAVE_CHUNK`] outcomes, each of different
 /// messages.
 pub(super) fn runs_of_distinct_messages(
@@ -282,10 +291,9 @@ impl $store {
                 .push_bind(*sequence);
         });
         insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
-        // One row has one shape, worth keeping prepared; a group's is new each time.
         let done = insert
             .build()
-            .persistent(rows.len() == 1)
+            .persistent(keep_prepared(rows.len()))
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() as usize)
@@ -301,8 +309,21 @@ impl $store {
         &self,
         messages: &[NewMessage],
     ) -> Result<Option<Vec<SaveOutcome>>, StoreError> {
-        let now = Utc::now();
         let mut tx = self.begin_write().await?;
+        let outcomes = Self::save_new_in(&mut tx, messages).await?;
+        if outcomes.is_some() {
+            tx.commit().await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// [`Self::save_new_together`] in the caller's transaction; on `None`
+    /// the caller rolls it back.
+    async fn save_new_in(
+        tx: &mut WriteTx<$db>,
+        messages: &[NewMessage],
+    ) -> Result<Option<Vec<SaveOutcome>>, StoreError> {
+        let now = Utc::now();
         let mut outcomes = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(SAVE_CHUNK) {
             // Each conversation's counter moves once, by its number of
@@ -336,8 +357,11 @@ impl $store {
                      DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence
                      RETURNING account_id, conversation_id, last_sequence",
                 );
-                let lasts: Vec<(String, String, i64)> =
-                    counters.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
+                let lasts: Vec<(String, String, i64)> = counters
+                    .build_query_as()
+                    .persistent(keep_prepared(conversations.len()))
+                    .fetch_all(&mut **tx)
+                    .await?;
                 for (account, conversation, last) in &lasts {
                     let i = which[&(account.as_str(), conversation.as_str())];
                     next[i] = last - conversations[i].2 + 1;
@@ -363,7 +387,7 @@ impl $store {
                 .zip(&payloads)
                 .map(|((m, n), p)| (m, *n, p.as_ref()))
                 .collect();
-            let inserted = Self::insert_messages(&mut tx, &rows, now).await?;
+            let inserted = Self::insert_messages(tx, &rows, now).await?;
             if inserted < chunk.len() {
                 return Ok(None);
             }
@@ -388,14 +412,35 @@ impl $store {
                         .push_bind(&m.conversation_id)
                         .push_bind(*sequence);
                 });
-                outbox.build().persistent(false).execute(&mut *tx).await?;
+                outbox
+                    .build()
+                    .persistent(keep_prepared(published.len()))
+                    .execute(&mut **tx)
+                    .await?;
             }
             outcomes.extend(sequences.iter().map(|n| SaveOutcome::Saved {
                 sequence: n.map(|n| n as u64),
             }));
         }
-        tx.commit().await?;
         Ok(Some(outcomes))
+    }
+
+    /// Deletes the outbox rows of published messages.
+    async fn remove_in(tx: &mut WriteTx<$db>, message_ids: &[String]) -> Result<(), StoreError> {
+        for chunk in message_ids.chunks(SAVE_CHUNK) {
+            let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
+            let mut ids = delete.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            delete.push(")");
+            delete
+                .build()
+                .persistent(keep_prepared(chunk.len()))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -488,17 +533,30 @@ impl $crate::store::MessageStore for $store {
 
     async fn remove_from_outbox(&self, message_ids: &[String]) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        for chunk in message_ids.chunks(SAVE_CHUNK) {
-            let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
-            let mut ids = delete.separated(", ");
-            for id in chunk {
-                ids.push_bind(id);
-            }
-            delete.push(")");
-            delete.build().persistent(false).execute(&mut *tx).await?;
-        }
+        Self::remove_in(&mut tx, message_ids).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn write_together(
+        &self,
+        messages: &[NewMessage],
+        published: &[String],
+        outcomes: &[DeliveryOutcome],
+    ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let saved = if messages.is_empty() {
+            Vec::new()
+        } else {
+            match Self::save_new_in(&mut tx, messages).await? {
+                Some(saved) => saved,
+                None => return Ok(None),
+            }
+        };
+        Self::remove_in(&mut tx, published).await?;
+        let known = Self::record_in(&mut tx, outcomes).await?;
+        tx.commit().await?;
+        Ok(Some((saved, known)))
     }
 
     async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError> {
@@ -760,6 +818,18 @@ impl $crate::store::OutcomeStore for $store {
     /// each outcome, whether its message is known.
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let known = <$store>::record_in(&mut tx, outcomes).await?;
+        tx.commit().await?;
+        Ok(known)
+    }
+}
+
+impl $store {
+    /// [`OutcomeStore::record_outcomes`] in the caller's transaction.
+    async fn record_in(
+        tx: &mut WriteTx<$db>,
+        outcomes: &[DeliveryOutcome],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut known_messages = Vec::with_capacity(outcomes.len());
         for chunk in runs_of_distinct_messages(outcomes) {
             let mut attempts = sqlx::QueryBuilder::new(
@@ -771,7 +841,11 @@ impl $crate::store::OutcomeStore for $store {
                 ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
                  ON CONFLICT DO NOTHING",
             );
-            attempts.build().persistent(false).execute(&mut *tx).await?;
+            attempts
+                .build()
+                .persistent(keep_prepared(chunk.len()))
+                .execute(&mut **tx)
+                .await?;
             let mut states = sqlx::QueryBuilder::new(
                 "UPDATE messages SET
                     delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
@@ -788,14 +862,14 @@ impl $crate::store::OutcomeStore for $store {
             push_outcome_rows(&mut states, chunk);
             states.push(") AS v WHERE messages.id = v.message_id RETURNING messages.id");
             let updated: std::collections::HashSet<String> = states
-                .build_query_scalar().persistent(false)
-                .fetch_all(&mut *tx)
+                .build_query_scalar()
+                .persistent(keep_prepared(chunk.len()))
+                .fetch_all(&mut **tx)
                 .await?
                 .into_iter()
                 .collect();
             known_messages.extend(chunk.iter().map(|o| updated.contains(&o.message_id)));
         }
-        tx.commit().await?;
         Ok(known_messages)
     }
 }

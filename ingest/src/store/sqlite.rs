@@ -13,8 +13,8 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::sql::{
-    MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, push_outcome_rows,
-    runs_of_distinct_messages, storable_text,
+    MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, keep_prepared,
+    push_outcome_rows, runs_of_distinct_messages, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,

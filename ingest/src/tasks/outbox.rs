@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::nats::NatsLink;
-use crate::store::MessageStore;
+use crate::store::{GroupCommit, MessageStore};
 
 const BATCH: u32 = 256;
 /// How often the outbox is looked at without a wake-up.
@@ -24,6 +24,8 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Publisher {
     pub messages: Arc<dyn MessageStore>,
+    /// Removals share the next save's transaction.
+    pub writes: GroupCommit,
     pub nats: Arc<NatsLink>,
     pub wakeup: Arc<Notify>,
     pub throughput: Arc<Throughput>,
@@ -88,11 +90,12 @@ impl Publisher {
                 Throughput::add(&state.throughput.errors, failed);
             }
             published += done.len();
-            state.messages.remove_from_outbox(&done).await?;
+            let stopped_early = done.len() < batch.len();
+            state.writes.remove_from_outbox(done).await?;
             if let Some((id, e)) = failed {
                 anyhow::bail!("publish of {id} not acknowledged: {e}");
             }
-            if done.len() < batch.len() {
+            if stopped_early {
                 anyhow::bail!("publishing stopped early");
             }
         }

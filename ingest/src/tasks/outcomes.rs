@@ -15,14 +15,15 @@ use shared::wire::DeliveryOutcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::nats::NatsLink;
-use crate::store::OutcomeStore;
+use crate::store::GroupCommit;
 
 /// The most outcomes recorded in one transaction.
 const BATCH: usize = 256;
 
 /// What the recorder uses: the outcome store and the delivery stream.
 pub struct Recorder {
-    pub outcomes: Arc<dyn OutcomeStore>,
+    /// Outcomes share the next save's transaction.
+    pub writes: GroupCommit,
     pub nats: Arc<NatsLink>,
     pub subjects: Subjects,
 }
@@ -68,7 +69,7 @@ async fn consume(state: &Recorder, backoff: &mut Backoff) -> anyhow::Result<()> 
         }
         backoff.reset();
         let (messages, outcomes): (Vec<_>, Vec<_>) = readable.into_iter().unzip();
-        match state.outcomes.record_outcomes(&outcomes).await {
+        match state.writes.record_outcomes(outcomes.clone()).await {
             Ok(known) => {
                 for (outcome, known) in outcomes.iter().zip(known) {
                     if !known {

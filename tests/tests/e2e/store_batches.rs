@@ -1,6 +1,7 @@
 //! The store's multi-row writes, on each real database: many webhooks'
 //! events saved with a few statements, outcomes recorded together, outbox
-//! rows removed together. What a user would see if they went wrong: a gap
+//! rows removed together, and all three in one transaction when they meet
+//! in the writer. What a user would see if they went wrong: a gap
 //! or a repeat in a conversation's `sequence`, a redelivered event saved
 //! twice, or a message's delivery state out of order.
 
@@ -16,7 +17,8 @@ use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
 
 router_tests::on_both_stores!(
     saves_together_number_conversations_without_gaps,
-    outcomes_together_apply_in_order_per_message
+    outcomes_together_apply_in_order_per_message,
+    one_turn_writes_saves_removals_and_outcomes_or_nothing
 );
 
 async fn open(db: Db) -> (TestDatabase, Stores) {
@@ -251,4 +253,73 @@ async fn outcomes_together_apply_in_order_per_message(db: Db) {
         .await
         .unwrap();
     assert_eq!(row(&three.id).await.delivery_attempts, 2);
+}
+
+async fn one_turn_writes_saves_removals_and_outcomes_or_nothing(db: Db) {
+    let (_database, stores) = open(db).await;
+    let first = vec![event("m1", "conv_a", true), event("m2", "conv_b", true)];
+    stores.messages.save_messages(&first).await.unwrap();
+    let status = |id: &str| {
+        let messages = stores.messages.clone();
+        let id = id.to_owned();
+        async move {
+            messages
+                .get_message(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .delivery_status
+        }
+    };
+
+    // A save, a removal and an outcome written together.
+    let next = event("m3", "conv_a", true);
+    let (saved_now, known) = stores
+        .messages
+        .write_together(
+            std::slice::from_ref(&next),
+            std::slice::from_ref(&first[0].id),
+            &[outcome(&first[1].id, 1, Outcome::Delivered, None)],
+        )
+        .await
+        .unwrap()
+        .expect("nothing already saved");
+    assert_eq!(saved_now, vec![saved(2)], "conv_a's second event");
+    assert_eq!(known, vec![true]);
+    assert_eq!(stores.messages.outbox_backlog().await.unwrap().0, 2);
+    assert_eq!(status(&first[1].id).await, DeliveryStatus::Delivered);
+
+    // A turn with an event already saved writes nothing at all.
+    let again = event("m1", "conv_a", true);
+    let turn = stores
+        .messages
+        .write_together(
+            std::slice::from_ref(&again),
+            std::slice::from_ref(&next.id),
+            &[outcome(&next.id, 1, Outcome::Delivered, None)],
+        )
+        .await
+        .unwrap();
+    assert!(turn.is_none());
+    assert_eq!(stores.messages.outbox_backlog().await.unwrap().0, 2);
+    assert_eq!(status(&next.id).await, DeliveryStatus::Pending);
+
+    // Through the writer, the same three at once: the duplicate is told
+    // apart, the removal and the outcome still land.
+    let writes = &stores.saves;
+    let (saves, removal, recorded) = tokio::join!(
+        writes.save_all(vec![again, event("m4", "conv_c", true)]),
+        writes.remove_from_outbox(vec![next.id.clone()]),
+        writes.record_outcomes(vec![outcome(&next.id, 1, Outcome::Delivered, None)]),
+    );
+    let saves: Vec<_> = saves.into_iter().map(Result::unwrap).collect();
+    assert_eq!(saves, vec![SaveOutcome::Duplicate, saved(1)]);
+    removal.unwrap();
+    assert_eq!(recorded.unwrap(), vec![true]);
+    assert_eq!(
+        stores.messages.outbox_backlog().await.unwrap().0,
+        2,
+        "m2 and m4"
+    );
+    assert_eq!(status(&next.id).await, DeliveryStatus::Delivered);
 }
