@@ -116,32 +116,10 @@ impl AccountStore for CachedAccounts {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use shared::model::{AccountStatus, CrmWebhookUrl, EventSelection};
+    use shared::model::AccountStatus;
 
     use super::*;
     use crate::store::SqliteStore;
-
-    fn account() -> AccountRow {
-        let now = Utc::now();
-        AccountRow {
-            id: "acc_1".into(),
-            name: "Shop".into(),
-            instagram_account_id: "17841400000000001".into(),
-            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
-            auto_reply_text: None,
-            status: AccountStatus::Active,
-            instagram_access_token: None,
-            webhook_secret: "whsec_c2VjcmV0".into(),
-            created_at: now,
-            updated_at: now,
-            events: EventSelection::Every,
-            auto_reply_cooldown_secs: 60,
-            max_in_flight: None,
-            deliveries_paused_at: None,
-            deliveries_resumed_at: None,
-        }
-    }
 
     #[tokio::test]
     async fn own_writes_apply_at_once_and_another_ingests_within_a_second() {
@@ -153,7 +131,7 @@ mod tests {
         assert!(cached.account_by_instagram_id(ig).await.unwrap().is_none());
 
         // Created elsewhere (another ingest): found at once, nothing negative kept.
-        let mut row = account();
+        let mut row = AccountRow::example("acc_1", ig);
         db.insert_account(&row).await.unwrap();
         let found = cached.account_by_instagram_id(ig).await.unwrap().unwrap();
         assert_eq!(found.status, AccountStatus::Active);

@@ -207,7 +207,7 @@ fn answer_saves(saves: Vec<(usize, SaveAnswer)>, outcomes: Vec<Result<SaveOutcom
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use shared::model::{AccountStatus, CrmWebhookUrl, Direction, EventKind, EventSelection};
+    use shared::model::{Direction, EventKind};
 
     use super::*;
     use crate::store::{AccountRow, AccountStore, SqliteStore};
@@ -244,26 +244,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let db = Arc::new(SqliteStore::open(&url).await.unwrap());
-        let now = Utc::now();
-        db.insert_account(&AccountRow {
-            id: "acc_1".into(),
-            name: "Shop".into(),
-            instagram_account_id: "1".into(),
-            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
-            auto_reply_text: None,
-            status: AccountStatus::Active,
-            instagram_access_token: None,
-            webhook_secret: "whsec_c2VjcmV0".into(),
-            created_at: now,
-            updated_at: now,
-            events: EventSelection::Every,
-            auto_reply_cooldown_secs: 60,
-            max_in_flight: None,
-            deliveries_paused_at: None,
-            deliveries_resumed_at: None,
-        })
-        .await
-        .unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
         let saves = GroupCommit::start(db.clone(), db.clone());
         // Message 13 names an account that does not exist: the database
         // refuses it (foreign key), and only it.

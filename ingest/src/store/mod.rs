@@ -54,6 +54,31 @@ pub struct AccountRow {
     pub deliveries_resumed_at: Option<DateTime<Utc>>,
 }
 
+#[cfg(test)]
+impl AccountRow {
+    /// An active account for the store's own tests.
+    pub(crate) fn example(id: &str, instagram_account_id: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            id: id.into(),
+            name: "Shop".into(),
+            instagram_account_id: instagram_account_id.into(),
+            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
+            auto_reply_text: None,
+            status: AccountStatus::Active,
+            instagram_access_token: None,
+            webhook_secret: "whsec_c2VjcmV0".into(),
+            created_at: now,
+            updated_at: now,
+            events: EventSelection::Every,
+            auto_reply_cooldown_secs: 60,
+            max_in_flight: None,
+            deliveries_paused_at: None,
+            deliveries_resumed_at: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for AccountRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccountRow")
