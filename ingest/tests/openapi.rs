@@ -23,6 +23,26 @@ fn committed_openapi_document_matches_the_code() {
 }
 
 #[test]
+fn each_path_appears_once_so_no_parser_drops_an_operation() {
+    // Two `#[OpenApi]` impls serving one path each write it as a key of
+    // its own, and a JSON parser keeps only the last: the operations a
+    // parser sees must be every operation written.
+    let text = ingest::http::openapi::spec_json();
+    let written = text.matches("\"operationId\"").count();
+    let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let operations = |section: &str| -> usize {
+        spec[section]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|ops| ops.as_object().unwrap().len())
+            .sum()
+    };
+    let parsed = operations("paths") + operations("webhooks");
+    assert_eq!(parsed, written, "a path is written twice in the document");
+}
+
+#[test]
 fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
     let spec: serde_json::Value =
         serde_json::from_str(&ingest::http::openapi::spec_json()).unwrap();

@@ -60,6 +60,11 @@ prefixed_id!(
     "acc_",
     "Our id of a connected Instagram account."
 );
+prefixed_id!(
+    TokenId,
+    "tok_",
+    "Our id of an account-scoped API token (never the token itself)."
+);
 
 /// The value is not an id of the expected kind.
 #[derive(Debug, thiserror::Error)]

@@ -155,6 +155,14 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// The folder of an SQLite database (its file and WAL), to read its bytes.
+    pub fn sqlite_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite(dir) => Some(dir.path()),
+            Self::Postgres { .. } => None,
+        }
+    }
+
     /// Runs one statement on the test's database behind ingest's back (to
     /// corrupt a row, say); `$1` is `arg`. Returns the rows it changed.
     pub async fn execute(&self, sql: &'static str, arg: &str) -> u64 {

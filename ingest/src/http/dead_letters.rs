@@ -55,11 +55,18 @@ fn not_dead_letter() -> ApiError {
     )
 }
 
+/// The filter as asked, narrowed to the caller's account for an account
+/// token (naming another account is 404, as if it did not exist).
 fn filter_of(
+    auth: &ApiToken,
     account_id: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> Result<DeadLetterFilter, ApiError> {
+    if let Some(id) = &account_id {
+        auth.reach(id)?;
+    }
+    let account_id = account_id.or_else(|| auth.scope().map(str::to_owned));
     if let Some(id) = &account_id {
         AccountId::parse(id).map_err(|_| {
             ApiError::bad_request("invalid_account_id", "account_id must be an acc_… id")
@@ -70,6 +77,18 @@ fn filter_of(
         since,
         until,
     })
+}
+
+/// 404 `dead_letter_not_found` for a message of another account than an
+/// account token's.
+async fn reach_message(state: &Core, auth: &ApiToken, id: &MessageId) -> Result<(), ApiError> {
+    let Some(own) = auth.scope() else {
+        return Ok(());
+    };
+    match state.store.messages.get_message(id.as_str()).await? {
+        Some(row) if row.account_id == own => Ok(()),
+        _ => Err(not_dead_letter()),
+    }
 }
 
 /// Replays at most this many per request, so one call stays short; call again for more.
@@ -88,7 +107,7 @@ impl DeadLettersApi {
     )]
     async fn list(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         /// Only this account's.
         account_id: Query<Option<String>>,
@@ -105,7 +124,7 @@ impl DeadLettersApi {
         )]
         limit: Query<u32>,
     ) -> Result<Json<MessagePage>, ApiError> {
-        let filter = filter_of(account_id.0, since.0, until.0)?;
+        let filter = filter_of(&auth, account_id.0, since.0, until.0)?;
         let rows = state
             .store
             .messages
@@ -122,11 +141,12 @@ impl DeadLettersApi {
     )]
     async fn replay_one(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         message_id: Path<String>,
     ) -> Result<ReplayResponse, ApiError> {
         let id = MessageId::parse(&message_id.0).map_err(|_| not_dead_letter())?;
+        reach_message(state, &auth, &id).await?;
         if !state.store.messages.replay_dead_letter(id.as_str()).await? {
             return Err(not_dead_letter());
         }
@@ -146,11 +166,11 @@ impl DeadLettersApi {
     )]
     async fn replay_many(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         body: Json<ReplayMany>,
     ) -> Result<ReplayResponse, ApiError> {
-        let filter = filter_of(body.0.account_id, body.0.since, body.0.until)?;
+        let filter = filter_of(&auth, body.0.account_id, body.0.since, body.0.until)?;
         let rows = state
             .store
             .messages
@@ -175,11 +195,12 @@ impl DeadLettersApi {
     )]
     async fn discard(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         message_id: Path<String>,
     ) -> Result<DiscardResponse, ApiError> {
         let id = MessageId::parse(&message_id.0).map_err(|_| not_dead_letter())?;
+        reach_message(state, &auth, &id).await?;
         if !state
             .store
             .messages

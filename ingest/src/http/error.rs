@@ -34,7 +34,11 @@ pub enum ApiError {
     /// Missing or unknown bearer token.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// No such resource.
+    /// The token may not do this (an account token, where an operator
+    /// token from `ROUTER_API_TOKENS` is needed).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No such resource (or not one this token can reach).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request conflicts with an existing resource.
@@ -75,6 +79,9 @@ impl ErrorBody {
 impl ApiError {
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::BadRequest(body(code, message))
+    }
+    pub fn forbidden(code: &str, message: impl Into<String>) -> Self {
+        Self::Forbidden(body(code, message))
     }
     pub fn not_found(code: &str, message: impl Into<String>) -> Self {
         Self::NotFound(body(code, message))

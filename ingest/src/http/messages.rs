@@ -1,7 +1,8 @@
-//! `GET /api/v1/accounts/{account_id}/messages`: an account's messages with
-//! their delivery state, in the order they were saved, paged by cursor.
-//! Message text is not returned: the CRM already has it, and API reads
-//! never carry message content.
+//! `/api/v1/accounts/{account_id}/messages`: `GET` lists an account's
+//! messages with their delivery state, in the order they were saved, paged
+//! by cursor (message text is not returned: the CRM already has it, and API
+//! reads never carry message content); `POST` sends a reply ([`super::send`]).
+//! Both are in one impl so the document has the path once.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
+use super::send::{SendMessage, SendResponse, send_reply};
 use crate::domain::Core;
 use crate::store::MessageRow;
 
@@ -130,7 +132,7 @@ impl MessagesApi {
     )]
     async fn list(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
         /// Only this conversation (`conv_…`).
@@ -144,6 +146,7 @@ impl MessagesApi {
         )]
         limit: Query<u32>,
     ) -> Result<Json<MessagePage>, ApiError> {
+        auth.reach(&account_id.0)?;
         let account = find_account(state, &account_id.0).await?;
         let rows = state
             .store
@@ -156,5 +159,21 @@ impl MessagesApi {
             )
             .await?;
         Ok(Json(page_of(rows, limit.0)))
+    }
+
+    /// Send a reply to a customer through Instagram
+    #[oai(
+        path = "/accounts/:account_id/messages",
+        method = "post",
+        operation_id = "send_message"
+    )]
+    async fn send(
+        &self,
+        auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+        body: Json<SendMessage>,
+    ) -> Result<SendResponse, ApiError> {
+        send_reply(&auth, state, &account_id.0, body).await
     }
 }

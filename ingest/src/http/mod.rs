@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod send;
+pub mod tokens;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -77,19 +78,14 @@ async fn limit_body<E: Endpoint>(
 
 /// One line per request: method, path (never the query string, which holds
 /// Meta's verify token), status and duration.
-async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response> {
+async fn log_request<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    // Which API token made the request: its place in ROUTER_API_TOKENS
-    // (1 for the first), never the token; absent without a known one.
-    let token = req
-        .headers()
-        .get(poem::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .zip(req.data::<Arc<Core>>())
-        .and_then(|(bearer, core)| core.config.router_api_tokens.position(bearer))
-        .map(|i| i + 1);
+    // Which API token made the request, filled in once it is checked: its
+    // place in ROUTER_API_TOKENS (1 for the first) or an account token's id,
+    // never the token; absent without a known one.
+    let caller = auth::CallerSlot::default();
+    req.extensions_mut().insert(caller.clone());
     let started = std::time::Instant::now();
     let result = next.call(req).await.map(IntoResponse::into_response);
     let status = match &result {
@@ -99,7 +95,7 @@ async fn log_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Re
     tracing::info!(
         %method,
         %path,
-        token,
+        token = caller.0.get().map(tracing::field::display),
         status = status.as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "http request"

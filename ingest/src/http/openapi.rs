@@ -11,7 +11,7 @@ use super::accounts::deliveries::DeliveriesApi;
 use super::dead_letters::DeadLettersApi;
 use super::health::HealthApi;
 use super::messages::MessagesApi;
-use super::send::SendApi;
+use super::tokens::TokensApi;
 
 /// An attachment of a received message.
 #[derive(Debug, Object)]
@@ -215,8 +215,8 @@ pub type ApiService = OpenApiService<
     (
         AccountsApi,
         DeliveriesApi,
+        TokensApi,
         MessagesApi,
-        SendApi,
         DeadLettersApi,
         HealthApi,
     ),
@@ -228,8 +228,8 @@ pub fn service() -> ApiService {
         (
             AccountsApi,
             DeliveriesApi,
+            TokensApi,
             MessagesApi,
-            SendApi,
             DeadLettersApi,
             HealthApi,
         ),
@@ -238,7 +238,8 @@ pub fn service() -> ApiService {
     )
     .description(
         "The ingest API: connect Instagram accounts and route their direct messages to your CRM. \
-         Every /api/v1 route needs `Authorization: Bearer <token>`. Errors are JSON `{code, message}`.",
+         Every /api/v1 route needs `Authorization: Bearer <token>`: an operator token \
+         (ROUTER_API_TOKENS, every account) or an account token (one account; anything else is 404 to it). Errors are JSON `{code, message}`.",
     )
     .webhooks::<CrmWebhooks>()
 }

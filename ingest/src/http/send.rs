@@ -2,15 +2,10 @@
 //! The message goes out through Meta's Send API with the account's token,
 //! is recorded as outbound, and Meta's errors become codes a CRM can act on.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use poem::web::Data;
-use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use poem_openapi::{ApiResponse, Enum, Object};
 
-use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
@@ -157,83 +152,74 @@ fn api_error(e: SendError) -> ApiError {
     }
 }
 
-pub struct SendApi;
-
-#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Messages")]
-impl SendApi {
-    /// Send a reply to a customer through Instagram
-    #[oai(
-        path = "/accounts/:account_id/messages",
-        method = "post",
-        operation_id = "send_message"
-    )]
-    async fn send(
-        &self,
-        _auth: ApiToken,
-        Data(state): Data<&Arc<Core>>,
-        account_id: Path<String>,
-        body: Json<SendMessage>,
-    ) -> Result<SendResponse, ApiError> {
-        let body = body.0;
-        let out = match (body.text, body.attachment) {
-            (Some(text), None) => {
-                if text.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "text_empty",
-                        "text must not be empty",
-                    ));
-                }
-                within_text_limit("text", &text)?;
-                OutgoingMessage {
-                    recipient_id: body.recipient_id,
-                    text: Some(text),
-                    attachment: None,
-                    human_agent: false,
-                }
-            }
-            (None, Some(a)) => {
-                let url = url::Url::parse(&a.url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "https" | "http"))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_attachment_url",
-                            "attachment.url must be an http(s) URL",
-                        )
-                    })?;
-                OutgoingMessage {
-                    recipient_id: body.recipient_id,
-                    text: None,
-                    attachment: Some((a.kind.as_str(), url.to_string())),
-                    human_agent: false,
-                }
-            }
-            _ => {
+/// Sends the CRM's reply (`POST /accounts/{account_id}/messages`, served by
+/// [`super::messages::MessagesApi`] beside the list on the same path).
+pub async fn send_reply(
+    auth: &ApiToken,
+    state: &Core,
+    account_id: &str,
+    body: Json<SendMessage>,
+) -> Result<SendResponse, ApiError> {
+    auth.reach(account_id)?;
+    let body = body.0;
+    let out = match (body.text, body.attachment) {
+        (Some(text), None) => {
+            if text.is_empty() {
                 return Err(ApiError::bad_request(
-                    "text_or_attachment_required",
-                    "send exactly one of text and attachment",
+                    "text_empty",
+                    "text must not be empty",
                 ));
             }
-        };
-        let out = OutgoingMessage {
-            human_agent: body.tag == Some(MessageTag::HumanAgent),
-            ..out
-        };
-        let account = find_account(state, &account_id.0).await?;
-        let token = account
-            .instagram_access_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unprocessable(
-                    "instagram_token_missing",
-                    "the account has no instagram_access_token; set one with PATCH",
-                )
-            })?;
-        let sent = send_and_record(state, &account, &token, &out)
-            .await
-            .map_err(api_error)?;
-        tracing::info!(account_id = %account.id, message_id = %sent.id, "reply sent");
-        Ok(SendResponse::Sent(Json(sent.into())))
-    }
+            within_text_limit("text", &text)?;
+            OutgoingMessage {
+                recipient_id: body.recipient_id,
+                text: Some(text),
+                attachment: None,
+                human_agent: false,
+            }
+        }
+        (None, Some(a)) => {
+            let url = url::Url::parse(&a.url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "https" | "http"))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_attachment_url",
+                        "attachment.url must be an http(s) URL",
+                    )
+                })?;
+            OutgoingMessage {
+                recipient_id: body.recipient_id,
+                text: None,
+                attachment: Some((a.kind.as_str(), url.to_string())),
+                human_agent: false,
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "text_or_attachment_required",
+                "send exactly one of text and attachment",
+            ));
+        }
+    };
+    let out = OutgoingMessage {
+        human_agent: body.tag == Some(MessageTag::HumanAgent),
+        ..out
+    };
+    let account = find_account(state, account_id).await?;
+    let token = account
+        .instagram_access_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "instagram_token_missing",
+                "the account has no instagram_access_token; set one with PATCH",
+            )
+        })?;
+    let sent = send_and_record(state, &account, &token, &out)
+        .await
+        .map_err(api_error)?;
+    tracing::info!(account_id = %account.id, message_id = %sent.id, "reply sent");
+    Ok(SendResponse::Sent(Json(sent.into())))
 }

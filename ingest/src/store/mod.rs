@@ -320,6 +320,28 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// An API token that reaches one account; the token itself is not kept.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Account-scoped API tokens, looked up by their hash.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError>;
+    /// An account's tokens, oldest first.
+    async fn list_tokens(&self, account_id: &str) -> Result<Vec<TokenRow>, StoreError>;
+    /// False when the account has no such token.
+    async fn delete_token(&self, account_id: &str, id: &str) -> Result<bool, StoreError>;
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError>;
+}
+
 /// What the forwarders report about each delivery attempt.
 #[async_trait]
 pub trait OutcomeStore: Send + Sync + 'static {
@@ -338,13 +360,17 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub messages: Arc<dyn MessageStore>,
     pub outcomes: Arc<dyn OutcomeStore>,
+    pub tokens: Arc<dyn TokenStore>,
     /// Saves of inbound events, outbox removals and delivery outcomes,
     /// committed in groups.
     pub saves: GroupCommit,
 }
 
 impl Stores {
-    fn new<S: AccountStore + MessageStore + OutcomeStore>(db: S, key: Option<SecretBox>) -> Self {
+    fn new<S: AccountStore + MessageStore + OutcomeStore + TokenStore>(
+        db: S,
+        key: Option<SecretBox>,
+    ) -> Self {
         let db = Arc::new(db);
         Self {
             accounts: Arc::new(cached::CachedAccounts::new(Arc::new(
@@ -355,7 +381,8 @@ impl Stores {
             ))),
             messages: db.clone(),
             saves: GroupCommit::start(db.clone(), db.clone()),
-            outcomes: db,
+            outcomes: db.clone(),
+            tokens: db,
         }
     }
 }

@@ -445,6 +445,59 @@ impl $store {
 }
 
 #[async_trait::async_trait]
+impl $crate::store::TokenStore for $store {
+    async fn insert_token(&self, t: &$crate::store::TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, account_id, name, token_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&t.id)
+        .bind(&t.account_id)
+        .bind(&t.name)
+        .bind(&t.token_hash)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<$crate::store::TokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, account_id, name, token_hash, created_at FROM api_tokens
+             WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delete_token(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE account_id = $1 AND id = $2")
+            .bind(account_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<$crate::store::TokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, account_id, name, token_hash, created_at FROM api_tokens
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+#[async_trait::async_trait]
 impl $crate::store::MessageStore for $store {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

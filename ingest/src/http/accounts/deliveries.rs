@@ -152,10 +152,11 @@ impl DeliveriesApi {
     )]
     async fn pause(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
+        auth.reach(&account_id.0)?;
         let mut row = find_account(state, &account_id.0).await?;
         domain::deliveries::pause(state, &mut row).await?;
         Ok(Json(account_view(state, &row).await))
@@ -173,10 +174,11 @@ impl DeliveriesApi {
     )]
     async fn resume(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
+        auth.reach(&account_id.0)?;
         let mut row = find_account(state, &account_id.0).await?;
         let stored = domain::deliveries::stored_health(state, &row.id).await;
         let before = health_view(stored.clone(), &row);

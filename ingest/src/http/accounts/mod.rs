@@ -220,7 +220,7 @@ fn parse_secret(s: &str) -> Result<WebhookSecret, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_webhook_secret", e.to_string()))
 }
 
-fn account_not_found() -> ApiError {
+pub(crate) fn account_not_found() -> ApiError {
     ApiError::not_found("account_not_found", "no such account")
 }
 
@@ -247,10 +247,11 @@ impl AccountsApi {
     #[oai(path = "/accounts", method = "post", operation_id = "create_account")]
     async fn create(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         body: Json<CreateAccount>,
     ) -> Result<CreateAccountResponse, ApiError> {
+        auth.operator()?;
         let body = body.0;
         let crm_webhook_url = parse_crm_url(&body.crm_webhook_url)?;
         check_crm_reachable(state, &crm_webhook_url).await?;
@@ -292,7 +293,7 @@ impl AccountsApi {
     #[oai(path = "/accounts", method = "get", operation_id = "list_accounts")]
     async fn list(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
@@ -303,11 +304,29 @@ impl AccountsApi {
         )]
         limit: Query<u32>,
     ) -> Result<Json<AccountPage>, ApiError> {
-        let rows = state
-            .store
-            .accounts
-            .list_accounts(cursor.0.as_deref(), limit.0 + 1)
-            .await?;
+        let rows = match auth.scope() {
+            None => {
+                state
+                    .store
+                    .accounts
+                    .list_accounts(cursor.0.as_deref(), limit.0 + 1)
+                    .await?
+            }
+            // An account token sees its own account, and no other.
+            Some(own) => state
+                .store
+                .accounts
+                .get_account(own)
+                .await?
+                .filter(|row| {
+                    cursor
+                        .0
+                        .as_deref()
+                        .is_none_or(|after| row.id.as_str() > after)
+                })
+                .into_iter()
+                .collect(),
+        };
         let more = rows.len() > limit.0 as usize;
         let data: Vec<Account> = futures::future::join_all(
             rows.iter()
@@ -331,10 +350,11 @@ impl AccountsApi {
     )]
     async fn get(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
+        auth.reach(&account_id.0)?;
         let row = find_account(state, &account_id.0).await?;
         Ok(Json(account_view(state, &row).await))
     }
@@ -347,11 +367,12 @@ impl AccountsApi {
     )]
     async fn update(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
         body: Json<UpdateAccount>,
     ) -> Result<Json<Account>, ApiError> {
+        auth.reach(&account_id.0)?;
         let body = body.0;
         let mut row = find_account(state, &account_id.0).await?;
         if let Some(name) = body.name {
@@ -409,10 +430,12 @@ impl AccountsApi {
     )]
     async fn delete(
         &self,
-        _auth: ApiToken,
+        auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<DeleteAccountResponse, ApiError> {
+        auth.reach(&account_id.0)?;
+        auth.operator()?;
         let id = parse_account_id(&account_id.0)?;
         if !state.store.accounts.delete_account(id.as_str()).await? {
             return Err(account_not_found());
