@@ -14,6 +14,7 @@ pub mod meta;
 pub mod nats;
 pub mod process;
 pub mod readme_verify;
+pub mod schemathesis;
 
 use std::time::Duration;
 

@@ -44,6 +44,14 @@ pub enum ApiError {
     /// The request conflicts with an existing resource.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The body is larger than `INGEST_API_MAX_BODY_BYTES` (answered at the
+    /// edge, before the handler).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not JSON (`Content-Type: application/json`), answered at
+    /// the edge.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The request is valid but cannot be carried out as it stands.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),

@@ -29,10 +29,14 @@ pub struct Delivery {
     /// Attempts made so far, replays included.
     pub attempts: i64,
     /// The last failure: `http_<status>`, `timeout`, `connect`, `account_disabled`, ...
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// The CRM's HTTP status on the last attempt, when it answered.
+    #[oai(nullable)]
     pub last_status_code: Option<i64>,
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub dead_at: Option<DateTime<Utc>>,
     /// How many times an operator replayed it.
     pub replays: i64,
@@ -50,6 +54,7 @@ pub struct Message {
     pub conversation_id: String,
     /// Its place in the conversation (the CRM payload's `sequence`); `null`
     /// for events the CRM does not receive.
+    #[oai(nullable)]
     pub sequence: Option<i64>,
     pub sender_id: String,
     pub recipient_id: String,
@@ -61,6 +66,7 @@ pub struct Message {
     /// When ingest saved it.
     pub created_at: DateTime<Utc>,
     /// When the customer deleted (unsent) it.
+    #[oai(nullable)]
     pub deleted_at: Option<DateTime<Utc>>,
     pub delivery: Delivery,
 }
@@ -98,6 +104,7 @@ impl From<MessageRow> for Message {
 pub struct MessagePage {
     pub data: Vec<Message>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 

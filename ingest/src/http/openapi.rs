@@ -21,6 +21,7 @@ pub struct AttachmentDoc {
     #[oai(rename = "type")]
     pub kind: String,
     /// Meta's CDN URL of the media; it expires after a while.
+    #[oai(nullable)]
     pub url: Option<String>,
 }
 
@@ -38,8 +39,10 @@ pub struct InboundMessageWebhookDoc {
     /// Instagram-scoped id of the customer who wrote.
     pub sender_id: String,
     /// The customer's username, when known.
+    #[oai(nullable)]
     pub sender_username: Option<String>,
     /// The text; `null` when the message has only attachments.
+    #[oai(nullable)]
     pub message: Option<String>,
     /// `text`, `image`, `video`, `audio`, `file`, `share`, `story_mention`, `story_reply`, `reel`, `unsupported`; more may be added.
     pub message_type: String,
@@ -76,16 +79,20 @@ pub struct InboundMessageWebhookDoc {
 #[oai(rename = "ReplyTo")]
 pub struct ReplyToDoc {
     /// The `mid` of the message answered.
+    #[oai(nullable)]
     pub mid: Option<String>,
     /// The story answered (`message_type` is `story_reply`).
+    #[oai(nullable)]
     pub story: Option<StoryRefDoc>,
 }
 
 #[derive(Debug, Object)]
 #[oai(rename = "StoryRef")]
 pub struct StoryRefDoc {
+    #[oai(nullable)]
     pub id: Option<String>,
     /// The story's CDN URL; it expires.
+    #[oai(nullable)]
     pub url: Option<String>,
 }
 
@@ -101,14 +108,18 @@ pub struct ReactionDoc {
     /// `react` or `unreact`.
     pub action: String,
     /// Meta's reaction name, e.g. `love`.
+    #[oai(nullable)]
     pub reaction: Option<String>,
+    #[oai(nullable)]
     pub emoji: Option<String>,
 }
 
 #[derive(Debug, Object)]
 #[oai(rename = "Postback")]
 pub struct PostbackDoc {
+    #[oai(nullable)]
     pub title: Option<String>,
+    #[oai(nullable)]
     pub payload: Option<String>,
 }
 

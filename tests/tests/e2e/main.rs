@@ -5,6 +5,7 @@
 //! `postgres::<case>` when `TEST_DATABASE_URL` was set at build time.
 
 mod accounts_api;
+mod api_fuzz;
 mod api_tokens;
 mod bench_smoke;
 mod compose;

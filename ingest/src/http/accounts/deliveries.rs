@@ -52,15 +52,20 @@ pub enum PausedBy {
 pub struct DeliveryHealthView {
     pub state: HealthStateView,
     /// Set while paused.
+    #[oai(nullable)]
     pub paused_by: Option<PausedBy>,
     /// When the account entered this state; absent when it has always been healthy.
+    #[oai(nullable)]
     pub since: Option<DateTime<Utc>>,
     /// Failed attempts in a row (timeouts, connection errors, 408, 5xx).
     pub consecutive_failures: u32,
     /// The last failure: `http_<status>`, `timeout`, `connect`, ...
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    #[oai(nullable)]
     pub last_error_at: Option<DateTime<Utc>>,
     /// Paused by the circuit breaker: when the next probe delivery is tried.
+    #[oai(nullable)]
     pub next_probe_at: Option<DateTime<Utc>>,
 }
 

@@ -39,6 +39,7 @@ pub struct Account {
     pub instagram_account_id: String,
     /// Where the forwarder POSTs this account's messages.
     pub crm_webhook_url: String,
+    #[oai(nullable)]
     pub auto_reply_text: Option<String>,
     /// An auto-reply goes to a conversation at most once per this many seconds.
     pub auto_reply_cooldown_secs: i64,
@@ -47,6 +48,7 @@ pub struct Account {
     pub status: AccountStatus,
     /// Deliveries to the CRM in flight at once; `null` for the forwarders'
     /// default (`FORWARDER_ACCOUNT_IN_FLIGHT`, 8).
+    #[oai(nullable)]
     pub max_in_flight: Option<i64>,
     /// How deliveries to the CRM are doing.
     pub delivery_health: DeliveryHealthView,
@@ -140,6 +142,7 @@ pub struct UpdateAccount {
 pub struct AccountPage {
     pub data: Vec<Account>,
     /// Pass as `cursor` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
