@@ -90,6 +90,7 @@ pub async fn serve(
         nats: core.nats.clone(),
         wakeup: core.outbox_wakeup.clone(),
         throughput: core.throughput.clone(),
+        publish_attempts: core.config.ingest_publish_attempts,
     };
     let tasks = TaskTracker::new();
     let background = shutdown.child_token();

@@ -62,6 +62,12 @@ pub struct IngestConfig {
     #[arg(long, env = "ROUTER_API_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub router_api_rate_limit: u32,
 
+    /// Publishes of one message that JetStream may refuse (while it accepts
+    /// others) before the message is set aside as a dead letter
+    /// (`publish_refused`), so it stops holding up the outbox.
+    #[arg(long, env = "INGEST_PUBLISH_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub ingest_publish_attempts: u32,
+
     /// Seconds to wait for Meta's Graph API.
     #[arg(long, env = "GRAPH_API_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub graph_api_timeout_secs: u64,

@@ -34,6 +34,7 @@ fn help_lists_every_setting() {
         "INGEST_CLIENT_TIMEOUT_SECS",
         "INGEST_METRICS_ADDR",
         "ROUTER_API_RATE_LIMIT",
+        "INGEST_PUBLISH_ATTEMPTS",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

@@ -249,7 +249,16 @@ pub trait MessageStore: Send + Sync + 'static {
         published: &[String],
         outcomes: &[DeliveryOutcome],
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError>;
-    async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError>;
+    /// Counts a publish JetStream refused; returns the message's count.
+    async fn count_publish_failure(&self, message_id: &str) -> Result<i64, StoreError>;
+    /// Takes a message JetStream keeps refusing out of the outbox and makes
+    /// it a dead letter with `reason` (replayable like any other); false
+    /// when it is no longer in the outbox.
+    async fn set_aside_unpublishable(
+        &self,
+        message_id: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
     /// How many messages wait to be published, and since when the oldest.
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
     /// Replaces a held outbox entry's body (and the stored copy) and lets it go.

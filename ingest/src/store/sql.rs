@@ -612,14 +612,42 @@ impl $crate::store::MessageStore for $store {
         Ok(Some((saved, known)))
     }
 
-    async fn count_publish_failure(&self, message_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET publish_attempts = publish_attempts + 1 WHERE message_id = $1",
+    async fn count_publish_failure(&self, message_id: &str) -> Result<i64, StoreError> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE outbox SET publish_attempts = publish_attempts + 1 WHERE message_id = $1
+             RETURNING publish_attempts",
         )
         .bind(message_id)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(attempts.unwrap_or(0))
+    }
+
+    async fn set_aside_unpublishable(
+        &self,
+        message_id: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM outbox WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE messages SET delivery_status = 'dead', dead_at = $2, last_error = $3
+             WHERE id = $1",
+        )
+        .bind(message_id)
+        .bind(Utc::now())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {

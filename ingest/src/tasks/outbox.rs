@@ -29,6 +29,8 @@ pub struct Publisher {
     pub nats: Arc<NatsLink>,
     pub wakeup: Arc<Notify>,
     pub throughput: Arc<Throughput>,
+    /// Refusals of one message before it is set aside (`INGEST_PUBLISH_ATTEMPTS`).
+    pub publish_attempts: u32,
 }
 
 impl Publisher {
@@ -46,6 +48,9 @@ impl Publisher {
                 return Ok(published);
             }
             let mut acks = Vec::with_capacity(batch.len());
+            // Publishes JetStream (or the client, for one over the server's
+            // size limit) refused: the message id and why.
+            let mut refused: Vec<(String, String)> = Vec::new();
             for entry in &batch {
                 let publish = PublishMessage::build()
                     .payload(entry.payload.clone().into())
@@ -59,7 +64,11 @@ impl Publisher {
                     Ok(ack) => acks.push((entry.message_id.clone(), ack)),
                     Err(e) => {
                         tracing::warn!(message_id = %entry.message_id, error = %e, "publish failed");
-                        break;
+                        refused.push((entry.message_id.clone(), e.to_string()));
+                        // Two in a row: the connection, not the message.
+                        if refused.len() >= 2 && acks.is_empty() {
+                            break;
+                        }
                     }
                 }
             }
@@ -70,14 +79,10 @@ impl Publisher {
             )
             .await;
             let mut done = Vec::with_capacity(results.len());
-            let mut failed = None;
             for (id, result) in results {
                 match result {
                     Ok(_) => done.push(id),
-                    Err(e) => {
-                        let _ = state.messages.count_publish_failure(&id).await;
-                        failed.get_or_insert((id, e));
-                    }
+                    Err(e) => refused.push((id, e.to_string())),
                 }
             }
             metrics::histogram!("router_ingest_publish_seconds")
@@ -92,11 +97,47 @@ impl Publisher {
             published += done.len();
             let stopped_early = done.len() < batch.len();
             state.writes.remove_from_outbox(done).await?;
-            if let Some((id, e)) = failed {
+            if !refused.is_empty() {
+                state.count_refusals(&refused).await;
+            }
+            if let Some((id, e)) = refused.first() {
                 anyhow::bail!("publish of {id} not acknowledged: {e}");
             }
             if stopped_early {
                 anyhow::bail!("publishing stopped early");
+            }
+        }
+    }
+
+    /// Counts refused publishes against their messages, but only while
+    /// JetStream answers (a refusal while NATS is down says nothing about
+    /// the message); a message refused `publish_attempts` times is set
+    /// aside as a dead letter, so it no longer holds up the outbox or the
+    /// rest of its conversation.
+    async fn count_refusals(&self, refused: &[(String, String)]) {
+        if self.nats.js.query_account().await.is_err() {
+            return;
+        }
+        for (id, error) in refused {
+            let Ok(attempts) = self.messages.count_publish_failure(id).await else {
+                continue;
+            };
+            if attempts < i64::from(self.publish_attempts) {
+                continue;
+            }
+            match self
+                .messages
+                .set_aside_unpublishable(id, "publish_refused")
+                .await
+            {
+                Ok(true) => {
+                    metrics::counter!("router_ingest_publish_set_aside_total").increment(1);
+                    tracing::error!(message_id = %id, attempts, error = %error, "JetStream keeps refusing this message; set aside as a dead letter (publish_refused)");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "could not set aside an unpublishable message")
+                }
             }
         }
     }

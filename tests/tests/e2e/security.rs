@@ -399,3 +399,101 @@ async fn each_api_token_has_its_own_rate_limit() {
     assert_eq!(lines("token=2"), 6, "{logs}");
     assert_eq!(lines("token=1"), 1, "{logs}");
 }
+
+#[tokio::test]
+async fn a_message_jetstream_keeps_refusing_is_set_aside_and_the_rest_flow_on() {
+    // A nats-server that takes at most 4 KiB per message: an event with a
+    // long text can never be published.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("small.conf");
+    std::fs::write(&conf, "max_payload: 4096\n").unwrap();
+    let nats = NatsServer::start_with_config(Some(conf), &[], None).await;
+    let url = nats.url();
+    let sys = System::start_on(
+        nats,
+        Db::Sqlite,
+        (&url, &[("INGEST_PUBLISH_ATTEMPTS", "3")]),
+        (&url, &[]),
+    )
+    .await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let t = 1_731_061_800_000;
+    let events = vec![
+        meta::text_event(BUSINESS, "1001", "mid_big", &"x".repeat(6000), t),
+        meta::text_event(BUSINESS, "1001", "mid_after", "after", t + 1),
+        meta::text_event(BUSINESS, "1002", "mid_other", "other", t + 2),
+    ];
+    let resp = sys
+        .send_meta_webhook(&meta::payload(vec![meta::entry(BUSINESS, events)]))
+        .await;
+    assert_eq!(resp.status(), 200, "saved, whatever NATS will say");
+
+    // The rest reach the CRM, the same conversation's next message included.
+    let delivered = crm.wait_for(2, Duration::from_secs(30)).await;
+    let mut texts: Vec<String> = delivered
+        .iter()
+        .map(|d| d.json["message"].as_str().unwrap().to_owned())
+        .collect();
+    texts.sort();
+    assert_eq!(texts, vec!["after", "other"]);
+    // The refused one is a dead letter that says why, replayable.
+    let dead = sys
+        .api_get(&format!("/api/v1/dead-letters?account_id={account}"))
+        .await;
+    let dead = dead["data"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["delivery"]["last_error"], "publish_refused");
+    let metrics_addr = sys.ingest.setting("INGEST_METRICS_ADDR").unwrap();
+    let metrics = sys
+        .http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("router_ingest_publish_set_aside_total 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(crm.deliveries().len(), 2, "nothing else arrives");
+}
+
+#[tokio::test]
+async fn an_access_token_no_http_header_can_carry_is_refused_without_being_echoed() {
+    // Found by schemathesis: such a token was stored, and every reply then
+    // failed with 502 instead of the account being refused at once.
+    let sys = System::start(Db::Sqlite).await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let token = "IGQVJ secret\ntoken-with-a-newline";
+    let (status, body) = sys
+        .api_send(
+            Method::PATCH,
+            &format!("/api/v1/accounts/{account}"),
+            Some(json!({"instagram_access_token": token})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("instagram_access_token"),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("secret"),
+        "the token is not echoed: {body}"
+    );
+    let mut create = new_account("Other", &crm.url());
+    create["instagram_account_id"] = json!("17841400000000078");
+    create["instagram_access_token"] = json!(token);
+    let (status, _) = sys
+        .api_send(Method::POST, "/api/v1/accounts", Some(create))
+        .await;
+    assert_eq!(status, 400);
+}

@@ -96,8 +96,8 @@ pub struct CreateAccount {
     pub crm_webhook_url: String,
     #[oai(validator(max_length = 1000))]
     pub auto_reply_text: Option<String>,
-    /// Token for Meta's Send API (write-only).
-    #[oai(validator(max_length = 1024))]
+    /// Token for Meta's Send API (write-only): printable ASCII, no spaces.
+    #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
     pub instagram_access_token: Option<String>,
     /// `whsec_<base64>`; generated when omitted (write-only).
     pub webhook_secret: Option<String>,
@@ -124,8 +124,8 @@ pub struct UpdateAccount {
     #[oai(validator(max_length = 1000))]
     pub auto_reply_text: MaybeUndefined<String>,
     pub status: Option<AccountStatus>,
-    /// Replaces the Send API token (write-only).
-    #[oai(validator(max_length = 1024))]
+    /// Replaces the Send API token (write-only): printable ASCII, no spaces.
+    #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
     pub instagram_access_token: Option<String>,
     /// Rotates the webhook secret (write-only).
     pub webhook_secret: Option<String>,
