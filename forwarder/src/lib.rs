@@ -50,7 +50,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = shared::jetstream::connect(&config.common.nats_url, "forwarder").await?;
+    let client = shared::jetstream::connect(&config.common, "forwarder").await?;
     shared::observe::prometheus();
     let addr = listener.local_addr()?;
     let health = tokio::spawn(health::serve(listener, client.clone(), shutdown.clone()));

@@ -66,7 +66,7 @@ pub async fn serve(
         );
     }
     let store = store::open(&config.database_url, key.clone()).await?;
-    let nats = Arc::new(NatsLink::connect(&config.common.nats_url).await?);
+    let nats = Arc::new(NatsLink::connect(&config.common).await?);
     let graph = GraphClient::new(
         &config.graph_api_base,
         Duration::from_secs(config.graph_api_timeout_secs),

@@ -23,8 +23,8 @@ struct Buckets {
 }
 
 impl NatsLink {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = shared::jetstream::connect(url, "ingest").await?;
+    pub async fn connect(common: &shared::config::CommonConfig) -> anyhow::Result<Self> {
+        let client = shared::jetstream::connect(common, "ingest").await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());

@@ -35,6 +35,9 @@ fn help_lists_every_setting() {
         "INGEST_METRICS_ADDR",
         "ROUTER_API_RATE_LIMIT",
         "INGEST_PUBLISH_ATTEMPTS",
+        "NATS_CREDS_FILE",
+        "NATS_NKEY_SEED_FILE",
+        "NATS_TLS_CA_FILE",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

@@ -23,6 +23,22 @@ pub struct CommonConfig {
     )]
     pub nats_url: String,
 
+    /// A NATS credentials file (`.creds`: a user JWT and its nkey seed), for
+    /// servers run with accounts and JWTs. Unset: no JWT login.
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+
+    /// A file holding a user's nkey seed (`SU…`), for servers that list
+    /// their users by nkey. Unset: no nkey login.
+    #[arg(long, env = "NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<std::path::PathBuf>,
+
+    /// PEM certificates of the CA that signed the NATS servers' TLS
+    /// certificates; set, the connection must be TLS (as with `tls://`).
+    /// Unset: the system's roots, and TLS only for `tls://` URLs.
+    #[arg(long, env = "NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<std::path::PathBuf>,
+
     /// First token(s) of every subject, stream and bucket name.
     #[arg(long, env = "ROUTER_SUBJECT_PREFIX", default_value = "router", value_parser = parse_subjects)]
     pub router_subject_prefix: Subjects,

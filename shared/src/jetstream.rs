@@ -283,12 +283,37 @@ pub async fn publish_crm_alert(
 /// Connects to NATS, retrying forever in the background once connected, and
 /// naming the connection after the service for `nats server report connections`.
 /// Replies come on `_INBOX_<name>.>`, so a NATS user may subscribe to its own
-/// replies only (README, Security). Credentials and TLS come from `url`
-/// (`nats://user:password@host`, `tls://host`).
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+/// replies only (README, Security). Credentials: a user and password in
+/// `NATS_URL`, a creds file or an nkey seed file; TLS with `tls://` or a CA
+/// file. A file's problem names its setting and path, never its content.
+pub async fn connect(
+    common: &crate::config::CommonConfig,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    use anyhow::Context as _;
+    let url = common.nats_url.as_str();
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = url_login(url) {
         options = options.user_and_password(user, password);
+    }
+    if let Some(path) = &common.nats_creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS_CREDS_FILE {}: {}", path.display(), e.kind()))?;
+    }
+    if let Some(path) = &common.nats_nkey_seed_file {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("NATS_NKEY_SEED_FILE {}: {}", path.display(), e.kind()))?;
+        let seed = seed.trim();
+        nkeys::KeyPair::from_seed(seed)
+            .with_context(|| format!("NATS_NKEY_SEED_FILE {}: not an nkey seed", path.display()))?;
+        options = options.nkey(seed.to_owned());
+    }
+    if let Some(path) = &common.nats_tls_ca_file {
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
     }
     let client = options
         .name(name)

@@ -65,7 +65,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .find(|l| l.contains(" generated, "))
         .unwrap_or_default();
     assert!(cases.contains(" passed"), "test cases ran: {cases}\n{out}");
-    // The API kept working under it: no 5xx logged, the account still there.
+    // The API still answers afterwards (the fuzzer may have deleted the
+    // account: deleting is one of the operations it calls).
     let accounts = sys.api_get("/api/v1/accounts").await;
-    assert!(!accounts["data"].as_array().unwrap().is_empty());
+    assert!(accounts["data"].is_array(), "{accounts}");
 }

@@ -1,5 +1,6 @@
 //! compose.yaml is what a user runs: every setting a service requires (no
-//! default in its `--help`) is set there, the services reach each other by
+//! default in its `--help`, and no word of what happens when it is unset)
+//! is set there, the services reach each other by
 //! name, data lives on volumes, and everything has a health check.
 
 use std::process::Command;
@@ -12,7 +13,8 @@ fn compose() -> Yaml {
     YamlLoader::load_from_str(&text).unwrap().remove(0)
 }
 
-/// The variables a binary's `--help` lists without a default.
+/// The variables a binary's `--help` lists without a default and without
+/// saying what happens when they are unset (`Unset: …`).
 fn required_vars(binary: &str) -> Vec<String> {
     let path = router_tests::target_dir().join(binary);
     let help =
@@ -25,7 +27,7 @@ fn required_vars(binary: &str) -> Vec<String> {
                 .chars()
                 .take_while(|c| *c != '=' && *c != ']')
                 .collect();
-            if !block.contains("[default:") {
+            if !block.contains("[default:") && !block.contains("Unset") {
                 required.push(var);
             }
         }

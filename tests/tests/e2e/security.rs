@@ -497,3 +497,50 @@ async fn an_access_token_no_http_header_can_carry_is_refused_without_being_echoe
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn services_log_in_to_nats_with_an_nkey_seed_file() {
+    // A server that knows the services by nkey only (and an admin by
+    // password, for the harness to see it is up).
+    let service = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nkeys.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ user: admin, password: admin-pw-123 }}, {{ nkey: {} }} ] }}\n",
+            service.public_key()
+        ),
+    )
+    .unwrap();
+    let seed_file = dir.path().join("service.nk");
+    std::fs::write(&seed_file, format!("{}\n", service.seed().unwrap())).unwrap();
+    let nats = NatsServer::start_with_config(Some(conf), &[], Some("admin:admin-pw-123")).await;
+    let url = nats.url();
+
+    // Without the seed, the server refuses the connection.
+    let refused = async_nats::ConnectOptions::new()
+        .connect(&url)
+        .await
+        .expect_err("no anonymous login");
+    assert!(
+        refused.to_string().to_lowercase().contains("authorization"),
+        "{refused}"
+    );
+
+    let seed = seed_file.to_str().unwrap();
+    let env = [("NATS_NKEY_SEED_FILE", seed)];
+    let sys = System::start_on(nats, Db::Sqlite, (&url, &env), (&url, &env)).await;
+    let crm = CrmReceiver::start().await;
+    sys.create_account(BUSINESS, &crm.url()).await;
+    let event = meta::text_event(BUSINESS, "1001", "mid_nkey", "hello", 1_731_061_800_000);
+    let resp = sys
+        .send_meta_webhook(&meta::payload(vec![meta::entry(BUSINESS, vec![event])]))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let delivered = crm.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(delivered[0].json["message"], "hello");
+    let logs = sys.ingest.logs() + &sys.forwarder.logs();
+    let secret = service.seed().unwrap();
+    assert!(!logs.contains(&secret), "the seed is never logged");
+}
