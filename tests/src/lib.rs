@@ -343,6 +343,19 @@ impl System {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Ingest's `/metrics` text, from its own address (`INGEST_METRICS_ADDR`).
+    pub async fn ingest_metrics(&self) -> String {
+        let addr = self.ingest.setting("INGEST_METRICS_ADDR").unwrap();
+        self.http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The forwarder's `/metrics` text.
     pub async fn forwarder_metrics(&self) -> String {
         self.http

@@ -69,18 +69,9 @@ async fn metrics_and_nats_stats_show_the_flow(db: Db) {
         }
     }
 
-    let metrics_addr = sys.ingest.setting("INGEST_METRICS_ADDR").unwrap();
     let public = sys.http.get(sys.url("/metrics")).send().await.unwrap();
     assert_eq!(public.status(), 404, "no /metrics on the public address");
-    let ingest_metrics = sys
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ingest_metrics = sys.ingest_metrics().await;
     for line in [
         "router_ingest_webhooks_total{result=\"accepted\"} 3",
         "router_ingest_webhooks_total{result=\"missing_signature\"} 1",

@@ -444,16 +444,7 @@ async fn a_message_jetstream_keeps_refusing_is_set_aside_and_the_rest_flow_on() 
     let dead = dead["data"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["delivery"]["last_error"], "publish_refused");
-    let metrics_addr = sys.ingest.setting("INGEST_METRICS_ADDR").unwrap();
-    let metrics = sys
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sys.ingest_metrics().await;
     assert!(
         metrics.contains("router_ingest_publish_set_aside_total 1"),
         "{metrics}"
