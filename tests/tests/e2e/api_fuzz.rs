@@ -21,8 +21,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let crm = CrmReceiver::start().await;
     sys.create_account("17841400000000301", &crm.url()).await;
     let spec = sys.url("/openapi.json");
+    // Schemathesis keeps a cache where it runs: not in the repository.
+    let workdir = tempfile::tempdir().unwrap();
+    let cwd = workdir.path().to_owned();
     let run = tokio::task::spawn_blocking(move || {
         Command::new(binary)
+            .current_dir(cwd)
             .args([
                 "run",
                 &spec,
