@@ -153,8 +153,7 @@ impl MessagesApi {
         )]
         limit: Query<u32>,
     ) -> Result<Json<MessagePage>, ApiError> {
-        auth.reach(&account_id.0)?;
-        let account = find_account(state, &account_id.0).await?;
+        let account = find_account(state, &auth, &account_id.0).await?;
         let rows = state
             .store
             .messages

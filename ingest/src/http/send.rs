@@ -160,6 +160,7 @@ pub async fn send_reply(
     account_id: &str,
     body: Json<SendMessage>,
 ) -> Result<SendResponse, ApiError> {
+    // Another account's path is 404 before anything about the body is said.
     auth.reach(account_id)?;
     let body = body.0;
     let out = match (body.text, body.attachment) {
@@ -206,7 +207,7 @@ pub async fn send_reply(
         human_agent: body.tag == Some(MessageTag::HumanAgent),
         ..out
     };
-    let account = find_account(state, account_id).await?;
+    let account = find_account(state, auth, account_id).await?;
     let token = account
         .instagram_access_token
         .clone()

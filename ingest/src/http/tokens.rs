@@ -101,9 +101,8 @@ impl TokensApi {
         account_id: Path<String>,
         body: Json<CreateToken>,
     ) -> Result<CreateTokenResponse, ApiError> {
-        auth.reach(&account_id.0)?;
+        let account = find_account(state, &auth, &account_id.0).await?;
         auth.operator()?;
-        let account = find_account(state, &account_id.0).await?;
         let (token, token_hash) = new_account_token();
         let row = TokenRow {
             id: TokenId::generate().to_string(),
@@ -135,9 +134,8 @@ impl TokensApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<TokenList>, ApiError> {
-        auth.reach(&account_id.0)?;
+        let account = find_account(state, &auth, &account_id.0).await?;
         auth.operator()?;
-        let account = find_account(state, &account_id.0).await?;
         let rows = state.store.tokens.list_tokens(&account.id).await?;
         Ok(Json(TokenList {
             data: rows.iter().map(ApiTokenView::new).collect(),
@@ -159,9 +157,8 @@ impl TokensApi {
         account_id: Path<String>,
         token_id: Path<String>,
     ) -> Result<RevokeTokenResponse, ApiError> {
-        auth.reach(&account_id.0)?;
+        let account = find_account(state, &auth, &account_id.0).await?;
         auth.operator()?;
-        let account = find_account(state, &account_id.0).await?;
         let id = TokenId::parse(&token_id.0).map_err(|_| token_not_found())?;
         if !state
             .store

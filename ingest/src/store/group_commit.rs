@@ -68,6 +68,7 @@ impl GroupCommit {
         messages: Vec<NewMessage>,
     ) -> Vec<Result<SaveOutcome, StoreError>> {
         let count = messages.len();
+        let all_stopped = || (0..count).map(|_| Err(stopped())).collect();
         let (done, answer) = oneshot::channel();
         if self
             .saves
@@ -75,11 +76,9 @@ impl GroupCommit {
             .await
             .is_err()
         {
-            return (0..count).map(|_| Err(stopped())).collect();
+            return all_stopped();
         }
-        answer
-            .await
-            .unwrap_or_else(|_| (0..count).map(|_| Err(stopped())).collect())
+        answer.await.unwrap_or_else(|_| all_stopped())
     }
 
     /// [`MessageStore::remove_from_outbox`], in the next transaction.
@@ -129,6 +128,7 @@ async fn write(
         {
             batch.push(save);
         }
+        // Each kind's rows in one list, and each caller's share of it.
         let mut saves = Vec::new();
         let mut messages = Vec::new();
         let mut removals = Vec::new();
@@ -142,12 +142,12 @@ async fn write(
                     messages.extend(m);
                 }
                 Work::Remove { message_ids, done } => {
-                    removed.extend(message_ids.iter().cloned());
-                    removals.push((message_ids, done));
+                    removals.push((message_ids.len(), done));
+                    removed.extend(message_ids);
                 }
                 Work::Record { outcomes: o, done } => {
-                    outcomes.extend(o.iter().cloned());
-                    records.push((o, done));
+                    records.push((o.len(), done));
+                    outcomes.extend(o);
                 }
             }
         }
@@ -161,8 +161,8 @@ async fn write(
             for (_, done) in removals {
                 let _ = done.send(Ok(()));
             }
-            for (o, done) in records {
-                let rest = known.split_off(o.len());
+            for (size, done) in records {
+                let rest = known.split_off(size);
                 let _ = done.send(Ok(std::mem::replace(&mut known, rest)));
             }
             continue;
@@ -170,11 +170,11 @@ async fn write(
         // Something in the turn was refused (or a message was already
         // saved): each caller's part is written on its own, so one bad
         // write fails only its caller.
-        for (message_ids, done) in removals {
-            let _ = done.send(store.remove_from_outbox(&message_ids).await);
+        for (mine, done) in shares(&removed, removals) {
+            let _ = done.send(store.remove_from_outbox(mine).await);
         }
-        for (o, done) in records {
-            let _ = done.send(recorder.record_outcomes(&o).await);
+        for (mine, done) in shares(&outcomes, records) {
+            let _ = done.send(recorder.record_outcomes(mine).await);
         }
         if messages.is_empty() {
             continue;
@@ -194,6 +194,16 @@ async fn write(
         };
         answer_saves(saves, saved);
     }
+}
+
+/// Each caller's part of rows gathered in callers' order, with its answer.
+fn shares<T, D>(all: &[T], callers: Vec<(usize, D)>) -> impl Iterator<Item = (&[T], D)> {
+    let mut rest = all;
+    callers.into_iter().map(move |(size, done)| {
+        let (mine, after) = rest.split_at(size);
+        rest = after;
+        (mine, done)
+    })
 }
 
 /// Hands each saving caller its messages' outcomes, in order.

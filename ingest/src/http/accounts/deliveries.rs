@@ -161,8 +161,7 @@ impl DeliveriesApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
-        auth.reach(&account_id.0)?;
-        let mut row = find_account(state, &account_id.0).await?;
+        let mut row = find_account(state, &auth, &account_id.0).await?;
         domain::deliveries::pause(state, &mut row).await?;
         Ok(Json(account_view(state, &row).await))
     }
@@ -183,8 +182,7 @@ impl DeliveriesApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
-        auth.reach(&account_id.0)?;
-        let mut row = find_account(state, &account_id.0).await?;
+        let mut row = find_account(state, &auth, &account_id.0).await?;
         let stored = domain::deliveries::stored_health(state, &row.id).await;
         let before = health_view(stored.clone(), &row);
         let paused_since = (before.state == HealthStateView::Paused).then_some(before.since);

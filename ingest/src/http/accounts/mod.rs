@@ -231,8 +231,14 @@ fn parse_account_id(s: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(s).map_err(|_| account_not_found())
 }
 
-/// The account a path names, or 404 `account_not_found`.
-pub async fn find_account(state: &Core, raw_id: &str) -> Result<AccountRow, ApiError> {
+/// The account a path names, or 404 `account_not_found`: also for an
+/// account this token cannot reach, exactly as if it did not exist.
+pub async fn find_account(
+    state: &Core,
+    auth: &ApiToken,
+    raw_id: &str,
+) -> Result<AccountRow, ApiError> {
+    auth.reach(raw_id)?;
     let id = parse_account_id(raw_id)?;
     state
         .store
@@ -357,8 +363,7 @@ impl AccountsApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
     ) -> Result<Json<Account>, ApiError> {
-        auth.reach(&account_id.0)?;
-        let row = find_account(state, &account_id.0).await?;
+        let row = find_account(state, &auth, &account_id.0).await?;
         Ok(Json(account_view(state, &row).await))
     }
 
@@ -375,9 +380,8 @@ impl AccountsApi {
         account_id: Path<String>,
         body: Json<UpdateAccount>,
     ) -> Result<Json<Account>, ApiError> {
-        auth.reach(&account_id.0)?;
         let body = body.0;
-        let mut row = find_account(state, &account_id.0).await?;
+        let mut row = find_account(state, &auth, &account_id.0).await?;
         if let Some(name) = body.name {
             row.name = name;
         }
