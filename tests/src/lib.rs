@@ -331,10 +331,21 @@ impl System {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(API_TOKEN);
+        self.api_send_as(Some(API_TOKEN), method, path, body).await
+    }
+
+    /// [`Self::api_send`] with another bearer token, or none.
+    pub async fn api_send_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -346,20 +357,17 @@ impl System {
     /// Ingest's `/metrics` text, from its own address (`INGEST_METRICS_ADDR`).
     pub async fn ingest_metrics(&self) -> String {
         let addr = self.ingest.setting("INGEST_METRICS_ADDR").unwrap();
-        self.http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.metrics_at(addr).await
     }
 
     /// The forwarder's `/metrics` text.
     pub async fn forwarder_metrics(&self) -> String {
+        self.metrics_at(&self.forwarder.addr.to_string()).await
+    }
+
+    async fn metrics_at(&self, addr: &str) -> String {
         self.http
-            .get(format!("http://{}/metrics", self.forwarder.addr))
+            .get(format!("http://{addr}/metrics"))
             .send()
             .await
             .unwrap()

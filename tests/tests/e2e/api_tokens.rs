@@ -17,26 +17,6 @@ router_tests::on_both_stores!(account_tokens_reach_only_their_account_and_are_ke
 const SHOP_A: &str = "17841400000000101";
 const SHOP_B: &str = "17841400000000102";
 
-/// Sends `body` with `method` to `path` with `token` (none when `None`).
-async fn call(
-    sys: &System,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = sys.http.request(method, sys.url(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let resp = request.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Creates an account token for `account` with the operator token.
 async fn new_token(sys: &System, account: &str) -> (String, String) {
     let (status, created) = sys
@@ -74,35 +54,32 @@ async fn account_tokens_reach_only_their_account_and_are_kept_only_as_a_hash(db:
 
     let mine = Some(token.as_str());
     // Its own account: readable, changeable, its messages and its sends.
-    let (status, own) = call(
-        &sys,
-        mine,
-        Method::GET,
-        &format!("/api/v1/accounts/{a}"),
-        None,
-    )
-    .await;
+    let (status, own) = sys
+        .api_send_as(mine, Method::GET, &format!("/api/v1/accounts/{a}"), None)
+        .await;
     assert_eq!((status, own["id"].as_str()), (200, Some(a.as_str())));
-    let (status, _) = call(
-        &sys,
-        mine,
-        Method::PATCH,
-        &format!("/api/v1/accounts/{a}"),
-        Some(json!({"name": "Shop A, renamed"})),
-    )
-    .await;
+    let (status, _) = sys
+        .api_send_as(
+            mine,
+            Method::PATCH,
+            &format!("/api/v1/accounts/{a}"),
+            Some(json!({"name": "Shop A, renamed"})),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = call(
-        &sys,
-        mine,
-        Method::GET,
-        &format!("/api/v1/accounts/{a}/messages"),
-        None,
-    )
-    .await;
+    let (status, _) = sys
+        .api_send_as(
+            mine,
+            Method::GET,
+            &format!("/api/v1/accounts/{a}/messages"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     // The account list holds its own account only.
-    let (status, list) = call(&sys, mine, Method::GET, "/api/v1/accounts", None).await;
+    let (status, list) = sys
+        .api_send_as(mine, Method::GET, "/api/v1/accounts", None)
+        .await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -113,32 +90,27 @@ async fn account_tokens_reach_only_their_account_and_are_kept_only_as_a_hash(db:
     assert_eq!(ids, vec![a.as_str()]);
 
     // Another account is exactly like one that does not exist.
-    let (status, other) = call(
-        &sys,
-        mine,
-        Method::GET,
-        &format!("/api/v1/accounts/{b}"),
-        None,
-    )
-    .await;
-    let (_, missing) = call(
-        &sys,
-        mine,
-        Method::GET,
-        "/api/v1/accounts/acc_01jz0000000000000000000000",
-        None,
-    )
-    .await;
+    let (status, other) = sys
+        .api_send_as(mine, Method::GET, &format!("/api/v1/accounts/{b}"), None)
+        .await;
+    let (_, missing) = sys
+        .api_send_as(
+            mine,
+            Method::GET,
+            "/api/v1/accounts/acc_01jz0000000000000000000000",
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     assert_eq!(other, missing, "no way to tell that {b} exists");
-    let (status, _) = call(
-        &sys,
-        mine,
-        Method::GET,
-        &format!("/api/v1/dead-letters?account_id={b}"),
-        None,
-    )
-    .await;
+    let (status, _) = sys
+        .api_send_as(
+            mine,
+            Method::GET,
+            &format!("/api/v1/dead-letters?account_id={b}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
 
     // What only operators do: 403 on its own account.
@@ -156,7 +128,7 @@ async fn account_tokens_reach_only_their_account_and_are_kept_only_as_a_hash(db:
             Some(json!({"name": "more"})),
         ),
     ] {
-        let (status, body) = call(&sys, mine, method.clone(), &path, body).await;
+        let (status, body) = sys.api_send_as(mine, method.clone(), &path, body).await;
         assert_eq!(status, 403, "{method} {path}: {body}");
         assert_eq!(body["code"], "operator_token_required");
     }
@@ -186,14 +158,9 @@ async fn account_tokens_reach_only_their_account_and_are_kept_only_as_a_hash(db:
     // Revoked: refused at once; revoking again is 404.
     let revoke = format!("/api/v1/accounts/{a}/tokens/{token_id}");
     assert_eq!(sys.api_send(Method::DELETE, &revoke, None).await.0, 204);
-    let (status, body) = call(
-        &sys,
-        mine,
-        Method::GET,
-        &format!("/api/v1/accounts/{a}"),
-        None,
-    )
-    .await;
+    let (status, body) = sys
+        .api_send_as(mine, Method::GET, &format!("/api/v1/accounts/{a}"), None)
+        .await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = sys.api_send(Method::DELETE, &revoke, None).await;
     assert_eq!(
@@ -255,11 +222,15 @@ async fn every_operation_refuses_a_missing_token_and_keeps_account_tokens_to_the
                 .replace("{token_id}", &b_token_id);
             let body = body_for(id, &b);
 
-            let (status, answer) = call(&sys, None, method.clone(), &concrete, body.clone()).await;
+            let (status, answer) = sys
+                .api_send_as(None, method.clone(), &concrete, body.clone())
+                .await;
             assert_eq!(status, 401, "{id} without a token: {answer}");
             assert_eq!(answer["code"], "unauthorized", "{id}");
 
-            let (status, answer) = call(&sys, Some(&token), method.clone(), &concrete, body).await;
+            let (status, answer) = sys
+                .api_send_as(Some(&token), method.clone(), &concrete, body)
+                .await;
             let reaches_b = path.contains("{account_id}") || path.contains("{message_id}");
             if reaches_b || id == "replay_dead_letters" {
                 assert_eq!(status, 404, "{id} with A's token on B: {answer}");
