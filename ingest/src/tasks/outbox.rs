@@ -17,6 +17,8 @@ use crate::nats::NatsLink;
 use crate::store::{GroupCommit, MessageStore};
 
 const BATCH: u32 = 256;
+/// Batches whose outbox removal may be unfinished while the next is published.
+const MAX_REMOVALS: usize = 4;
 /// How often the outbox is looked at without a wake-up.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -36,16 +38,37 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes what is pending until the outbox is empty or a publish fails.
     /// Returns how many messages JetStream acknowledged.
+    ///
+    /// A batch's outbox rows are removed while the next batch is published:
+    /// the removal waits for the writer's next transaction, and publishing
+    /// stopped for it. Until it is committed, its rows still come back from
+    /// the outbox and are skipped here; the rows behind them in their
+    /// conversations stay back in the outbox until then, so order holds.
     pub async fn publish_pending(&self) -> anyhow::Result<usize> {
         let state = self;
         if state.nats.accounts().is_none() {
             anyhow::bail!("NATS not set up yet");
         }
         let mut published = 0;
+        let mut removing = Removals::default();
         loop {
-            let batch = state.messages.pending_outbox(BATCH).await?;
+            removing.reap().await?;
+            if removing.running.len() >= MAX_REMOVALS {
+                removing.wait_oldest().await?;
+            }
+            // Rows being removed may come back (not from PostgreSQL, which
+            // leases what it returns): room for them, and every row that is
+            // not one of them is published now, since a leased row left
+            // behind would wait out its lease.
+            let limit = BATCH + removing.ids.len() as u32;
+            let mut batch = state.messages.pending_outbox(limit).await?;
+            batch.retain(|entry| !removing.ids.contains(&entry.message_id));
             if batch.is_empty() {
-                return Ok(published);
+                if removing.is_empty() {
+                    return Ok(published);
+                }
+                removing.wait_oldest().await?;
+                continue;
             }
             let mut acks = Vec::with_capacity(batch.len());
             // Publishes JetStream (or the client, for one over the server's
@@ -96,7 +119,10 @@ impl Publisher {
             }
             published += done.len();
             let stopped_early = done.len() < batch.len();
-            state.writes.remove_from_outbox(done).await?;
+            removing.start(&state.writes, done);
+            if !refused.is_empty() || stopped_early {
+                removing.wait_all().await?;
+            }
             if !refused.is_empty() {
                 state.count_refusals(&refused).await;
             }
@@ -108,7 +134,65 @@ impl Publisher {
             }
         }
     }
+}
 
+/// Outbox removals on their way to the database, oldest first.
+#[derive(Default)]
+struct Removals {
+    ids: std::collections::HashSet<String>,
+    running: std::collections::VecDeque<(Vec<String>, RemovalTask)>,
+}
+
+type RemovalTask = tokio::task::JoinHandle<Result<(), crate::store::StoreError>>;
+
+impl Removals {
+    fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn start(&mut self, writes: &GroupCommit, message_ids: Vec<String>) {
+        if message_ids.is_empty() {
+            return;
+        }
+        self.ids.extend(message_ids.iter().cloned());
+        let writes = writes.clone();
+        let removal = message_ids.clone();
+        let task = tokio::spawn(async move { writes.remove_from_outbox(removal).await });
+        self.running.push_back((message_ids, task));
+    }
+
+    /// Forgets the removals that are done; fails if one failed.
+    async fn reap(&mut self) -> anyhow::Result<()> {
+        while self
+            .running
+            .front()
+            .is_some_and(|(_, task)| task.is_finished())
+        {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> anyhow::Result<()> {
+        let Some((message_ids, task)) = self.running.pop_front() else {
+            return Ok(());
+        };
+        for id in &message_ids {
+            self.ids.remove(id);
+        }
+        task.await??;
+        Ok(())
+    }
+
+    async fn wait_all(&mut self) -> anyhow::Result<()> {
+        while !self.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Publisher {
     /// Counts refused publishes against their messages, but only while
     /// JetStream answers (a refusal while NATS is down says nothing about
     /// the message); a message refused `publish_attempts` times is set
