@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use reqwest::Method;
 use router_tests::{CrmReceiver, Db, NatsServer, System, meta};
 use serde_json::json;
@@ -231,6 +232,39 @@ async fn on_the_documented_nats_permissions_the_path_works_and_the_forwarder_can
     let delivered = crm.wait_for(2, Duration::from_secs(30)).await;
     let id = delivered[0].json["message_id"].as_str().unwrap().to_owned();
     sys.wait_for_status(&account, &id, "delivered").await;
+
+    // An operator's pause and resume: ingest saves them, the forwarders
+    // learn them through routing, and ingest announces them on the alerts
+    // subject, which its user may publish.
+    let watcher =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw-0453".into())
+            .connect(sys.nats.url())
+            .await
+            .unwrap();
+    let mut alerts = watcher
+        .subscribe(format!("router.alerts.crm.{account}"))
+        .await
+        .unwrap();
+    for (action, event) in [
+        ("pause", "deliveries_paused"),
+        ("resume", "deliveries_resumed"),
+    ] {
+        let path = format!("/api/v1/accounts/{account}/deliveries/{action}");
+        let (status, body) = sys.api_send(Method::POST, &path, None).await;
+        assert_eq!(status, 200, "{action}: {body}");
+        let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+            .await
+            .unwrap_or_else(|_| panic!("no alert for the {action}"))
+            .unwrap();
+        let alert: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
+        assert_eq!(alert["event"], event);
+    }
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "5551", "mid_after", "again"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    crm.wait_for(3, Duration::from_secs(30)).await;
+
     // Every step was allowed: a refused one shows in the services' logs.
     for service in [&sys.ingest, &sys.forwarder] {
         let logs = service.logs();
