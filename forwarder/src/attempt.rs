@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use shared::ids::AccountId;
 use shared::model::CrmWebhookUrl;
-use shared::signing::WebhookSecret;
+use shared::signing::SigningKeys;
 use shared::subjects::Outcome;
 use shared::wire::{ConversationHold, DeliveryOutcome};
 use tracing::Instrument as _;
@@ -55,7 +55,7 @@ impl Held {
 pub enum Target {
     Crm {
         url: CrmWebhookUrl,
-        secret: WebhookSecret,
+        secret: SigningKeys,
     },
     /// The account is disabled, or its routing cannot be used: each message
     /// becomes a dead letter with this reason.

@@ -13,8 +13,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use shared::model::CrmWebhookUrl;
 use shared::net::is_public;
 use shared::signing::{
-    HUB_SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
-    WebhookSecret,
+    HUB_SIGNATURE_HEADER, SigningKeys, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
 };
 
 /// What one POST to the CRM came to.
@@ -58,7 +58,7 @@ impl CrmClient {
     pub async fn deliver(
         &self,
         url: &CrmWebhookUrl,
-        secret: &WebhookSecret,
+        secret: &SigningKeys,
         message_id: &str,
         body: Bytes,
     ) -> Answer {
@@ -76,7 +76,8 @@ impl CrmClient {
                 };
             }
         }
-        let timestamp = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut put = |name: &'static str, value: String| {
@@ -84,12 +85,12 @@ impl CrmClient {
                 headers.insert(name, v);
             }
         };
-        put(HUB_SIGNATURE_HEADER, secret.hub_signature(&body));
+        put(HUB_SIGNATURE_HEADER, secret.hub_signature(&body, now));
         put(WEBHOOK_ID_HEADER, message_id.to_owned());
         put(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string());
         put(
             WEBHOOK_SIGNATURE_HEADER,
-            secret.standard_signature(message_id, timestamp, &body),
+            secret.standard_signature(message_id, timestamp, &body, now),
         );
         match self.http.post(url).headers(headers).body(body).send().await {
             Ok(resp) => classify(resp.status(), resp.headers()),

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use shared::ids::AccountId;
 use shared::model::AccountStatus;
 use shared::secrets::SecretBox;
-use shared::signing::WebhookSecret;
+use shared::signing::{SigningKeys, WebhookSecret};
 use shared::subjects::Subjects;
 use shared::wire::{
     ALERT_DELIVERIES_PAUSED, ALERT_DELIVERIES_RESUMED, AccountRouting, ConversationHold, CrmAlert,
@@ -879,24 +879,38 @@ fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, S
     if routing.status == AccountStatus::Disabled {
         return Ok(Arc::new(Target::Refuse("account_disabled")));
     }
-    if ctx.key.is_some() && !shared::secrets::is_sealed(&routing.webhook_secret) {
-        return Err(
-            "the account's webhook secret in the accounts bucket is not sealed although \
-             ROUTER_ENCRYPTION_KEY is set: refused (ingest seals every value it writes)"
-                .into(),
-        );
-    }
-    let secret = shared::secrets::open(ctx.key.as_ref(), &routing.webhook_secret).map_err(|e| {
-        format!(
-            "cannot read the account's webhook secret ({e}); set ROUTER_ENCRYPTION_KEY as on ingest"
-        )
-    })?;
-    Ok(Arc::new(match WebhookSecret::parse(&secret) {
-        Ok(secret) => Target::Crm {
-            url: routing.crm_webhook_url.clone(),
-            secret,
-        },
-        Err(_) => Target::Refuse("invalid_secret"),
+    let open = |stored: &str| -> Result<String, String> {
+        if ctx.key.is_some() && !shared::secrets::is_sealed(stored) {
+            return Err(
+                "the account's webhook secret in the accounts bucket is not sealed although \
+                 ROUTER_ENCRYPTION_KEY is set: refused (ingest seals every value it writes)"
+                    .into(),
+            );
+        }
+        shared::secrets::open(ctx.key.as_ref(), stored).map_err(|e| {
+            format!(
+                "cannot read the account's webhook secret ({e}); set ROUTER_ENCRYPTION_KEY as on ingest"
+            )
+        })
+    };
+    let Ok(current) = WebhookSecret::parse(&open(&routing.webhook_secret)?) else {
+        return Ok(Arc::new(Target::Refuse("invalid_secret")));
+    };
+    // The previous secret only adds a signature: one that cannot be read
+    // is left out rather than holding up the account.
+    let previous = match (
+        &routing.previous_webhook_secret,
+        routing.previous_secret_until,
+    ) {
+        (Some(stored), Some(until)) => open(stored)
+            .ok()
+            .and_then(|s| WebhookSecret::parse(&s).ok())
+            .map(|secret| (secret, until)),
+        _ => None,
+    };
+    Ok(Arc::new(Target::Crm {
+        url: routing.crm_webhook_url.clone(),
+        secret: SigningKeys { current, previous },
     }))
 }
 

@@ -143,6 +143,62 @@ impl WebhookSecret {
     }
 }
 
+/// The secrets an account's deliveries are signed with: its current one
+/// and, while a rotation's grace period lasts, the one before it.
+///
+/// During the grace period `webhook-signature` lists both signatures
+/// (current first, space-separated, as Standard Webhooks allows), so a CRM
+/// that checks either secret accepts the delivery; `X-Hub-Signature-256`,
+/// which has room for one, keeps the previous secret until the period ends,
+/// so a CRM that has not switched yet keeps verifying.
+#[derive(Clone, Debug)]
+pub struct SigningKeys {
+    pub current: WebhookSecret,
+    /// The secret before the last rotation, and until when it still signs.
+    pub previous: Option<(WebhookSecret, chrono::DateTime<chrono::Utc>)>,
+}
+
+impl SigningKeys {
+    pub fn only(current: WebhookSecret) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    fn previous_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<&WebhookSecret> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(secret, _)| secret)
+    }
+
+    /// `X-Hub-Signature-256` at `now`.
+    pub fn hub_signature(&self, body: &[u8], now: chrono::DateTime<chrono::Utc>) -> String {
+        self.previous_at(now)
+            .unwrap_or(&self.current)
+            .hub_signature(body)
+    }
+
+    /// `webhook-signature` at `now`: one signature, or two during a grace period.
+    pub fn standard_signature(
+        &self,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        let current = self.current.standard_signature(id, timestamp, body);
+        match self.previous_at(now) {
+            Some(previous) => format!(
+                "{current} {}",
+                previous.standard_signature(id, timestamp, body)
+            ),
+            None => current,
+        }
+    }
+}
+
 fn getrandom(buf: &mut [u8]) {
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -153,6 +209,30 @@ fn getrandom(buf: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn during_a_grace_period_both_secrets_sign() {
+        let (old, new) = (WebhookSecret::generate(), WebhookSecret::generate());
+        let now = chrono::Utc::now();
+        let keys = SigningKeys {
+            current: new.clone(),
+            previous: Some((old.clone(), now + chrono::TimeDelta::hours(1))),
+        };
+        let header = keys.standard_signature("msg_1", 1700000000, b"{}", now);
+        assert_eq!(header.split(' ').count(), 2);
+        for secret in [&old, &new] {
+            assert!(secret.verify_standard("msg_1", 1700000000, b"{}", &header));
+        }
+        let hub = keys.hub_signature(b"{}", now);
+        assert!(verify_hub_signature(old.expose().as_bytes(), b"{}", &hub));
+
+        let after = now + chrono::TimeDelta::hours(2);
+        let header = keys.standard_signature("msg_1", 1700000000, b"{}", after);
+        assert!(new.verify_standard("msg_1", 1700000000, b"{}", &header));
+        assert!(!old.verify_standard("msg_1", 1700000000, b"{}", &header));
+        let hub = keys.hub_signature(b"{}", after);
+        assert!(verify_hub_signature(new.expose().as_bytes(), b"{}", &hub));
+    }
 
     #[test]
     fn hub_signature_matches_a_known_vector() {

@@ -114,6 +114,13 @@ pub struct AccountRouting {
     pub crm_webhook_url: CrmWebhookUrl,
     /// The account's `whsec_…` secret. Never logged: see the Debug impl.
     pub webhook_secret: String,
+    /// The secret before the last rotation (sealed like the current one),
+    /// while its grace period lasts: deliveries are signed with both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret: Option<String>,
+    /// When the previous secret stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<DateTime<Utc>>,
     pub status: AccountStatus,
     /// Deliveries in flight at once for this account; `None` for the
     /// forwarder's default (`FORWARDER_ACCOUNT_IN_FLIGHT`).
@@ -313,6 +320,8 @@ mod tests {
             account_id: "acc_1".into(),
             crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/hook").unwrap(),
             webhook_secret: "whsec_c2VjcmV0".into(),
+            previous_webhook_secret: Some("whsec_b2xkc2VjcmV0".into()),
+            previous_secret_until: None,
             status: AccountStatus::Active,
             max_in_flight: None,
             deliveries_paused: false,

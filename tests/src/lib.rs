@@ -192,6 +192,32 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Reads one text value from the test's database; `$1` is `arg`.
+    pub async fn fetch_text(&self, sql: &'static str, arg: &str) -> Option<String> {
+        use sqlx::Connection as _;
+        let url = self.url();
+        match self {
+            Self::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(arg)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            Self::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(sql)
+                    .bind(arg)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Self::Postgres { server, name } = self {

@@ -51,6 +51,12 @@ impl RoutingSync {
             account_id: row.id.clone(),
             crm_webhook_url: row.crm_webhook_url.clone(),
             webhook_secret: shared::secrets::seal(self.key.as_ref(), &row.webhook_secret),
+            previous_webhook_secret: row
+                .previous_secret(chrono::Utc::now())
+                .map(|(secret, _)| shared::secrets::seal(self.key.as_ref(), secret)),
+            previous_secret_until: row
+                .previous_secret(chrono::Utc::now())
+                .map(|(_, until)| until),
             status: row.status,
             max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
             deliveries_paused: row.deliveries_paused_at.is_some(),

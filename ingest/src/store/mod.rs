@@ -52,6 +52,20 @@ pub struct AccountRow {
     pub deliveries_paused_at: Option<DateTime<Utc>>,
     /// When an operator last resumed them.
     pub deliveries_resumed_at: Option<DateTime<Utc>>,
+    /// The webhook secret before the last rotation, while it still signs.
+    pub previous_webhook_secret: Option<String>,
+    /// When the previous secret stops signing deliveries.
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+impl AccountRow {
+    /// The previous secret and its end, while its grace period lasts.
+    pub fn previous_secret(&self, now: DateTime<Utc>) -> Option<(&str, DateTime<Utc>)> {
+        match (&self.previous_webhook_secret, self.previous_secret_until) {
+            (Some(secret), Some(until)) if now < until => Some((secret, until)),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +89,8 @@ impl AccountRow {
             max_in_flight: None,
             deliveries_paused_at: None,
             deliveries_resumed_at: None,
+            previous_webhook_secret: None,
+            previous_secret_until: None,
         }
     }
 }

@@ -20,6 +20,10 @@ impl SealedAccounts {
         let key = self.key.as_ref();
         let mut sealed = row.clone();
         sealed.webhook_secret = secrets::seal(key, &row.webhook_secret);
+        sealed.previous_webhook_secret = row
+            .previous_webhook_secret
+            .as_deref()
+            .map(|s| secrets::seal(key, s));
         sealed.instagram_access_token = row
             .instagram_access_token
             .as_deref()
@@ -30,6 +34,11 @@ impl SealedAccounts {
     fn open(&self, mut row: AccountRow) -> Result<AccountRow, StoreError> {
         let key = self.key.as_ref();
         row.webhook_secret = secrets::open(key, &row.webhook_secret)?;
+        row.previous_webhook_secret = row
+            .previous_webhook_secret
+            .as_deref()
+            .map(|s| secrets::open(key, s))
+            .transpose()?;
         row.instagram_access_token = row
             .instagram_access_token
             .as_deref()

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use router_tests::{API_TOKEN, CrmReceiver, Db, System, meta};
 use serde_json::{Value, json};
 
@@ -450,7 +451,128 @@ async fn a_stored_value_the_router_does_not_know_is_an_error_on_every_path(db: D
     assert_eq!(crm.deliveries().len(), 1);
 }
 
+/// The one delivery that `mid` made, and the account's secrets it verifies with.
+async fn delivery_of(
+    sys: &System,
+    crm: &CrmReceiver,
+    mid: &str,
+    n: usize,
+) -> router_tests::Delivery {
+    let resp = sys
+        .send_meta_webhook(&meta::text_message(BUSINESS, "5551", mid, "hi"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let deliveries = crm.wait_for(n, WAIT).await;
+    deliveries
+        .into_iter()
+        .find(|d| d.json["instagram_message_id"] == mid)
+        .expect("the message was delivered")
+}
+
+async fn a_rotated_secret_signs_beside_the_previous_one_for_its_grace_period(db: Db) {
+    let sys = System::start(db).await;
+    let crm = CrmReceiver::start().await;
+    let (account, old) = sys.create_account(BUSINESS, &crm.url()).await;
+    let rotate = format!("/api/v1/accounts/{account}/rotate-secret");
+
+    // Out-of-range or unknown settings are refused before anything changes.
+    for body in [
+        json!({"grace_period_secs": -1}),
+        json!({"grace_period_secs": 604801}),
+        json!({"grace_period": 60}),
+    ] {
+        let (status, err) = sys.api_send(Method::POST, &rotate, Some(body)).await;
+        assert_eq!(status, 400, "{err}");
+    }
+    let (status, err) = sys
+        .api_send(
+            Method::POST,
+            "/api/v1/accounts/acc_nope/rotate-secret",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+    let first = delivery_of(&sys, &crm, "mid_rot_1", 1).await;
+    assert!(first.hub_signature_valid(&old) && first.standard_signature_valid(&old));
+
+    // A rotation with a grace period: both secrets sign `webhook-signature`,
+    // and `X-Hub-Signature-256` stays with the previous one.
+    let (status, rotated) = sys
+        .api_send(Method::POST, &rotate, Some(json!({"grace_period_secs": 5})))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["webhook_secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    assert!(rotated["previous_secret_valid_until"].is_string());
+    let (_, shown) = sys
+        .api_send(Method::GET, &format!("/api/v1/accounts/{account}"), None)
+        .await;
+    assert_eq!(
+        shown["previous_secret_valid_until"],
+        rotated["previous_secret_valid_until"]
+    );
+    assert!(!shown.to_string().contains(&new[6..]) && !shown.to_string().contains(&old[6..]));
+    let stored: Option<String> = sys
+        .database
+        .fetch_text(
+            "SELECT previous_webhook_secret FROM accounts WHERE id = $1",
+            &account,
+        )
+        .await;
+    let stored = stored.expect("the previous secret is kept");
+    assert!(stored.starts_with("enc:v1:") && !stored.contains(&old[6..]));
+
+    let during = delivery_of(&sys, &crm, "mid_rot_2", 2).await;
+    assert_eq!(during.header("webhook-signature").split(' ').count(), 2);
+    assert!(during.standard_signature_valid(&new) && during.standard_signature_valid(&old));
+    assert!(during.hub_signature_valid(&old) && !during.hub_signature_valid(&new));
+
+    // After the grace period, only the new secret signs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = delivery_of(&sys, &crm, "mid_rot_3", 3).await;
+    assert!(after.standard_signature_valid(&new) && !after.standard_signature_valid(&old));
+    assert!(after.hub_signature_valid(&new));
+    let (_, shown) = sys
+        .api_send(Method::GET, &format!("/api/v1/accounts/{account}"), None)
+        .await;
+    assert!(shown["previous_secret_valid_until"].is_null());
+
+    // A grace period of 0 switches every signature at once.
+    let (status, rotated) = sys
+        .api_send(Method::POST, &rotate, Some(json!({"grace_period_secs": 0})))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated["previous_secret_valid_until"].is_null());
+    let newest = rotated["webhook_secret"].as_str().unwrap().to_owned();
+    let last = delivery_of(&sys, &crm, "mid_rot_4", 4).await;
+    assert_eq!(last.header("webhook-signature").split(' ').count(), 1);
+    assert!(last.standard_signature_valid(&newest) && last.hub_signature_valid(&newest));
+    assert!(!last.standard_signature_valid(&new));
+
+    // A CRM that switched early ends the grace period at once.
+    let (_, rotated) = sys
+        .api_send(
+            Method::POST,
+            &rotate,
+            Some(json!({"grace_period_secs": 3600})),
+        )
+        .await;
+    let fifth = rotated["webhook_secret"].as_str().unwrap().to_owned();
+    let (status, done) = sys
+        .api_send(Method::POST, &format!("{rotate}/complete"), None)
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done["previous_secret_valid_until"].is_null());
+    let early = delivery_of(&sys, &crm, "mid_rot_5", 5).await;
+    assert_eq!(early.header("webhook-signature").split(' ').count(), 1);
+    assert!(early.hub_signature_valid(&fifth) && early.standard_signature_valid(&fifth));
+}
+
 router_tests::on_both_stores!(
+    a_rotated_secret_signs_beside_the_previous_one_for_its_grace_period,
     a_stored_value_the_router_does_not_know_is_an_error_on_every_path,
     api_routes_need_a_known_bearer_token_and_errors_are_json,
     create_read_list_update_delete_with_write_only_secrets,

@@ -179,6 +179,7 @@ fn body_for(operation: &str, b: &str) -> Option<Value> {
         "send_message" => Some(json!({"recipient_id": "9001", "text": "hello"})),
         "replay_dead_letters" => Some(json!({"account_id": b})),
         "create_account_token" => Some(json!({"name": "mine now"})),
+        "rotate_webhook_secret" => Some(json!({})),
         _ => None,
     }
 }

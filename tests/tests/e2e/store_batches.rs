@@ -43,6 +43,8 @@ async fn open(db: Db) -> (TestDatabase, Stores) {
             max_in_flight: None,
             deliveries_paused_at: None,
             deliveries_resumed_at: None,
+            previous_webhook_secret: None,
+            previous_secret_until: None,
         })
         .await
         .unwrap();

@@ -52,6 +52,12 @@ pub struct Account {
     pub max_in_flight: Option<i64>,
     /// How deliveries to the CRM are doing.
     pub delivery_health: DeliveryHealthView,
+    /// While a secret rotation's grace period lasts: when the previous
+    /// webhook secret stops signing deliveries (until then
+    /// `webhook-signature` carries both signatures and `X-Hub-Signature-256`
+    /// the previous secret's). `null` otherwise.
+    #[oai(nullable)]
+    pub previous_secret_valid_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -69,6 +75,7 @@ impl Account {
             status: r.status,
             max_in_flight: r.max_in_flight,
             delivery_health,
+            previous_secret_valid_until: r.previous_secret(Utc::now()).map(|(_, until)| until),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -82,6 +89,26 @@ pub struct CreatedAccount {
     pub account: Account,
     /// `whsec_…`: verifies our signatures on your CRM. Store it now; it is never shown again.
     pub webhook_secret: String,
+}
+
+/// The rotate response: the account plus its new webhook secret, shown this once.
+#[derive(Debug, Object)]
+pub struct RotatedSecret {
+    #[oai(flatten)]
+    pub account: Account,
+    /// The new `whsec_…` secret. Store it now; it is never shown again.
+    pub webhook_secret: String,
+}
+
+/// How a webhook secret is rotated.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the previous secret keeps signing deliveries beside the new
+    /// one, in seconds: default 86400 (24 h), at most 604800 (7 days); 0
+    /// switches every signature to the new secret at once.
+    #[oai(validator(minimum(value = "0"), maximum(value = "604800")))]
+    pub grace_period_secs: Option<i64>,
 }
 
 #[derive(Debug, Object)]
@@ -248,6 +275,20 @@ pub async fn find_account(
         .ok_or_else(account_not_found)
 }
 
+/// Stores a changed account and hands its routing to the forwarders.
+async fn save_change(
+    state: &Core,
+    row: &mut AccountRow,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    row.updated_at = now;
+    if !state.store.accounts.update_account(row).await? {
+        return Err(account_not_found());
+    }
+    state.routing.account_changed(&row.id).await;
+    Ok(())
+}
+
 pub struct AccountsApi;
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Accounts")]
@@ -288,6 +329,8 @@ impl AccountsApi {
                 .transpose()?,
             deliveries_paused_at: None,
             deliveries_resumed_at: None,
+            previous_webhook_secret: None,
+            previous_secret_until: None,
         };
         state.store.accounts.insert_account(&row).await?;
         state.routing.account_changed(&row.id).await;
@@ -413,19 +456,88 @@ impl AccountsApi {
             MaybeUndefined::Undefined => {}
         }
         if let Some(secret) = body.webhook_secret {
+            // A secret set this way replaces the old one at once.
             row.webhook_secret = parse_secret(&secret)?.expose().to_owned();
+            row.previous_webhook_secret = None;
+            row.previous_secret_until = None;
         }
         match body.max_in_flight {
             MaybeUndefined::Value(n) => row.max_in_flight = Some(parse_max_in_flight(state, n)?),
             MaybeUndefined::Null => row.max_in_flight = None,
             MaybeUndefined::Undefined => {}
         }
-        row.updated_at = Utc::now();
-        if !state.store.accounts.update_account(&row).await? {
-            return Err(account_not_found());
-        }
-        state.routing.account_changed(&row.id).await;
+        save_change(state, &mut row, Utc::now()).await?;
         tracing::info!(account_id = %row.id, "account updated");
+        Ok(Json(account_view(state, &row).await))
+    }
+
+    /// Rotate the webhook secret
+    ///
+    /// Generates a new secret and returns it, this once. For the grace
+    /// period (default 24 h) deliveries carry two signatures in
+    /// `webhook-signature`, the new secret's and the previous one's, and
+    /// `X-Hub-Signature-256` stays with the previous secret; after it, every
+    /// signature uses the new secret. Switch your CRM to the new secret
+    /// within the period. A rotation during a grace period ends it: the
+    /// secret replaced now is the one that keeps signing.
+    #[oai(
+        path = "/accounts/:account_id/rotate-secret",
+        method = "post",
+        operation_id = "rotate_webhook_secret"
+    )]
+    async fn rotate_secret(
+        &self,
+        auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+        body: Json<RotateSecret>,
+    ) -> Result<Json<RotatedSecret>, ApiError> {
+        let mut row = find_account(state, &auth, &account_id.0).await?;
+        let grace = body.0.grace_period_secs.unwrap_or(86_400);
+        let now = Utc::now();
+        let secret = WebhookSecret::generate();
+        let previous = std::mem::replace(&mut row.webhook_secret, secret.expose().to_owned());
+        if grace > 0 {
+            row.previous_webhook_secret = Some(previous);
+            // Whole seconds: what every store keeps the same.
+            let until = now + chrono::TimeDelta::seconds(grace);
+            row.previous_secret_until = Some(chrono::SubsecRound::trunc_subsecs(until, 0));
+        } else {
+            row.previous_webhook_secret = None;
+            row.previous_secret_until = None;
+        }
+        save_change(state, &mut row, now).await?;
+        tracing::info!(account_id = %row.id, grace_period_secs = grace, "webhook secret rotated");
+        Ok(Json(RotatedSecret {
+            account: account_view(state, &row).await,
+            webhook_secret: row.webhook_secret,
+        }))
+    }
+
+    /// End a secret rotation's grace period now
+    ///
+    /// The previous webhook secret stops signing at once: every signature,
+    /// `X-Hub-Signature-256` included, uses the current secret. For a CRM
+    /// that has switched before the grace period ends. 200 with the account,
+    /// also when no grace period was running.
+    #[oai(
+        path = "/accounts/:account_id/rotate-secret/complete",
+        method = "post",
+        operation_id = "complete_secret_rotation"
+    )]
+    async fn complete_rotation(
+        &self,
+        auth: ApiToken,
+        Data(state): Data<&Arc<Core>>,
+        account_id: Path<String>,
+    ) -> Result<Json<Account>, ApiError> {
+        let mut row = find_account(state, &auth, &account_id.0).await?;
+        if row.previous_webhook_secret.is_some() || row.previous_secret_until.is_some() {
+            row.previous_webhook_secret = None;
+            row.previous_secret_until = None;
+            save_change(state, &mut row, Utc::now()).await?;
+            tracing::info!(account_id = %row.id, "secret rotation completed early");
+        }
         Ok(Json(account_view(state, &row).await))
     }
 
