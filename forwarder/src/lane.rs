@@ -36,6 +36,7 @@ use shared::model::AccountStatus;
 use shared::secrets::SecretBox;
 use shared::signing::{SigningKeys, WebhookSecret};
 use shared::subjects::Subjects;
+use shared::wire::fields;
 use shared::wire::{
     ALERT_DELIVERIES_PAUSED, ALERT_DELIVERIES_RESUMED, AccountRouting, ConversationHold, CrmAlert,
     DeliveryHealth, HealthState,
@@ -879,7 +880,7 @@ fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, S
     if routing.status == AccountStatus::Disabled {
         return Ok(Arc::new(Target::Refuse("account_disabled")));
     }
-    let open = |stored: &str| -> Result<String, String> {
+    let open = |stored: &str, field: &str| -> Result<String, String> {
         if ctx.key.is_some() && !shared::secrets::is_sealed(stored) {
             return Err(
                 "the account's webhook secret in the accounts bucket is not sealed although \
@@ -887,13 +888,15 @@ fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, S
                     .into(),
             );
         }
-        shared::secrets::open(ctx.key.as_ref(), stored).map_err(|e| {
+        let context = shared::secrets::context(&routing.account_id, field);
+        shared::secrets::open(ctx.key.as_ref(), stored, &context).map_err(|e| {
             format!(
                 "cannot read the account's webhook secret ({e}); set ROUTER_ENCRYPTION_KEY as on ingest"
             )
         })
     };
-    let Ok(current) = WebhookSecret::parse(&open(&routing.webhook_secret)?) else {
+    let current = open(&routing.webhook_secret, fields::WEBHOOK_SECRET)?;
+    let Ok(current) = WebhookSecret::parse(&current) else {
         return Ok(Arc::new(Target::Refuse("invalid_secret")));
     };
     // The previous secret only adds a signature: one that cannot be read
@@ -902,7 +905,7 @@ fn resolve(ctx: &LaneContext, routing: &AccountRouting) -> Result<Arc<Target>, S
         &routing.previous_webhook_secret,
         routing.previous_secret_until,
     ) {
-        (Some(stored), Some(until)) => open(stored)
+        (Some(stored), Some(until)) => open(stored, fields::PREVIOUS_WEBHOOK_SECRET)
             .ok()
             .and_then(|s| WebhookSecret::parse(&s).ok())
             .map(|secret| (secret, until)),

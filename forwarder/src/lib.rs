@@ -89,7 +89,7 @@ pub async fn serve(
                     config.common.crm_allow_private_networks,
                 )?,
                 schedule: config.forwarder_retry_schedule.clone(),
-                key: config.common.router_encryption_key.clone(),
+                key: config.common.encryption_keys()?,
                 slots: Arc::new(Semaphore::new(config.forwarder_concurrency as usize)),
                 throughput,
                 default_in_flight: config.forwarder_account_in_flight,

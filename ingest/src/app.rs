@@ -59,7 +59,7 @@ pub async fn serve(
         public: listener,
         metrics,
     } = listeners;
-    let key = config.common.router_encryption_key.clone();
+    let key = config.common.encryption_keys()?;
     if key.is_none() {
         tracing::warn!(
             "ROUTER_ENCRYPTION_KEY is not set: webhook secrets and access tokens are stored unencrypted"

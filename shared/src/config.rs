@@ -48,6 +48,13 @@ pub struct CommonConfig {
     #[arg(long, env = "ROUTER_ENCRYPTION_KEY", hide_env_values = true, value_parser = parse_key)]
     pub router_encryption_key: Option<crate::secrets::SecretBox>,
 
+    /// Older encryption keys, comma-separated, while `ROUTER_ENCRYPTION_KEY`
+    /// is being rotated: they open what they sealed, never seal; ingest
+    /// re-seals every stored value with the current key when it starts.
+    /// Unset: no older key.
+    #[arg(long, env = "ROUTER_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true, value_parser = parse_key, value_delimiter = ',')]
+    pub router_encryption_key_previous: Vec<crate::secrets::SecretBox>,
+
     /// Allow CRM URLs that are, or resolve to, loopback, private or other
     /// non-public addresses (a CRM on your own network). Off: ingest refuses
     /// such a URL when an account is created or updated, and the forwarder
@@ -63,6 +70,20 @@ pub struct CommonConfig {
     /// in the account API): ingest refuses more, forwarders never go above it.
     #[arg(long, env = "ROUTER_ACCOUNT_IN_FLIGHT_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub router_account_in_flight_max: u32,
+}
+
+impl CommonConfig {
+    /// The keys secrets are sealed and opened with, `None` for plaintext.
+    pub fn encryption_keys(&self) -> anyhow::Result<Option<crate::secrets::SecretBox>> {
+        let previous = self.router_encryption_key_previous.clone();
+        match &self.router_encryption_key {
+            Some(key) => Ok(Some(key.clone().with_previous(previous))),
+            None if previous.is_empty() => Ok(None),
+            None => anyhow::bail!(
+                "ROUTER_ENCRYPTION_KEY_PREVIOUS is set but ROUTER_ENCRYPTION_KEY is not: set the new key there"
+            ),
+        }
+    }
 }
 
 fn parse_key(s: &str) -> Result<crate::secrets::SecretBox, String> {

@@ -106,6 +106,14 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The names of an account's sealed fields, which bind each sealed value to
+/// its field (with its account: [`crate::secrets::context`]).
+pub mod fields {
+    pub const WEBHOOK_SECRET: &str = "webhook_secret";
+    pub const PREVIOUS_WEBHOOK_SECRET: &str = "previous_webhook_secret";
+    pub const INSTAGRAM_ACCESS_TOKEN: &str = "instagram_access_token";
+}
+
 /// The routing a forwarder needs for one account, kept by ingest in the
 /// accounts key-value bucket under the account id.
 #[derive(Clone, Serialize, Deserialize)]

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use shared::secrets::SecretBox;
+use shared::secrets::{SecretBox, context, seal};
 use shared::wire::AccountRouting;
+use shared::wire::fields;
 use tokio::sync::Notify;
 
 use crate::nats::NatsLink;
@@ -50,10 +51,18 @@ impl RoutingSync {
         AccountRouting {
             account_id: row.id.clone(),
             crm_webhook_url: row.crm_webhook_url.clone(),
-            webhook_secret: shared::secrets::seal(self.key.as_ref(), &row.webhook_secret),
-            previous_webhook_secret: row
-                .previous_secret(chrono::Utc::now())
-                .map(|(secret, _)| shared::secrets::seal(self.key.as_ref(), secret)),
+            webhook_secret: seal(
+                self.key.as_ref(),
+                &row.webhook_secret,
+                &context(&row.id, fields::WEBHOOK_SECRET),
+            ),
+            previous_webhook_secret: row.previous_secret(chrono::Utc::now()).map(|(secret, _)| {
+                seal(
+                    self.key.as_ref(),
+                    secret,
+                    &context(&row.id, fields::PREVIOUS_WEBHOOK_SECRET),
+                )
+            }),
             previous_secret_until: row
                 .previous_secret(chrono::Utc::now())
                 .map(|(_, until)| until),

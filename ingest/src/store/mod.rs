@@ -392,23 +392,31 @@ pub struct Stores {
 }
 
 impl Stores {
-    fn new<S: AccountStore + MessageStore + OutcomeStore + TokenStore>(
+    async fn new<S: AccountStore + MessageStore + OutcomeStore + TokenStore>(
         db: S,
         key: Option<SecretBox>,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
         let db = Arc::new(db);
-        Self {
-            accounts: Arc::new(cached::CachedAccounts::new(Arc::new(
-                sealed::SealedAccounts {
-                    inner: db.clone(),
-                    key,
-                },
-            ))),
+        let key_id = key.as_ref().map(|k| k.key_id().to_owned());
+        let sealed = sealed::SealedAccounts {
+            inner: db.clone(),
+            key,
+        };
+        let resealed = sealed.reseal_all().await?;
+        if let (true, Some(key_id)) = (resealed > 0, key_id) {
+            tracing::info!(
+                accounts = resealed,
+                key_id,
+                "account secrets re-sealed with the current encryption key"
+            );
+        }
+        Ok(Self {
+            accounts: Arc::new(cached::CachedAccounts::new(Arc::new(sealed))),
             messages: db.clone(),
             saves: GroupCommit::start(db.clone(), db.clone()),
             outcomes: db.clone(),
             tokens: db,
-        }
+        })
     }
 }
 
@@ -416,9 +424,9 @@ impl Stores {
 /// seals account secrets with `key` when there is one.
 pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<Stores> {
     if database_url.starts_with("sqlite:") {
-        Ok(Stores::new(SqliteStore::open(database_url).await?, key))
+        Ok(Stores::new(SqliteStore::open(database_url).await?, key).await?)
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Stores::new(PgStore::open(database_url).await?, key))
+        Ok(Stores::new(PgStore::open(database_url).await?, key).await?)
     } else {
         anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
     }

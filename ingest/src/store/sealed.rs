@@ -1,11 +1,13 @@
 //! Seals account secrets on their way into any store and opens them on the
 //! way out (`ROUTER_ENCRYPTION_KEY`), so the database never holds a webhook
 //! secret or access token in the clear and the stores stay unaware of it.
+//! Each value is bound to its account and field.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use shared::secrets::{self, SecretBox};
+use shared::secrets::{self, SecretBox, context};
+use shared::wire::fields;
 
 use super::{AccountRow, AccountStore, StoreError};
 
@@ -18,33 +20,77 @@ pub struct SealedAccounts {
 impl SealedAccounts {
     fn seal(&self, row: &AccountRow) -> AccountRow {
         let key = self.key.as_ref();
+        let seal = |field: &str, value: &str| secrets::seal(key, value, &context(&row.id, field));
         let mut sealed = row.clone();
-        sealed.webhook_secret = secrets::seal(key, &row.webhook_secret);
+        sealed.webhook_secret = seal(fields::WEBHOOK_SECRET, &row.webhook_secret);
         sealed.previous_webhook_secret = row
             .previous_webhook_secret
             .as_deref()
-            .map(|s| secrets::seal(key, s));
+            .map(|s| seal(fields::PREVIOUS_WEBHOOK_SECRET, s));
         sealed.instagram_access_token = row
             .instagram_access_token
             .as_deref()
-            .map(|t| secrets::seal(key, t));
+            .map(|t| seal(fields::INSTAGRAM_ACCESS_TOKEN, t));
         sealed
     }
 
     fn open(&self, mut row: AccountRow) -> Result<AccountRow, StoreError> {
         let key = self.key.as_ref();
-        row.webhook_secret = secrets::open(key, &row.webhook_secret)?;
+        let id = row.id.clone();
+        let open = |field: &str, value: &str| secrets::open(key, value, &context(&id, field));
+        row.webhook_secret = open(fields::WEBHOOK_SECRET, &row.webhook_secret)?;
         row.previous_webhook_secret = row
             .previous_webhook_secret
             .as_deref()
-            .map(|s| secrets::open(key, s))
+            .map(|s| open(fields::PREVIOUS_WEBHOOK_SECRET, s))
             .transpose()?;
         row.instagram_access_token = row
             .instagram_access_token
             .as_deref()
-            .map(|t| secrets::open(key, t))
+            .map(|t| open(fields::INSTAGRAM_ACCESS_TOKEN, t))
             .transpose()?;
         Ok(row)
+    }
+
+    /// Seals again, with the current key, every stored secret that an older
+    /// key (`ROUTER_ENCRYPTION_KEY_PREVIOUS`) or the format before key ids
+    /// sealed, or that is plaintext while a key is set. Returns how many
+    /// accounts were rewritten; one that cannot be opened is left as it is
+    /// and logged (its reads fail the same way).
+    pub async fn reseal_all(&self) -> Result<usize, StoreError> {
+        let key = self.key.as_ref();
+        let mut resealed = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.inner.list_accounts(cursor.as_deref(), 500).await?;
+            let Some(last) = page.last() else {
+                return Ok(resealed);
+            };
+            cursor = Some(last.id.clone());
+            for stored in page {
+                let stale = [
+                    Some(stored.webhook_secret.as_str()),
+                    stored.previous_webhook_secret.as_deref(),
+                    stored.instagram_access_token.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|value| secrets::needs_reseal(key, value));
+                if !stale {
+                    continue;
+                }
+                let id = stored.id.clone();
+                match self.open(stored) {
+                    Ok(row) => {
+                        self.inner.update_account(&self.seal(&row)).await?;
+                        resealed += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(account_id = %id, error = %e, "account secrets cannot be opened; not re-sealed")
+                    }
+                }
+            }
+        }
     }
 }
 

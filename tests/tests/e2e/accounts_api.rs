@@ -376,9 +376,9 @@ async fn secrets_are_encrypted_at_rest_in_the_database_and_the_bucket(db: Db) {
                 .unwrap()
         }
     };
-    assert!(stored_secret.starts_with("enc:v1:") && !stored_secret.contains(&secret[6..]));
+    assert!(stored_secret.starts_with("enc:v2:") && !stored_secret.contains(&secret[6..]));
     let stored_token = stored_token.unwrap();
-    assert!(stored_token.starts_with("enc:v1:") && !stored_token.contains(token));
+    assert!(stored_token.starts_with("enc:v2:") && !stored_token.contains(token));
 
     let nats = async_nats::connect(sys.nats.url()).await.unwrap();
     let kv = async_nats::jetstream::new(nats)
@@ -390,7 +390,7 @@ async fn secrets_are_encrypted_at_rest_in_the_database_and_the_bucket(db: Db) {
         !entry.contains(&secret[6..]),
         "the bucket holds the secret in the clear: {entry}"
     );
-    assert!(entry.contains("enc:v1:"));
+    assert!(entry.contains("enc:v2:"));
 
     // And the forwarder, holding the same key, still signs with the real secret.
     sys.send_meta_webhook(&meta::text_message(BUSINESS, "1", "mid_sealed", "hi"))
@@ -523,7 +523,7 @@ async fn a_rotated_secret_signs_beside_the_previous_one_for_its_grace_period(db:
         )
         .await;
     let stored = stored.expect("the previous secret is kept");
-    assert!(stored.starts_with("enc:v1:") && !stored.contains(&old[6..]));
+    assert!(stored.starts_with("enc:v2:") && !stored.contains(&old[6..]));
 
     let during = delivery_of(&sys, &crm, "mid_rot_2", 2).await;
     assert_eq!(during.header("webhook-signature").split(' ').count(), 2);

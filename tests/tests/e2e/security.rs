@@ -363,7 +363,7 @@ async fn the_forwarder_refuses_a_message_naming_another_account_and_unsealed_rou
         routing["webhook_secret"]
             .as_str()
             .unwrap()
-            .starts_with("enc:v1:")
+            .starts_with("enc:v2:")
     );
     routing["webhook_secret"] = json!("whsec_c2VjcmV0LWNob3Nlbi1ieS1hbi1hdHRhY2tlcg==");
     routing["crm_webhook_url"] = json!(elsewhere.url());
@@ -568,4 +568,92 @@ async fn services_log_in_to_nats_with_an_nkey_seed_file() {
     let logs = sys.ingest.logs() + &sys.forwarder.logs();
     let secret = service.seed().unwrap();
     assert!(!logs.contains(&secret), "the seed is never logged");
+}
+
+/// A second key for the rotation test.
+const NEW_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+#[tokio::test]
+async fn the_encryption_key_is_rotated_with_the_old_one_as_previous_then_dropped() {
+    let mut sys = System::start(Db::Sqlite).await;
+    let crm = CrmReceiver::start().await;
+    let (account, secret) = sys.create_account(BUSINESS, &crm.url()).await;
+    let query = "SELECT webhook_secret FROM accounts WHERE id = $1";
+    let sealed_before = sys.database.fetch_text(query, &account).await.unwrap();
+
+    // Restarted with the new key, the old one as previous: ingest re-seals
+    // every secret at start, the forwarder still reads what it has not yet.
+    sys.ingest.terminate(Duration::from_secs(20)).await;
+    sys.forwarder.terminate(Duration::from_secs(20)).await;
+    let rotating = [
+        ("ROUTER_ENCRYPTION_KEY", NEW_KEY),
+        (
+            "ROUTER_ENCRYPTION_KEY_PREVIOUS",
+            router_tests::ENCRYPTION_KEY,
+        ),
+    ];
+    let ingest = sys.another_ingest(&rotating).await;
+    assert!(
+        ingest
+            .logs()
+            .contains("re-sealed with the current encryption key")
+    );
+    let sealed_after = sys.database.fetch_text(query, &account).await.unwrap();
+    let key_id = |sealed: &str| sealed.split(':').nth(2).unwrap().to_owned();
+    assert!(sealed_after.starts_with("enc:v2:") && !sealed_after.contains(&secret[6..]));
+    assert_ne!(key_id(&sealed_after), key_id(&sealed_before));
+    let forwarder = sys.another_forwarder(&rotating).await;
+    let message = meta::text_message(BUSINESS, "5551", "mid_rekey_1", "hi");
+    assert_eq!(
+        sys.send_meta_webhook_to(&ingest, &message).await.status(),
+        200
+    );
+    let delivered = crm.wait_for(1, Duration::from_secs(30)).await;
+    assert!(delivered[0].hub_signature_valid(&secret));
+    drop((ingest, forwarder));
+
+    // The old key dropped: everything was re-sealed, in the database and in
+    // the accounts bucket, so both services work with the new key alone.
+    let new_only = [("ROUTER_ENCRYPTION_KEY", NEW_KEY)];
+    let ingest = sys.another_ingest(&new_only).await;
+    let forwarder = sys.another_forwarder(&new_only).await;
+    let message = meta::text_message(BUSINESS, "5551", "mid_rekey_2", "again");
+    assert_eq!(
+        sys.send_meta_webhook_to(&ingest, &message).await.status(),
+        200
+    );
+    let delivered = crm.wait_for(2, Duration::from_secs(30)).await;
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d.standard_signature_valid(&secret))
+    );
+    for service in [&ingest, &forwarder] {
+        assert!(!service.logs().contains("cannot"), "{}", service.logs());
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_secret_moved_to_another_account_does_not_open() {
+    let sys = System::start(Db::Sqlite).await;
+    let crm = CrmReceiver::start().await;
+    let (a, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let (b, _) = sys.create_account("17841400000000078", &crm.url()).await;
+    // An attacker with write access to the database copies A's sealed
+    // secret onto B: B's secret no longer opens, and the API says so
+    // without a value in the answer.
+    let moved = sys
+        .database
+        .execute(
+            "UPDATE accounts SET webhook_secret =
+                 (SELECT webhook_secret FROM accounts WHERE id = $1) WHERE id <> $1",
+            &a,
+        )
+        .await;
+    assert_eq!(moved, 1);
+    let (status, body) = sys
+        .api_send(Method::GET, &format!("/api/v1/accounts/{b}"), None)
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.to_string().contains("enc:v2"), "{body}");
 }
