@@ -61,6 +61,8 @@ pub struct NatsServer {
     config: Option<(PathBuf, Vec<(String, String)>)>,
     /// `user:password` to check the server is up with, when it wants one.
     login: Option<String>,
+    /// The CA to trust when the server requires TLS.
+    tls_ca: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -87,6 +89,22 @@ impl NatsServer {
                 (path, env)
             }),
             login: login.map(str::to_owned),
+            tls_ca: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    /// Starts a server whose configuration requires TLS, with a certificate
+    /// signed by the CA in `ca` (PEM).
+    pub async fn start_with_tls(config: PathBuf, ca: PathBuf) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+            config: Some((config, Vec::new())),
+            login: None,
+            tls_ca: Some(ca),
         };
         server.resume().await;
         server
@@ -139,6 +157,9 @@ impl NatsServer {
             let mut options = async_nats::ConnectOptions::new();
             if let Some((user, password)) = self.login.as_deref().and_then(|l| l.split_once(':')) {
                 options = options.user_and_password(user.into(), password.into());
+            }
+            if let Some(ca) = &self.tls_ca {
+                options = options.add_root_certificates(ca.clone()).require_tls(true);
             }
             if let Ok(client) = options.connect(self.url()).await {
                 let js = async_nats::jetstream::new(client);

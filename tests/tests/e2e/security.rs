@@ -657,3 +657,69 @@ async fn a_sealed_secret_moved_to_another_account_does_not_open() {
     assert_eq!(status, 500, "{body}");
     assert!(!body.to_string().contains("enc:v2"), "{body}");
 }
+
+/// A CA, and a certificate it signed for 127.0.0.1, as PEM files in `dir`:
+/// `ca.pem`, `server.pem`, `server-key.pem`.
+fn tls_files(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server-key.pem"), server_key.serialize_pem()).unwrap();
+}
+
+#[tokio::test]
+async fn services_reach_a_tls_only_nats_with_its_ca_and_nothing_reaches_it_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_files(dir.path());
+    let conf = dir.path().join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{ cert_file: \"{0}/server.pem\", key_file: \"{0}/server-key.pem\" }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let ca = dir.path().join("ca.pem");
+    let nats = NatsServer::start_with_tls(conf, ca.clone()).await;
+    let url = nats.url();
+
+    // The server tells every client that TLS is required (so no client
+    // speaks in the clear), and one that does not trust its CA is refused.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", nats.port))
+        .await
+        .unwrap();
+    let mut info = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut raw, &mut info)
+        .await
+        .unwrap();
+    let info = String::from_utf8_lossy(&info[..n]);
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    let untrusted = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .connect(&url)
+        .await;
+    assert!(
+        untrusted.is_err(),
+        "a client without the CA trusted the server"
+    );
+
+    let ca = ca.to_str().unwrap();
+    let env = [("NATS_TLS_CA_FILE", ca)];
+    let sys = System::start_on(nats, Db::Sqlite, (&url, &env), (&url, &env)).await;
+    let crm = CrmReceiver::start().await;
+    sys.create_account(BUSINESS, &crm.url()).await;
+    let message = meta::text_message(BUSINESS, "1001", "mid_tls", "hello");
+    assert_eq!(sys.send_meta_webhook(&message).await.status(), 200);
+    let delivered = crm.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(delivered[0].json["message"], "hello");
+}
