@@ -63,6 +63,8 @@ pub struct NatsServer {
     login: Option<String>,
     /// The CA to trust when the server requires TLS.
     tls_ca: Option<PathBuf>,
+    /// A creds file to check the server is up with (operator mode).
+    creds: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -77,20 +79,16 @@ impl NatsServer {
         env: &[(&str, &str)],
         login: Option<&str>,
     ) -> Self {
-        let mut server = Self {
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-            config: config.map(|path| {
-                let env = env
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (path, env)
-            }),
-            login: login.map(str::to_owned),
-            tls_ca: None,
-        };
+        let config = config.map(|path| {
+            let env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (path, env)
+        });
+        let mut server = Self::unstarted();
+        server.config = config;
+        server.login = login.map(str::to_owned);
         server.resume().await;
         server
     }
@@ -98,16 +96,33 @@ impl NatsServer {
     /// Starts a server whose configuration requires TLS, with a certificate
     /// signed by the CA in `ca` (PEM).
     pub async fn start_with_tls(config: PathBuf, ca: PathBuf) -> Self {
-        let mut server = Self {
+        let mut server = Self::unstarted();
+        server.config = Some((config, Vec::new()));
+        server.tls_ca = Some(ca);
+        server.resume().await;
+        server
+    }
+
+    /// Starts a server in operator mode (JWT accounts), checked with a
+    /// user's creds file.
+    pub async fn start_with_creds(config: PathBuf, creds: PathBuf) -> Self {
+        let mut server = Self::unstarted();
+        server.config = Some((config, Vec::new()));
+        server.creds = Some(creds);
+        server.resume().await;
+        server
+    }
+
+    fn unstarted() -> Self {
+        Self {
             port: free_port(),
             store: tempfile::tempdir().unwrap(),
             child: None,
-            config: Some((config, Vec::new())),
+            config: None,
             login: None,
-            tls_ca: Some(ca),
-        };
-        server.resume().await;
-        server
+            tls_ca: None,
+            creds: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -160,6 +175,9 @@ impl NatsServer {
             }
             if let Some(ca) = &self.tls_ca {
                 options = options.add_root_certificates(ca.clone()).require_tls(true);
+            }
+            if let Some(creds) = &self.creds {
+                options = options.credentials_file(creds).await.unwrap();
             }
             if let Ok(client) = options.connect(self.url()).await {
                 let js = async_nats::jetstream::new(client);

@@ -723,3 +723,104 @@ async fn services_reach_a_tls_only_nats_with_its_ca_and_nothing_reaches_it_in_th
     let delivered = crm.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(delivered[0].json["message"], "hello");
 }
+
+/// A NATS JWT (v2): `issuer` signs claims about `subject`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut claims = json!({
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "name": subject[..8].to_owned(),
+        "sub": subject,
+        "nats": nats,
+    });
+    use sha2::Digest as _;
+    claims["jti"] = json!(hex::encode_upper(sha2::Sha256::digest(claims.to_string())));
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64(claims.to_string().as_bytes());
+    let signature = issuer.sign(format!("{header}.{body}").as_bytes()).unwrap();
+    format!("{header}.{body}.{}", b64(&signature))
+}
+
+#[tokio::test]
+async fn services_log_in_to_nats_with_a_creds_file() {
+    // An operator-mode server: an operator, one account with JetStream, and
+    // a user of it whose JWT and seed make the creds file.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("operator.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {1}\nresolver: MEMORY\n\
+             resolver_preload: {{ {0}: {account_jwt}, {1}: {system_jwt} }}\n",
+            account.public_key(),
+            system.public_key()
+        ),
+    )
+    .unwrap();
+    let creds = dir.path().join("service.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with_creds(conf, creds.clone()).await;
+    let url = nats.url();
+    let refused = async_nats::ConnectOptions::new()
+        .connect(&url)
+        .await
+        .expect_err("no login without credentials");
+    assert!(
+        refused.to_string().to_lowercase().contains("authorization"),
+        "{refused}"
+    );
+
+    let creds = creds.to_str().unwrap();
+    let env = [("NATS_CREDS_FILE", creds)];
+    let sys = System::start_on(nats, Db::Sqlite, (&url, &env), (&url, &env)).await;
+    let crm = CrmReceiver::start().await;
+    sys.create_account(BUSINESS, &crm.url()).await;
+    let message = meta::text_message(BUSINESS, "1001", "mid_creds", "hello");
+    assert_eq!(sys.send_meta_webhook(&message).await.status(), 200);
+    let delivered = crm.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(delivered[0].json["message"], "hello");
+    let logs = sys.ingest.logs() + &sys.forwarder.logs();
+    assert!(
+        !logs.contains(&user.seed().unwrap()),
+        "the seed is never logged"
+    );
+}
