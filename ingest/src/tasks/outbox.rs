@@ -41,9 +41,9 @@ impl Publisher {
     ///
     /// A batch's outbox rows are removed while the next batch is published:
     /// the removal waits for the writer's next transaction, and publishing
-    /// stopped for it. Until it is committed, its rows still come back from
-    /// the outbox and are skipped here; the rows behind them in their
-    /// conversations stay back in the outbox until then, so order holds.
+    /// no longer waits with it. Until it is committed, its rows still come
+    /// back from the outbox and are skipped here; the rows behind them in
+    /// their conversations are not returned until then, so order holds.
     pub async fn publish_pending(&self) -> anyhow::Result<usize> {
         let state = self;
         if state.nats.accounts().is_none() {
