@@ -159,13 +159,6 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    pub fn only(current: WebhookSecret) -> Self {
-        Self {
-            current,
-            previous: None,
-        }
-    }
-
     fn previous_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<&WebhookSecret> {
         self.previous
             .as_ref()

@@ -48,6 +48,7 @@ impl RoutingSync {
 
     /// The bucket entry: the secret sealed like in the database.
     fn routing_of(&self, row: &AccountRow) -> AccountRouting {
+        let previous = row.previous_secret(chrono::Utc::now());
         AccountRouting {
             account_id: row.id.clone(),
             crm_webhook_url: row.crm_webhook_url.clone(),
@@ -56,16 +57,14 @@ impl RoutingSync {
                 &row.webhook_secret,
                 &context(&row.id, fields::WEBHOOK_SECRET),
             ),
-            previous_webhook_secret: row.previous_secret(chrono::Utc::now()).map(|(secret, _)| {
+            previous_webhook_secret: previous.map(|(secret, _)| {
                 seal(
                     self.key.as_ref(),
                     secret,
                     &context(&row.id, fields::PREVIOUS_WEBHOOK_SECRET),
                 )
             }),
-            previous_secret_until: row
-                .previous_secret(chrono::Utc::now())
-                .map(|(_, until)| until),
+            previous_secret_until: previous.map(|(_, until)| until),
             status: row.status,
             max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
             deliveries_paused: row.deliveries_paused_at.is_some(),
