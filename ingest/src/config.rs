@@ -68,6 +68,13 @@ pub struct IngestConfig {
     #[arg(long, env = "INGEST_PUBLISH_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub ingest_publish_attempts: u32,
 
+    /// Times the database may refuse to save one event (a constraint, a
+    /// trigger, a value it cannot hold), across Meta's redeliveries, before
+    /// the event is set aside (`/api/v1/refused-events`) and the rest of its
+    /// webhook is accepted.
+    #[arg(long, env = "INGEST_SAVE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub ingest_save_attempts: u32,
+
     /// Seconds to wait for Meta's Graph API.
     #[arg(long, env = "GRAPH_API_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub graph_api_timeout_secs: u64,

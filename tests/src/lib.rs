@@ -193,6 +193,25 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// Runs statements on the test's database behind ingest's back: the
+    /// one for SQLite or the one for PostgreSQL.
+    pub async fn run_script(&self, sqlite: &'static str, postgres: &'static str) {
+        use sqlx::Connection as _;
+        let url = self.url();
+        match self {
+            Self::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sqlite).execute(&mut conn).await.unwrap();
+            }
+            Self::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(postgres).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+impl TestDatabase {
     /// Reads one text value from the test's database; `$1` is `arg`.
     pub async fn fetch_text(&self, sql: &'static str, arg: &str) -> Option<String> {
         use sqlx::Connection as _;

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use super::{Core, followups};
 use crate::meta::payload::{self as meta, Classified, WebhookPayload};
-use crate::store::{AccountRow, NewMessage, SaveOutcome};
+use crate::store::{AccountRow, KeptEvent, NewMessage, RefusedRow, SaveOutcome, StoreError};
 
 /// What one webhook delivery came to, for the log line and the tests.
 #[derive(Debug, Default)]
@@ -21,6 +21,8 @@ pub struct Tally {
     pub duplicates: u32,
     pub unknown_account: u32,
     pub not_forwarded: u32,
+    /// Events the database kept refusing, set aside.
+    pub set_aside: u32,
 }
 
 pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::Result<Tally> {
@@ -84,10 +86,10 @@ struct Prepared {
 }
 
 /// What happens after an event is saved needs: the CRM payload (with its
-/// message id), whether it is held for a username, and whom it is from.
+/// message id), whether it is held for a username, and whom it is from;
+/// or, if the database keeps refusing it, what is kept of it.
 struct Followup {
-    webhook: InboundMessageWebhook,
-    event: EventKind,
+    kept: KeptEvent,
     customer_id: String,
     held_for_username: bool,
 }
@@ -165,8 +167,14 @@ async fn prepare_event(
         hold_until: (publish && lookup).then(|| Utc::now() + followups::USERNAME_HOLD),
     };
     let followup = Followup {
-        webhook,
-        event: c.event,
+        kept: KeptEvent {
+            event_key: new.event_key.clone(),
+            direction: new.direction,
+            recipient_id: new.recipient_id.clone(),
+            sent_at: new.sent_at,
+            publish,
+            webhook,
+        },
         customer_id: c.customer_id,
         held_for_username: new.hold_until.is_some(),
     };
@@ -189,12 +197,23 @@ async fn save_batch(
     let outcomes = core.store.saves.save_all(news).await;
     for (followup, outcome) in followups.into_iter().zip(outcomes) {
         let Followup {
-            webhook,
-            event,
+            kept,
             customer_id,
             held_for_username,
         } = followup;
-        match outcome? {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if set_aside(core, &kept, &e).await {
+                    tally.set_aside += 1;
+                    continue;
+                }
+                return Err(e.into());
+            }
+        };
+        let event = kept.webhook.event;
+        let webhook = kept.webhook;
+        match outcome {
             SaveOutcome::Saved { sequence } => {
                 tracing::info!(account_id = %account.id, message_id = %webhook.message_id, %event, "message saved");
                 tally.saved += 1;
@@ -227,6 +246,34 @@ async fn save_batch(
     Ok(())
 }
 
+/// Counts a refusal of an event by the database; true when the event is
+/// now set aside (refused `INGEST_SAVE_ATTEMPTS` times, across Meta's
+/// redeliveries), so its webhook can be accepted without it. False for an
+/// error that is not a refusal (the database is down, say: Meta redelivers
+/// and nothing is counted) or that could not be counted.
+async fn set_aside(core: &Core, kept: &KeptEvent, error: &StoreError) -> bool {
+    let Some(code) = error.refusal_code() else {
+        return false;
+    };
+    let limit = core.config.ingest_save_attempts;
+    let account_id = &kept.webhook.account_id;
+    match core.store.messages.count_refusal(kept, &code, limit).await {
+        Ok(true) => {
+            metrics::counter!("router_ingest_save_set_aside_total").increment(1);
+            tracing::error!(%account_id, message_id = %kept.webhook.message_id, error_code = %code, "the database keeps refusing this event; set aside (see /api/v1/refused-events)");
+            true
+        }
+        Ok(false) => {
+            tracing::warn!(%account_id, error_code = %code, "the database refused an event; meta will redeliver it");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%account_id, error = %e, "could not count a refused event");
+            false
+        }
+    }
+}
+
 /// How long an echo waits for a reply to the same customer that is still on
 /// its way to Meta: the echo can arrive before Meta's answer to the send.
 const ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -252,5 +299,53 @@ async fn echo_of_our_send(core: &Core, account_id: &str, c: &Classified) -> anyh
             return Ok(false);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// What saving a set-aside event again came to.
+#[derive(Debug)]
+pub enum SavedAgain {
+    /// Saved and on its way to the CRM, under its message id.
+    Saved,
+    /// Already saved (a redelivery from Meta got through since): nothing
+    /// more to do.
+    AlreadySaved,
+    /// The database refuses it still, with this code.
+    StillRefused(String),
+}
+
+/// Saves an event set aside after the database kept refusing it, now that
+/// the cause may be fixed: as it would have been saved (same message id),
+/// taking the conversation's next `sequence`. Its follow-ups (username,
+/// auto-reply) are not run again. Forgotten once saved.
+pub async fn save_again(core: &Core, row: &RefusedRow) -> Result<SavedAgain, StoreError> {
+    let unreadable = |e: serde_json::Error| StoreError::Database(sqlx::Error::Decode(e.into()));
+    let kept: KeptEvent = serde_json::from_slice(&row.kept).map_err(unreadable)?;
+    let account_id = AccountId::parse(&row.account_id)
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(e.into())))?;
+    let new =
+        NewMessage::from_kept(kept, core.subjects.inbound(&account_id)).map_err(unreadable)?;
+    let outcome = core.store.saves.save_all(vec![new]).await.pop();
+    match outcome.expect("one outcome per message") {
+        Ok(saved) => {
+            core.store.messages.forget_refused(&row.message_id).await?;
+            Ok(match saved {
+                SaveOutcome::Saved { .. } => {
+                    core.outbox_wakeup.notify_one();
+                    SavedAgain::Saved
+                }
+                SaveOutcome::Duplicate => SavedAgain::AlreadySaved,
+            })
+        }
+        Err(e) => {
+            let Some(code) = e.refusal_code() else {
+                return Err(e);
+            };
+            core.store
+                .messages
+                .refused_again(&row.message_id, &code)
+                .await?;
+            Ok(SavedAgain::StillRefused(code))
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod messages;
 pub mod metrics;
 pub mod openapi;
+pub mod refused_events;
 pub mod send;
 pub mod tokens;
 pub mod webhooks;
@@ -31,7 +32,8 @@ pub enum ApiTags {
     Accounts,
     /// Stored messages and where each stands on its way to the CRM.
     Messages,
-    /// Messages the CRM refused or that ran out of retries: list, replay, discard.
+    /// Messages the CRM refused or that ran out of retries, and events the
+    /// database kept refusing to save: list, replay, discard.
     DeadLetters,
     /// Liveness and readiness.
     Health,

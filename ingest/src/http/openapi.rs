@@ -11,6 +11,7 @@ use super::accounts::deliveries::DeliveriesApi;
 use super::dead_letters::DeadLettersApi;
 use super::health::HealthApi;
 use super::messages::MessagesApi;
+use super::refused_events::RefusedEventsApi;
 use super::tokens::TokensApi;
 
 /// An attachment of a received message.
@@ -229,6 +230,7 @@ pub type ApiService = OpenApiService<
         TokensApi,
         MessagesApi,
         DeadLettersApi,
+        RefusedEventsApi,
         HealthApi,
     ),
     CrmWebhooks,
@@ -242,6 +244,7 @@ pub fn service() -> ApiService {
             TokensApi,
             MessagesApi,
             DeadLettersApi,
+            RefusedEventsApi,
             HealthApi,
         ),
         "Instagram → CRM message router",

@@ -109,6 +109,7 @@ pub async fn receive(req: &Request, body: Body, Data(state): Data<&Arc<Core>>) -
                 duplicates = tally.duplicates,
                 unknown_account = tally.unknown_account,
                 not_forwarded = tally.not_forwarded,
+                set_aside = tally.set_aside,
                 "meta webhook accepted"
             );
             metrics::counter!("router_ingest_webhooks_total", "result" => "accepted").increment(1);
@@ -117,6 +118,7 @@ pub async fn receive(req: &Request, body: Body, Data(state): Data<&Arc<Core>>) -
                 ("duplicate", tally.duplicates),
                 ("unknown_account", tally.unknown_account),
                 ("not_forwarded", tally.not_forwarded),
+                ("set_aside", tally.set_aside),
             ] {
                 metrics::counter!("router_ingest_events_total", "result" => kind)
                     .increment(u64::from(n));

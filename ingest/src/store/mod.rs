@@ -141,6 +141,62 @@ impl NewMessage {
     }
 }
 
+/// What is kept of an event the database kept refusing, to save it again
+/// later: everything its [`NewMessage`] is made of, as JSON bytes (no text
+/// column can refuse them).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct KeptEvent {
+    pub event_key: String,
+    pub direction: Direction,
+    pub recipient_id: String,
+    pub sent_at: DateTime<Utc>,
+    pub publish: bool,
+    pub webhook: InboundMessageWebhook,
+}
+
+impl NewMessage {
+    /// The event again, from what was kept, to be published on `subject`.
+    pub fn from_kept(kept: KeptEvent, subject: String) -> Result<Self, serde_json::Error> {
+        let w = &kept.webhook;
+        Ok(Self {
+            id: w.message_id.clone(),
+            account_id: w.account_id.clone(),
+            event: MessageEvent::Received(w.event),
+            event_key: kept.event_key,
+            instagram_message_id: w.instagram_message_id.clone(),
+            direction: kept.direction,
+            conversation_id: w.conversation_id.clone(),
+            sender_id: w.sender_id.clone(),
+            recipient_id: kept.recipient_id,
+            message_type: w.message_type.clone(),
+            text: w.message.clone(),
+            attachments: serde_json::to_string(&w.attachments)?,
+            sent_at: kept.sent_at,
+            subject,
+            publish: kept.publish,
+            hold_until: None,
+            webhook: Some(kept.webhook),
+        })
+    }
+}
+
+/// An event set aside after the database refused it
+/// `INGEST_SAVE_ATTEMPTS` times.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RefusedRow {
+    /// The message id it will be saved (and delivered) under.
+    pub message_id: String,
+    pub account_id: String,
+    /// A [`KeptEvent`] as JSON.
+    pub kept: Vec<u8>,
+    pub attempts: i64,
+    /// The database's code for the last refusal (`postgres:<SQLSTATE>`,
+    /// `sqlite:<result code>`), never its message, which can quote the row.
+    pub error_code: String,
+    pub first_refused_at: DateTime<Utc>,
+    pub set_aside_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum SaveOutcome {
     /// Saved; `sequence` is its place in the conversation when it is published.
@@ -206,6 +262,34 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Secret(#[from] shared::secrets::SecretError),
+}
+
+impl StoreError {
+    /// The database's code when it refused a write for what was in it (a
+    /// constraint, a value it cannot hold, a trigger): the same write will
+    /// be refused again. `None` for a database that is unreachable, busy,
+    /// full or failing, where a retry can succeed.
+    pub fn refusal_code(&self) -> Option<String> {
+        let Self::Database(sqlx::Error::Database(e)) = self else {
+            return None;
+        };
+        if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            // Classes 22 (data exception), 23 (integrity constraint), 54
+            // (a value over a limit, such as an index row) and P0 (raised
+            // by a trigger).
+            let code = pg.code();
+            return ["22", "23", "54", "P0"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                .then(|| format!("postgres:{code}"));
+        }
+        let code = e.code()?;
+        // SQLite's primary result codes 18 (too big), 19 (constraint, a
+        // trigger's RAISE included) and 20 (type mismatch); extended codes
+        // carry the primary one in their low byte.
+        let primary = code.parse::<u32>().ok()? & 0xff;
+        matches!(primary, 18..=20).then(|| format!("sqlite:{code}"))
+    }
 }
 
 /// Accounts, the only rows that hold secrets: the one part of the store
@@ -275,6 +359,29 @@ pub trait MessageStore: Send + Sync + 'static {
         message_id: &str,
         reason: &str,
     ) -> Result<bool, StoreError>;
+    /// Counts one more refusal of an event by the database, keeping what
+    /// is needed to save it again the first time; at `limit` refusals the event is
+    /// set aside. True when it is set aside (now or before).
+    async fn count_refusal(
+        &self,
+        kept: &KeptEvent,
+        error_code: &str,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
+    /// Events set aside, by message id, optionally one account's.
+    async fn list_refused(
+        &self,
+        account_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RefusedRow>, StoreError>;
+    /// One event set aside.
+    async fn get_refused(&self, message_id: &str) -> Result<Option<RefusedRow>, StoreError>;
+    /// Records that saving a set-aside event again was refused again.
+    async fn refused_again(&self, message_id: &str, error_code: &str) -> Result<(), StoreError>;
+    /// Forgets an event set aside (saved again, or discarded); false when
+    /// there was none.
+    async fn forget_refused(&self, message_id: &str) -> Result<bool, StoreError>;
     /// How many messages wait to be published, and since when the oldest.
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
     /// Replaces a held outbox entry's body (and the stored copy) and lets it go.

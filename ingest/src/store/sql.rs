@@ -62,6 +62,13 @@ pub(super) fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// An event's key as the refused-events table holds it: a hash, since the
+/// key came from Meta and may hold what the database refused.
+pub(super) fn event_hash(event_key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(event_key.as_bytes()))
+}
+
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -652,6 +659,91 @@ impl $crate::store::MessageStore for $store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn count_refusal(
+        &self,
+        kept: &$crate::store::KeptEvent,
+        error_code: &str,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(kept).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let set_aside: bool = sqlx::query_scalar(
+            "INSERT INTO refused_events (message_id, account_id, event_hash, kept, attempts,
+                 error_code, first_refused_at, last_refused_at, set_aside_at)
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $6, CASE WHEN $7 <= 1 THEN $6 END)
+             ON CONFLICT (account_id, event_hash) DO UPDATE SET
+                 attempts = CASE WHEN refused_events.set_aside_at IS NULL
+                     THEN refused_events.attempts + 1 ELSE refused_events.attempts END,
+                 error_code = excluded.error_code,
+                 last_refused_at = excluded.last_refused_at,
+                 set_aside_at = COALESCE(refused_events.set_aside_at,
+                     CASE WHEN refused_events.attempts + 1 >= $7 THEN excluded.last_refused_at END)
+             RETURNING set_aside_at IS NOT NULL",
+        )
+        .bind(&kept.webhook.message_id)
+        .bind(&kept.webhook.account_id)
+        .bind(super::sql::event_hash(&kept.event_key))
+        .bind(bytes)
+        .bind(error_code)
+        .bind(Utc::now())
+        .bind(i64::from(limit))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(set_aside)
+    }
+
+    async fn list_refused(
+        &self,
+        account_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<$crate::store::RefusedRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT message_id, account_id, kept, attempts, error_code, first_refused_at, set_aside_at
+             FROM refused_events
+             WHERE set_aside_at IS NOT NULL AND ($1 IS NULL OR account_id = $1) AND message_id > $2
+             ORDER BY message_id LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn get_refused(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<$crate::store::RefusedRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT message_id, account_id, kept, attempts, error_code, first_refused_at, set_aside_at
+             FROM refused_events WHERE message_id = $1 AND set_aside_at IS NOT NULL",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn refused_again(&self, message_id: &str, error_code: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE refused_events SET attempts = attempts + 1, error_code = $2, last_refused_at = $3
+             WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .bind(error_code)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_refused(&self, message_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM refused_events WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {

@@ -171,6 +171,111 @@ async fn a_nul_character_in_a_text_is_saved_and_reaches_the_crm_unchanged(db: Db
     assert_eq!(body["message"], text);
 }
 
+/// A trigger that refuses to store one event, as an operator's constraint,
+/// a value the database cannot hold or a bug would.
+const REFUSE_ONE_SQLITE: &str = "CREATE TRIGGER refuse_one BEFORE INSERT ON messages
+    WHEN NEW.instagram_message_id = 'mid_refused'
+    BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;";
+const REFUSE_ONE_POSTGRES: &str = "CREATE FUNCTION refuse_one() RETURNS trigger AS $$
+    BEGIN
+        IF NEW.instagram_message_id = 'mid_refused' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER refuse_one BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_one();";
+
+/// Before, an event the database refused failed its whole webhook with 503
+/// on every one of Meta's retries, for ever.
+async fn an_event_the_database_keeps_refusing_is_set_aside_and_can_be_saved_again(db: Db) {
+    let sys = System::start_with(db, &[("INGEST_SAVE_ATTEMPTS", "2")]).await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    sys.database
+        .run_script(REFUSE_ONE_SQLITE, REFUSE_ONE_POSTGRES)
+        .await;
+    let t = 1_762_597_800_000i64;
+    let webhook = payload(vec![entry(
+        BUSINESS,
+        vec![
+            text_event(BUSINESS, CUSTOMER, "mid_before", "before", t),
+            text_event(BUSINESS, CUSTOMER, "mid_refused", "the refused text", t + 1),
+            text_event(BUSINESS, "5544332211", "mid_other", "other", t + 2),
+        ],
+    )]);
+    // Refused once: Meta is asked to redeliver; what could be saved was.
+    let first = sys.send_meta_webhook(&webhook).await;
+    assert_eq!(first.status(), 503);
+    crm.wait_for(2, WAIT).await;
+    // Refused twice (INGEST_SAVE_ATTEMPTS): set aside, the webhook accepted.
+    let second = sys.send_meta_webhook(&webhook).await;
+    assert_eq!(second.status(), 200);
+    let refused = sys.api_get("/api/v1/refused-events").await;
+    let refused = refused["data"].as_array().unwrap().clone();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let event = &refused[0];
+    assert_eq!(event["account_id"], account.as_str());
+    assert_eq!(event["instagram_message_id"], "mid_refused");
+    assert_eq!(event["event"], "message.received");
+    assert_eq!(event["attempts"], 2);
+    let code = event["error_code"].as_str().unwrap();
+    let expected = if db == Db::Sqlite {
+        "sqlite:1811" // SQLITE_CONSTRAINT_TRIGGER
+    } else {
+        "postgres:P0001" // raise_exception
+    };
+    assert_eq!(code, expected);
+    assert!(!event.to_string().contains("refused text"), "{event}");
+    let metrics = sys.ingest_metrics().await;
+    assert!(
+        metrics.contains("router_ingest_save_set_aside_total 1"),
+        "{metrics}"
+    );
+    // Meta's next redelivery changes nothing.
+    assert_eq!(sys.send_meta_webhook(&webhook).await.status(), 200);
+    let message_id = event["message_id"].as_str().unwrap().to_owned();
+    let replay = format!("/api/v1/refused-events/{message_id}/replay");
+    // Saving it again while the cause is still there: 409, still set aside.
+    let (status, body) = sys.api_send(reqwest::Method::POST, &replay, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "still_refused");
+    assert!(
+        body["message"].as_str().unwrap().contains(expected),
+        "{body}"
+    );
+    let refused = sys.api_get("/api/v1/refused-events").await;
+    assert_eq!(refused["data"][0]["attempts"], 3, "{refused}");
+
+    // The cause fixed, it is saved and reaches the CRM, text unchanged,
+    // under the message id the list showed.
+    sys.database
+        .run_script(
+            "DROP TRIGGER refuse_one;",
+            "DROP TRIGGER refuse_one ON messages;",
+        )
+        .await;
+    let (status, body) = sys.api_send(reqwest::Method::POST, &replay, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "saved");
+    let delivered = crm.wait_for(3, WAIT).await;
+    let last = &delivered.last().unwrap().json;
+    assert_eq!(last["message"], "the refused text");
+    assert_eq!(last["message_id"], message_id.as_str());
+    assert_eq!(last["sequence"], 2, "after mid_before in its conversation");
+    let refused = sys.api_get("/api/v1/refused-events").await;
+    assert!(refused["data"].as_array().unwrap().is_empty(), "{refused}");
+    let (status, _) = sys.api_send(reqwest::Method::POST, &replay, None).await;
+    assert_eq!(status, 404);
+    // Meta's redelivery is now a duplicate of each; the CRM saw each once.
+    assert_eq!(sys.send_meta_webhook(&webhook).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut mids: Vec<String> = crm
+        .deliveries()
+        .iter()
+        .map(|d| d.json["instagram_message_id"].as_str().unwrap().to_owned())
+        .collect();
+    mids.sort();
+    assert_eq!(mids, ["mid_before", "mid_other", "mid_refused"]);
+}
+
 async fn attachments_are_forwarded_with_their_type_and_url(db: Db) {
     let sys = System::start(db).await;
     let crm = CrmReceiver::start().await;
@@ -510,6 +615,7 @@ router_tests::on_both_stores!(
     each_conversations_events_are_numbered_from_one_without_gaps,
     attachments_are_forwarded_with_their_type_and_url,
     a_nul_character_in_a_text_is_saved_and_reaches_the_crm_unchanged,
+    an_event_the_database_keeps_refusing_is_set_aside_and_can_be_saved_again,
     unsigned_and_wrongly_signed_webhooks_are_refused_and_never_forwarded,
     bodies_over_the_limit_get_413,
     metas_redelivery_of_a_mid_reaches_the_crm_once,
