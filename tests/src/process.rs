@@ -206,20 +206,29 @@ impl Service {
         self.child = Some(child);
     }
 
+    /// Waits for `path` to answer 2xx; on timeout, panics with the
+    /// service's last log lines, so a failed start says why.
     pub async fn wait_healthy(&self, path: &str) {
         let url = format!("http://{}{}", self.addr, path);
         let client = crate::http_client();
-        eventually(
-            Duration::from_secs(30),
-            &format!("{} {path}", self.name),
-            || async {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
+        let limit = Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => return,
+                _ if tokio::time::Instant::now() > deadline => {
+                    let logs = self.logs();
+                    let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    panic!(
+                        "timed out after {limit:?} waiting for {} {path}; its last log lines:\n{}",
+                        self.name,
+                        tail.join("\n")
+                    );
                 }
-            },
-        )
-        .await;
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// The value of one of its settings.
