@@ -44,7 +44,9 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
     let api = openapi::service();
     let api_max_body = core.config.ingest_api_max_body_bytes;
     let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    // The UI page embeds Swagger UI's script and the document (1.5 MB):
+    // made when asked for, not held for the life of the process.
+    let docs = poem::endpoint::make_sync(|_| poem::web::Html(openapi::service().swagger_ui_html()));
     Route::new()
         .at(
             "/webhooks/instagram",
