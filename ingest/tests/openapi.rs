@@ -77,6 +77,7 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
             payload: None,
         }),
         referral: Some(serde_json::json!({})),
+        edit_count: Some(1),
     };
     let wire = serde_json::to_value(sample).unwrap();
     let mut sent: Vec<String> = wire.as_object().unwrap().keys().cloned().collect();

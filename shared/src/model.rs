@@ -88,6 +88,8 @@ named_enum! {
         MessageReaction = "message.reaction",
         /// A customer deleted (unsent) a message.
         MessageDeleted = "message.deleted",
+        /// A customer edited a message they had sent.
+        MessageEdited = "message.edited",
         /// A customer read the conversation up to a message.
         MessageRead = "message.read",
         /// A customer tapped a button (icebreaker, generic template, persistent menu).

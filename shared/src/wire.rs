@@ -51,6 +51,9 @@ pub struct InboundMessageWebhook {
     /// For `message.referral` (and messages that carry one): Meta's referral object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referral: Option<serde_json::Value>,
+    /// For `message.edited`: how many times the customer has edited the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit_count: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -301,6 +304,7 @@ mod tests {
             reaction: None,
             postback: None,
             referral: None,
+            edit_count: None,
         };
         let v = serde_json::to_value(&w).unwrap();
         for key in [

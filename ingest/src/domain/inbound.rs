@@ -61,7 +61,10 @@ pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::
                 tally.not_forwarded += 1;
                 continue;
             };
-            if matches!(c.event, EventKind::MessageDeleted | EventKind::MessageEcho) {
+            if matches!(
+                c.event,
+                EventKind::MessageDeleted | EventKind::MessageEdited | EventKind::MessageEcho
+            ) {
                 save_batch(core, &account, std::mem::take(&mut batch), &mut tally).await?;
             }
             let span = tracing::info_span!("event", account_id = %account.id, event = %c.event);
@@ -109,6 +112,12 @@ async fn prepare_event(
             .mark_deleted(&account.id, &c.mid, c.time)
             .await?;
     }
+    if c.event == EventKind::MessageEdited {
+        core.store
+            .messages
+            .mark_edited(&account.id, &c.mid, c.time, c.text.as_deref())
+            .await?;
+    }
     if c.event == EventKind::MessageEcho && echo_of_our_send(core, &account.id, &c).await? {
         tracing::info!(account_id = %account.id, "echo of a message sent through the API recorded");
         return Ok(None);
@@ -146,6 +155,7 @@ async fn prepare_event(
         reaction: c.reaction,
         postback: c.postback,
         referral: c.referral,
+        edit_count: c.edit_count,
     };
     let new = NewMessage {
         id: id.to_string(),

@@ -68,6 +68,9 @@ pub struct Message {
     /// When the customer deleted (unsent) it.
     #[oai(nullable)]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When the customer last edited it (`message.edited`).
+    #[oai(nullable)]
+    pub edited_at: Option<DateTime<Utc>>,
     pub delivery: Delivery,
 }
 
@@ -87,6 +90,7 @@ impl From<MessageRow> for Message {
             timestamp: r.sent_at,
             created_at: r.created_at,
             deleted_at: r.deleted_at,
+            edited_at: r.edited_at,
             delivery: Delivery {
                 status: r.delivery_status,
                 attempts: r.delivery_attempts,

@@ -74,6 +74,10 @@ pub struct InboundMessageWebhookDoc {
     /// `message.referral` (or a message opened from one): Meta's referral object as sent (`ref`, `source`, `type`, ...).
     #[oai(skip_serializing_if_is_none)]
     pub referral: Option<serde_json::Value>,
+    /// `message.edited`: how many times the customer has edited the message
+    /// (`message` is the new text).
+    #[oai(skip_serializing_if_is_none)]
+    pub edit_count: Option<u32>,
 }
 
 #[derive(Debug, Object)]
@@ -178,6 +182,12 @@ crm_webhook!(
     "A customer deleted (unsent) a message (`instagram_message_id` is the deleted message)"
 );
 crm_webhook!(
+    EditedWebhook,
+    "message.edited",
+    message_edited,
+    "A customer edited a message (`instagram_message_id` is the edited message, `message` its new text)"
+);
+crm_webhook!(
     ReadWebhook,
     "message.read",
     message_read,
@@ -206,6 +216,7 @@ impl poem_openapi::Webhook for CrmWebhooks {
         all.extend(<&dyn EchoWebhook>::meta());
         all.extend(<&dyn ReactionWebhook>::meta());
         all.extend(<&dyn DeletedWebhook>::meta());
+        all.extend(<&dyn EditedWebhook>::meta());
         all.extend(<&dyn ReadWebhook>::meta());
         all.extend(<&dyn PostbackWebhook>::meta());
         all.extend(<&dyn ReferralWebhook>::meta());
@@ -217,6 +228,7 @@ impl poem_openapi::Webhook for CrmWebhooks {
         <&dyn EchoWebhook>::register(registry);
         <&dyn ReactionWebhook>::register(registry);
         <&dyn DeletedWebhook>::register(registry);
+        <&dyn EditedWebhook>::register(registry);
         <&dyn ReadWebhook>::register(registry);
         <&dyn PostbackWebhook>::register(registry);
         <&dyn ReferralWebhook>::register(registry);

@@ -81,6 +81,17 @@ pub struct MessagingEvent {
     pub read: Option<MetaRead>,
     pub postback: Option<MetaPostback>,
     pub referral: Option<Value>,
+    pub message_edit: Option<MetaMessageEdit>,
+}
+
+/// A customer edited a message: its mid, the new text, and how many times
+/// it has been edited (a number or a string, as Meta's examples vary).
+#[derive(Debug, Deserialize)]
+pub struct MetaMessageEdit {
+    pub mid: String,
+    pub text: Option<String>,
+    #[serde(default, deserialize_with = "opt_count")]
+    pub num_edit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +179,8 @@ pub struct Classified {
     pub reaction: Option<Reaction>,
     pub postback: Option<Postback>,
     pub referral: Option<Value>,
+    /// For an edit: how many times the message has been edited.
+    pub edit_count: Option<u32>,
 }
 
 impl MessagingEvent {
@@ -226,6 +239,7 @@ pub fn classify(business_id: &str, e: &MessagingEvent) -> Option<Classified> {
         reaction: None,
         postback: None,
         referral: None,
+        edit_count: None,
     };
     if let Some(m) = &e.message {
         if m.is_deleted {
@@ -274,6 +288,22 @@ pub fn classify(business_id: &str, e: &MessagingEvent) -> Option<Classified> {
         c.referral = m.referral.clone();
         return Some(c);
     }
+    if let Some(edit) = &e.message_edit {
+        // Each edit is its own event; a redelivery of one is recognised by
+        // its count (or, without one, its time).
+        let nth = edit
+            .num_edit
+            .map_or_else(|| format!("t{ms}"), |n| n.to_string());
+        let mut c = base(
+            EventKind::MessageEdited,
+            format!("edit:{}:{nth}", edit.mid),
+            &edit.mid,
+            "edited",
+        );
+        c.text = edit.text.clone();
+        c.edit_count = edit.num_edit;
+        return Some(c);
+    }
     if let Some(r) = &e.reaction {
         let key = format!("reaction:{}:{}:{}:{ms}", r.mid, e.sender.id, r.action);
         let mut c = base(EventKind::MessageReaction, key, &r.mid, "reaction");
@@ -318,6 +348,14 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
         Value::Number(n) => Ok(n.to_string()),
         _ => Err(serde::de::Error::custom("expected a string or number id")),
     }
+}
+
+fn opt_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
 }
 
 fn opt_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -367,6 +405,25 @@ mod tests {
             r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":1,"message":{"mid":"m4","text":"nice","reply_to":{"story":{"url":"https://s","id":"s1"}}}}"#,
         );
         assert_eq!(classify("999", &story).unwrap().message_type, "story_reply");
+    }
+
+    #[test]
+    fn an_edit_names_the_edited_message_and_each_edit_has_its_own_key() {
+        let first = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":5,"message_edit":{"mid":"m1","text":"new","num_edit":1}}"#,
+        );
+        let c = classify("999", &first).unwrap();
+        assert_eq!(
+            (c.event, c.mid.as_str(), c.text.as_deref(), c.edit_count),
+            (EventKind::MessageEdited, "m1", Some("new"), Some(1))
+        );
+        let second = event(
+            r#"{"sender":{"id":"123"},"recipient":{"id":"999"},"timestamp":6,"message_edit":{"mid":"m1","text":"newer","num_edit":"2"}}"#,
+        );
+        let c2 = classify("999", &second).unwrap();
+        assert_eq!(c2.edit_count, Some(2));
+        assert_ne!(c.event_key, c2.event_key);
+        assert_ne!(c.event_key, "m1", "an edit never collides with its message");
     }
 
     #[test]

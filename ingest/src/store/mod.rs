@@ -238,6 +238,8 @@ pub struct MessageRow {
     pub replays: i64,
     /// When the customer deleted (unsent) it.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When the customer last edited it.
+    pub edited_at: Option<DateTime<Utc>>,
     /// Its place in the conversation, for events published to the CRM.
     pub sequence: Option<i64>,
 }
@@ -408,6 +410,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Marks a dead letter as discarded; false when it is not a dead letter.
     async fn discard_dead_letter(&self, message_id: &str) -> Result<bool, StoreError>;
 
+    /// Records the customer's edit of the message with this mid: its new
+    /// text and when (an older edit arriving late changes nothing).
+    async fn mark_edited(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+        text: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// Records that the customer deleted the message with this mid.
     async fn mark_deleted(
         &self,

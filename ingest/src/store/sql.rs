@@ -15,7 +15,7 @@ pub(super) const MESSAGE_COLUMNS: &str =
     "id, account_id, event, instagram_message_id, direction, conversation_id,
     sender_id, recipient_id, message_type, sent_at, created_at, delivery_status,
     delivery_attempts, last_error, last_status_code, delivered_at, dead_at, replays, deleted_at,
-    sequence";
+    edited_at, sequence";
 
 /// The transaction a backend's `begin_write` opens, with the backend's own
 /// write lock when it has one (SQLite: one writer at a time, queued in the
@@ -851,6 +851,26 @@ impl $crate::store::MessageStore for $store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_edited(
+        &self,
+        account_id: &str,
+        mid: &str,
+        at: DateTime<Utc>,
+        text: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET edited_at = $1, text = $4
+             WHERE account_id = $2 AND event_key = $3 AND (edited_at IS NULL OR edited_at < $1)",
+        )
+        .bind(at)
+        .bind(account_id)
+        .bind(mid)
+        .bind(text.map(storable_text))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn mark_deleted(

@@ -469,10 +469,10 @@ async fn a_webhook_for_an_unknown_account_is_answered_200_and_ignored(db: Db) {
         ))
         .await;
     assert_eq!(resp.status(), 200);
-    // An event kind we do not forward (an edit) is accepted too, and counted.
+    // An event kind we do not forward (a thread handover) is accepted too, and counted.
     let read = serde_json::json!({
         "sender": { "id": CUSTOMER }, "recipient": { "id": BUSINESS }, "timestamp": 1_762_597_800_000i64,
-        "message_edit": { "mid": "mid_whatever", "text": "edited", "num_edit": 1 }
+        "pass_thread_control": { "new_owner_app_id": "1234567890", "metadata": "" }
     });
     assert_eq!(
         sys.send_meta_webhook(&payload(vec![entry(BUSINESS, vec![read])]))

@@ -391,6 +391,53 @@ async fn a_deletion_is_forwarded_and_marks_the_stored_message(db: Db) {
     assert!(quick["deleted_at"].is_string(), "{quick}");
 }
 
+async fn an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message(db: Db) {
+    let s = setup(db).await;
+    s.meta_events(vec![event(
+        json!({ "message": { "mid": "mid_typo", "text": "see you tomorow" } }),
+    )])
+    .await;
+    s.crm.wait_for(1, WAIT).await;
+    // Meta's count comes as a number or, in its examples, a string.
+    let edit = |n: Value, text: &str| {
+        event(json!({ "message_edit": { "mid": "mid_typo", "text": text, "num_edit": n } }))
+    };
+    s.meta_events(vec![edit(json!(1), "see you tomorrow")])
+        .await;
+    let d = s.crm.wait_for(2, WAIT).await;
+    let edited = &d[1].json;
+    assert_eq!(edited["event"], "message.edited");
+    assert_eq!(edited["instagram_message_id"], "mid_typo");
+    assert_eq!(edited["message"], "see you tomorrow");
+    assert_eq!(edited["message_type"], "edited");
+    assert_eq!(edited["edit_count"], 1);
+    assert_eq!(edited["sequence"], 2);
+    // Meta's redelivery of the same edit is not a second one; the next edit is.
+    s.meta_events(vec![edit(json!(1), "see you tomorrow")])
+        .await;
+    s.meta_events(vec![edit(json!("2"), "see you at 10")]).await;
+    let d = s.crm.wait_for(3, WAIT).await;
+    assert_eq!(d[2].json["edit_count"], 2);
+    assert_eq!(d[2].json["message"], "see you at 10");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.crm.count(),
+        3,
+        "the redelivered edit is not forwarded again"
+    );
+    // The stored message says it was edited.
+    let history = s.history("").await;
+    let original = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["event"] == "message.received")
+        .unwrap()
+        .clone();
+    assert!(original["edited_at"].is_string(), "{original}");
+    assert!(original["deleted_at"].is_null(), "{original}");
+}
+
 async fn read_receipts_are_forwarded(db: Db) {
     let s = setup(db).await;
     let body = s
@@ -700,6 +747,7 @@ router_tests::on_both_stores!(
     the_echo_of_our_send_is_not_forwarded_but_an_app_echo_is,
     reactions_and_unreactions_are_forwarded,
     a_deletion_is_forwarded_and_marks_the_stored_message,
+    an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,
     referrals_are_forwarded,

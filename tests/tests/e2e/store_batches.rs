@@ -87,6 +87,7 @@ fn event(mid: &str, conversation: &str, publish: bool) -> NewMessage {
             reaction: None,
             postback: None,
             referral: None,
+            edit_count: None,
         }),
         publish,
         hold_until: None,
