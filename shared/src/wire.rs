@@ -54,6 +54,30 @@ pub struct InboundMessageWebhook {
     /// For `message.edited`: how many times the customer has edited the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit_count: Option<u32>,
+    /// Until when the business may answer this conversation with a standard
+    /// message: 24 h after the customer's last message. Absent when the
+    /// customer has not written (as far as the router has seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_window_ends_at: Option<String>,
+    /// Until when a human agent may answer with the `HUMAN_AGENT` tag: 7 days
+    /// after the customer's last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human_agent_window_ends_at: Option<String>,
+}
+
+/// How long after a customer's last message the business may answer with
+/// a standard message, and a human agent with the `HUMAN_AGENT` tag.
+pub const REPLY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+pub const HUMAN_AGENT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+impl InboundMessageWebhook {
+    /// Sets the reply windows from the customer's last message in the
+    /// conversation, if there is one.
+    pub fn set_reply_windows(&mut self, customer_wrote_at: Option<DateTime<Utc>>) {
+        self.reply_window_ends_at = customer_wrote_at.map(|t| rfc3339(t + REPLY_WINDOW));
+        self.human_agent_window_ends_at =
+            customer_wrote_at.map(|t| rfc3339(t + HUMAN_AGENT_WINDOW));
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -305,6 +329,8 @@ mod tests {
             postback: None,
             referral: None,
             edit_count: None,
+            reply_window_ends_at: None,
+            human_agent_window_ends_at: None,
         };
         let v = serde_json::to_value(&w).unwrap();
         for key in [

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hashlink::LruCache;
-use shared::wire::InboundMessageWebhook;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -114,19 +113,15 @@ pub fn spawn_username_lookup(
     state: Arc<Core>,
     account: AccountRow,
     message_id: String,
-    mut webhook: InboundMessageWebhook,
+    sender_id: String,
 ) {
     tokio::spawn(async move {
-        webhook.sender_username = lookup_username(&state, &account, &webhook.sender_id).await;
-        let released = match serde_json::to_vec(&webhook) {
-            Ok(payload) => state
-                .store
-                .messages
-                .release_outbox(&message_id, &payload)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
-        };
+        let username = lookup_username(&state, &account, &sender_id).await;
+        let released = state
+            .store
+            .messages
+            .release_outbox(&message_id, username.as_deref())
+            .await;
         if let Err(e) = released {
             tracing::warn!(message_id, error = %e, "could not add the username; published without it");
         }

@@ -156,6 +156,9 @@ async fn prepare_event(
         postback: c.postback,
         referral: c.referral,
         edit_count: c.edit_count,
+        // Set when it is saved, from the conversation's stored state.
+        reply_window_ends_at: None,
+        human_agent_window_ends_at: None,
     };
     let new = NewMessage {
         id: id.to_string(),
@@ -224,7 +227,7 @@ async fn save_batch(
         let event = kept.webhook.event;
         let webhook = kept.webhook;
         match outcome {
-            SaveOutcome::Saved { sequence } => {
+            SaveOutcome::Saved { .. } => {
                 tracing::info!(account_id = %account.id, message_id = %webhook.message_id, %event, "message saved");
                 tally.saved += 1;
                 if held_for_username {
@@ -232,10 +235,7 @@ async fn save_batch(
                         core.clone(),
                         account.clone(),
                         webhook.message_id.clone(),
-                        InboundMessageWebhook {
-                            sequence,
-                            ..webhook.clone()
-                        },
+                        webhook.sender_id.clone(),
                     );
                 }
                 if event == EventKind::MessageReceived {

@@ -78,6 +78,15 @@ pub struct InboundMessageWebhookDoc {
     /// (`message` is the new text).
     #[oai(skip_serializing_if_is_none)]
     pub edit_count: Option<u32>,
+    /// Until when the business may still answer with a standard message: 24 h
+    /// after the customer's last message in this conversation (RFC 3339 UTC), as
+    /// of when ingest saved this event. Absent while the customer has not written.
+    #[oai(skip_serializing_if_is_none)]
+    pub reply_window_ends_at: Option<String>,
+    /// Until when a human agent may answer with the `HUMAN_AGENT` tag: 7 days
+    /// after the customer's last message.
+    #[oai(skip_serializing_if_is_none)]
+    pub human_agent_window_ends_at: Option<String>,
 }
 
 #[derive(Debug, Object)]

@@ -133,10 +133,30 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// The body as published: the webhook with its place in the conversation.
-    pub fn payload(&self, sequence: Option<u64>) -> Option<Vec<u8>> {
+    /// Whether this event opens (or extends) the conversation's reply
+    /// window: the customer wrote, tapped a button or came from a referral.
+    pub fn opens_reply_window(&self) -> bool {
+        self.direction == Direction::Inbound
+            && matches!(
+                self.event,
+                MessageEvent::Received(
+                    shared::model::EventKind::MessageReceived
+                        | shared::model::EventKind::MessagePostback
+                        | shared::model::EventKind::MessageReferral
+                )
+            )
+    }
+
+    /// The body as published: the webhook with its place in the
+    /// conversation and the reply windows from the customer's last message.
+    pub fn payload(
+        &self,
+        sequence: Option<u64>,
+        customer_wrote_at: Option<DateTime<Utc>>,
+    ) -> Option<Vec<u8>> {
         let mut webhook = self.webhook.clone()?;
         webhook.sequence = sequence;
+        webhook.set_reply_windows(customer_wrote_at);
         serde_json::to_vec(&webhook).ok()
     }
 }
@@ -386,8 +406,13 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn forget_refused(&self, message_id: &str) -> Result<bool, StoreError>;
     /// How many messages wait to be published, and since when the oldest.
     async fn outbox_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
-    /// Replaces a held outbox entry's body (and the stored copy) and lets it go.
-    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError>;
+    /// Adds the sender's username (when found) to a held outbox entry's body
+    /// (and the stored copy) and lets it go.
+    async fn release_outbox(
+        &self,
+        message_id: &str,
+        username: Option<&str>,
+    ) -> Result<(), StoreError>;
 
     async fn get_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError>;
     /// An account's messages in the order they were saved, optionally one conversation.

@@ -339,43 +339,65 @@ impl $store {
         for chunk in messages.chunks(SAVE_CHUNK) {
             // Each conversation's counter moves once, by its number of
             // published events; they take the numbers in their order here.
-            let mut conversations: Vec<(&str, &str, i64)> = Vec::new();
+            // A conversation's row also keeps when the customer last wrote
+            // (for the reply windows), from the events that open a window.
+            let mut conversations: Vec<(&str, &str, i64, Option<DateTime<Utc>>)> = Vec::new();
             let mut which = std::collections::HashMap::new();
             let places: Vec<Option<usize>> = chunk
                 .iter()
                 .map(|m| {
+                    let opens = m.opens_reply_window();
+                    if !(m.publish || opens) {
+                        return None;
+                    }
+                    let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                    let i = *which.entry(key).or_insert_with(|| {
+                        conversations.push((key.0, key.1, 0, None));
+                        conversations.len() - 1
+                    });
+                    let c = &mut conversations[i];
+                    if opens {
+                        c.3 = c.3.max(Some(m.sent_at));
+                    }
                     m.publish.then(|| {
-                        let key = (m.account_id.as_str(), m.conversation_id.as_str());
-                        let i = *which.entry(key).or_insert_with(|| {
-                            conversations.push((key.0, key.1, 0));
-                            conversations.len() - 1
-                        });
-                        conversations[i].2 += 1;
+                        c.2 += 1;
                         i
                     })
                 })
                 .collect();
             let mut next = vec![0i64; conversations.len()];
+            let mut wrote = vec![None; conversations.len()];
             if !conversations.is_empty() {
                 let mut counters = sqlx::QueryBuilder::new(
-                    "INSERT INTO conversations (account_id, conversation_id, last_sequence) ",
+                    "INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
                 );
-                counters.push_values(&conversations, |mut row, (account, conversation, count)| {
-                    row.push_bind(*account).push_bind(*conversation).push_bind(*count);
-                });
+                counters.push_values(
+                    &conversations,
+                    |mut row, (account, conversation, count, wrote_at)| {
+                        row.push_bind(*account)
+                            .push_bind(*conversation)
+                            .push_bind(*count)
+                            .push_bind(*wrote_at);
+                    },
+                );
                 counters.push(
                     " ON CONFLICT (account_id, conversation_id)
-                     DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence
-                     RETURNING account_id, conversation_id, last_sequence",
+                     DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
+                         customer_wrote_at = CASE
+                             WHEN conversations.customer_wrote_at IS NULL
+                               OR conversations.customer_wrote_at < excluded.customer_wrote_at
+                             THEN excluded.customer_wrote_at ELSE conversations.customer_wrote_at END
+                     RETURNING account_id, conversation_id, last_sequence, customer_wrote_at",
                 );
-                let lasts: Vec<(String, String, i64)> = counters
+                let lasts: Vec<(String, String, i64, Option<DateTime<Utc>>)> = counters
                     .build_query_as()
                     .persistent(keep_prepared(conversations.len()))
                     .fetch_all(&mut **tx)
                     .await?;
-                for (account, conversation, last) in &lasts {
+                for (account, conversation, last, wrote_at) in lasts {
                     let i = which[&(account.as_str(), conversation.as_str())];
                     next[i] = last - conversations[i].2 + 1;
+                    wrote[i] = wrote_at;
                 }
             }
             let sequences: Vec<Option<i64>> = places
@@ -390,7 +412,11 @@ impl $store {
             let payloads: Vec<Option<Vec<u8>>> = chunk
                 .iter()
                 .zip(&sequences)
-                .map(|(m, n)| m.payload(n.map(|n| n as u64)))
+                .map(|(m, n)| {
+                    let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                    let wrote_at = which.get(&key).and_then(|&i| wrote[i]);
+                    m.payload(n.map(|n| n as u64), wrote_at)
+                })
                 .collect();
             let rows: Vec<_> = chunk
                 .iter()
@@ -532,22 +558,32 @@ impl $crate::store::MessageStore for $store {
         // SQLite), so nobody else takes a number in between, and another
         // ingest saving the same conversation gets the next one after this
         // event is in the outbox. A skipped event is never numbered.
-        let sequence: Option<i64> = if m.publish {
-            let (n,): (i64,) = sqlx::query_as(
-                "INSERT INTO conversations (account_id, conversation_id, last_sequence) VALUES ($1, $2, 1)
+        let opens = m.opens_reply_window();
+        let (sequence, customer_wrote_at) = if m.publish || opens {
+            let (n, wrote): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+                "INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (account_id, conversation_id)
-                 DO UPDATE SET last_sequence = conversations.last_sequence + 1
-                 RETURNING last_sequence",
+                 DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
+                     customer_wrote_at = CASE
+                         WHEN conversations.customer_wrote_at IS NULL
+                           OR conversations.customer_wrote_at < excluded.customer_wrote_at
+                         THEN excluded.customer_wrote_at ELSE conversations.customer_wrote_at END
+                 RETURNING last_sequence, customer_wrote_at",
             )
             .bind(&m.account_id)
             .bind(&m.conversation_id)
+            .bind(i64::from(m.publish))
+            .bind(opens.then_some(m.sent_at))
             .fetch_one(&mut *tx)
             .await?;
-            Some(n)
+            (m.publish.then_some(n), wrote)
         } else {
-            None
+            (None, None)
         };
-        let payload = m.payload(sequence.map(|n| n as u64)).unwrap_or_default();
+        let payload = m
+            .payload(sequence.map(|n| n as u64), customer_wrote_at)
+            .unwrap_or_default();
         let row = (m, sequence, m.webhook.is_some().then_some(&payload));
         let inserted = Self::insert_messages(&mut tx, &[row], now).await?;
         if inserted == 0 {
@@ -951,15 +987,35 @@ impl $crate::store::MessageStore for $store {
         Ok(found.is_some())
     }
 
-    async fn release_outbox(&self, message_id: &str, payload: &[u8]) -> Result<(), StoreError> {
+    async fn release_outbox(
+        &self,
+        message_id: &str,
+        username: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        let held: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT payload FROM outbox WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // Published already (its hold ran out): nothing to add it to.
+        let Some(held) = held else {
+            return Ok(());
+        };
+        let payload = match serde_json::from_slice::<shared::wire::InboundMessageWebhook>(&held) {
+            Ok(mut webhook) => {
+                webhook.sender_username = username.map(str::to_owned);
+                serde_json::to_vec(&webhook).map_err(|e| sqlx::Error::Encode(e.into()))?
+            }
+            Err(_) => held,
+        };
         sqlx::query("UPDATE outbox SET payload = $1, hold_until = NULL WHERE message_id = $2")
-            .bind(payload)
+            .bind(&payload)
             .bind(message_id)
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE messages SET payload = $1 WHERE id = $2")
-            .bind(payload)
+            .bind(&payload)
             .bind(message_id)
             .execute(&mut *tx)
             .await?;

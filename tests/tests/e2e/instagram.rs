@@ -438,6 +438,94 @@ async fn an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message(db:
     assert!(original["deleted_at"].is_null(), "{original}");
 }
 
+async fn every_event_carries_its_conversations_reply_windows(db: Db) {
+    let s = setup(db).await;
+    let at = |ms: i64, from: &str, to: &str, kind: Value| {
+        let mut e = json!({ "sender": { "id": from }, "recipient": { "id": to }, "timestamp": ms });
+        e.as_object_mut()
+            .unwrap()
+            .extend(kind.as_object().unwrap().clone());
+        e
+    };
+    let t1 = 1_762_597_800_000i64; // 2025-11-08T10:30:00Z
+    let t2 = t1 + 3_600_000; // an hour later
+    let steps = [
+        // The business wrote first, from the app: no window is open yet.
+        at(
+            t1 - 100_000,
+            BUSINESS,
+            CUSTOMER,
+            json!({ "message": { "mid": "w_echo_first", "text": "Hi!", "is_echo": true } }),
+        ),
+        at(
+            t1,
+            CUSTOMER,
+            BUSINESS,
+            json!({ "message": { "mid": "w_msg", "text": "Is it in stock?" } }),
+        ),
+        // A read receipt does not move the window.
+        at(
+            t1 + 200_000,
+            CUSTOMER,
+            BUSINESS,
+            json!({ "read": { "mid": "w_msg" } }),
+        ),
+        // A postback does.
+        at(
+            t2,
+            CUSTOMER,
+            BUSINESS,
+            json!({ "postback": { "mid": "w_pb", "title": "Yes", "payload": "YES" } }),
+        ),
+        at(
+            t2 + 60_000,
+            BUSINESS,
+            CUSTOMER,
+            json!({ "message": { "mid": "w_echo_after", "text": "Great", "is_echo": true } }),
+        ),
+    ];
+    for step in steps {
+        s.meta_events(vec![step]).await;
+    }
+    let delivered = s.crm.wait_for(5, WAIT).await;
+    let by_mid = |mid: &str, event: &str| {
+        delivered
+            .iter()
+            .map(|d| &d.json)
+            .find(|j| j["instagram_message_id"] == mid && j["event"] == event)
+            .unwrap_or_else(|| panic!("{mid} {event} delivered"))
+            .clone()
+    };
+    let windows = |j: &Value| {
+        (
+            j["reply_window_ends_at"].clone(),
+            j["human_agent_window_ends_at"].clone(),
+        )
+    };
+    let after_t1 = (json!("2025-11-09T10:30:00Z"), json!("2025-11-15T10:30:00Z"));
+    let after_t2 = (json!("2025-11-09T11:30:00Z"), json!("2025-11-15T11:30:00Z"));
+    let first = by_mid("w_echo_first", "message.echo");
+    assert_eq!(windows(&first), (Value::Null, Value::Null), "{first}");
+    assert!(
+        first.get("reply_window_ends_at").is_none(),
+        "absent, not null"
+    );
+    assert_eq!(windows(&by_mid("w_msg", "message.received")), after_t1);
+    assert_eq!(windows(&by_mid("w_msg", "message.read")), after_t1);
+    assert_eq!(windows(&by_mid("w_pb", "message.postback")), after_t2);
+    assert_eq!(windows(&by_mid("w_echo_after", "message.echo")), after_t2);
+    // A message redelivered late by Meta does not pull the window back.
+    s.meta_events(vec![at(
+        t1 + 1_000,
+        CUSTOMER,
+        BUSINESS,
+        json!({ "message": { "mid": "w_late", "text": "late" } }),
+    )])
+    .await;
+    let d = s.crm.wait_for(6, WAIT).await;
+    assert_eq!(windows(&d[5].json), after_t2);
+}
+
 async fn read_receipts_are_forwarded(db: Db) {
     let s = setup(db).await;
     let body = s
@@ -748,6 +836,7 @@ router_tests::on_both_stores!(
     reactions_and_unreactions_are_forwarded,
     a_deletion_is_forwarded_and_marks_the_stored_message,
     an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message,
+    every_event_carries_its_conversations_reply_windows,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,
     referrals_are_forwarded,

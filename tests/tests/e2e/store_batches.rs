@@ -88,6 +88,8 @@ fn event(mid: &str, conversation: &str, publish: bool) -> NewMessage {
             postback: None,
             referral: None,
             edit_count: None,
+            reply_window_ends_at: None,
+            human_agent_window_ends_at: None,
         }),
         publish,
         hold_until: None,
