@@ -125,3 +125,55 @@ fn every_api_route_requires_the_bearer_token() {
         }
     }
 }
+
+#[test]
+fn metas_endpoint_is_in_the_document_with_its_signature_and_payload() {
+    let spec: serde_json::Value =
+        serde_json::from_str(&ingest::http::openapi::spec_json()).unwrap();
+    let path = &spec["paths"]["/webhooks/instagram"];
+    let names = |op: &serde_json::Value| -> Vec<String> {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}",
+                    p["in"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&path["get"]),
+        [
+            "query:hub.mode",
+            "query:hub.verify_token",
+            "query:hub.challenge"
+        ]
+    );
+    let post = &path["post"];
+    assert_eq!(names(post), ["header:X-Hub-Signature-256"]);
+    assert!(
+        post.get("security").is_none(),
+        "Meta signs, it has no API token"
+    );
+    assert_eq!(
+        post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/MetaWebhookPayload"
+    );
+    let statuses: Vec<&String> = post["responses"].as_object().unwrap().keys().collect();
+    assert_eq!(statuses, ["200", "400", "401", "413", "503"]);
+    let messaging = &spec["components"]["schemas"]["MetaMessaging"]["properties"];
+    for field in [
+        "message",
+        "message_edit",
+        "reaction",
+        "read",
+        "postback",
+        "referral",
+    ] {
+        assert!(messaging[field].is_object(), "MetaMessaging.{field}");
+    }
+}

@@ -13,6 +13,7 @@ use super::health::HealthApi;
 use super::messages::MessagesApi;
 use super::refused_events::RefusedEventsApi;
 use super::tokens::TokensApi;
+use super::webhooks::MetaWebhooksApi;
 
 /// An attachment of a received message.
 #[derive(Debug, Object)]
@@ -253,6 +254,7 @@ pub type ApiService = OpenApiService<
         DeadLettersApi,
         RefusedEventsApi,
         HealthApi,
+        MetaWebhooksApi,
     ),
     CrmWebhooks,
 >;
@@ -267,6 +269,7 @@ pub fn service() -> ApiService {
             DeadLettersApi,
             RefusedEventsApi,
             HealthApi,
+            MetaWebhooksApi,
         ),
         "Instagram → CRM message router",
         env!("CARGO_PKG_VERSION"),

@@ -11,11 +11,11 @@ pub use shared::signing::HUB_SIGNATURE_HEADER;
 #[derive(Deserialize)]
 pub struct Handshake {
     #[serde(rename = "hub.mode")]
-    mode: Option<String>,
+    pub mode: Option<String>,
     #[serde(rename = "hub.verify_token")]
-    verify_token: Option<String>,
+    pub verify_token: Option<String>,
     #[serde(rename = "hub.challenge")]
-    challenge: Option<String>,
+    pub challenge: Option<String>,
 }
 
 impl Handshake {
