@@ -149,6 +149,7 @@ async fn background_tasks(core: Arc<Core>, publisher: outbox::Publisher, stop: C
         publisher.run(stop.clone()),
         routing::run(core.routing.clone(), stop.clone()),
         outcomes::run(recorder, stop.clone()),
+        crate::tasks::forget_idempotency_keys(core.store.idempotency.clone(), stop.clone()),
         shared::observe::publish_stats(
             core.nats.client.clone(),
             core.subjects.stats("ingest", &instance),

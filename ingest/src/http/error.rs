@@ -9,7 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
 /// The body of every error response.
-#[derive(Debug, Object, serde::Serialize)]
+#[derive(Debug, Object, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `not_found`, `invalid_request`.
     pub code: String,
@@ -121,6 +121,46 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
         Self::Internal(body("internal_error", "internal error, try again"))
+    }
+}
+
+impl ApiError {
+    /// Its HTTP status and body, to keep an answer (`Idempotency-Key`).
+    pub fn parts(&self) -> (u16, &ErrorBody) {
+        let (status, Json(body)) = match self {
+            Self::BadRequest(b) => (400, b),
+            Self::Unauthorized(b) => (401, b),
+            Self::Forbidden(b) => (403, b),
+            Self::NotFound(b) => (404, b),
+            Self::Conflict(b) => (409, b),
+            Self::PayloadTooLarge(b) => (413, b),
+            Self::UnsupportedMediaType(b) => (415, b),
+            Self::Unprocessable(b) => (422, b),
+            Self::RateLimited(b, _) => (429, b),
+            Self::Internal(b) => (500, b),
+            Self::BadGateway(b) => (502, b),
+            Self::GatewayTimeout(b) => (504, b),
+        };
+        (status, body)
+    }
+
+    /// An answer kept by [`Self::parts`], given again.
+    pub fn from_parts(status: u16, body: ErrorBody) -> Self {
+        let body = Json(body);
+        match status {
+            400 => Self::BadRequest(body),
+            401 => Self::Unauthorized(body),
+            403 => Self::Forbidden(body),
+            404 => Self::NotFound(body),
+            409 => Self::Conflict(body),
+            413 => Self::PayloadTooLarge(body),
+            415 => Self::UnsupportedMediaType(body),
+            422 => Self::Unprocessable(body),
+            429 => Self::RateLimited(body, 60),
+            502 => Self::BadGateway(body),
+            504 => Self::GatewayTimeout(body),
+            _ => Self::Internal(body),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
@@ -182,8 +182,19 @@ impl MessagesApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
+        /// Makes a retry safe: a repeat with the same key and body within 24 h
+        /// gets the first answer (status and body) and Meta is not called
+        /// again; while the first is still running, 409
+        /// `idempotency_key_in_progress`; the same key with another body, 422
+        /// `idempotency_key_reused`. Keys are per account; up to 255 visible
+        /// ASCII characters (a UUID, say).
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<SendMessage>,
     ) -> Result<SendResponse, ApiError> {
-        send_reply(&auth, state, &account_id.0, body).await
+        send_reply(&auth, state, &account_id.0, idempotency_key.0, body).await
     }
 }

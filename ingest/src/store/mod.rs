@@ -510,6 +510,57 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError>;
 }
 
+/// What claiming an `Idempotency-Key` came to.
+#[derive(Debug)]
+pub enum KeyClaim {
+    /// The key is this request's: it runs, then records its answer under
+    /// this start time.
+    Claimed(DateTime<Utc>),
+    /// The key's request has finished: its answer, to give again.
+    Answered { status: i64, response: Vec<u8> },
+    /// The key's request is still running.
+    InProgress,
+    /// The key was used with another request body.
+    OtherRequest,
+}
+
+/// `Idempotency-Key`s of API requests that call Meta, per account, with the
+/// answer each got, so a repeat gets the same answer without a second call.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims the key for a request whose body hashes to `request_hash`,
+    /// unless it is held: a key is free again once it started before
+    /// `expired_before`, or, still unanswered, before `abandoned_before`
+    /// (its ingest died mid-request).
+    async fn claim_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        request_hash: &str,
+        now: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+        abandoned_before: DateTime<Utc>,
+    ) -> Result<KeyClaim, StoreError>;
+    /// Records the answer of the request that claimed the key at `started_at`.
+    async fn answer_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        started_at: DateTime<Utc>,
+        status: i64,
+        response: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Frees a key whose request may safely run again.
+    async fn release_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Forgets keys that started before `before`; returns how many.
+    async fn forget_keys(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// What the forwarders report about each delivery attempt.
 #[async_trait]
 pub trait OutcomeStore: Send + Sync + 'static {
@@ -529,13 +580,14 @@ pub struct Stores {
     pub messages: Arc<dyn MessageStore>,
     pub outcomes: Arc<dyn OutcomeStore>,
     pub tokens: Arc<dyn TokenStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// Saves of inbound events, outbox removals and delivery outcomes,
     /// committed in groups.
     pub saves: GroupCommit,
 }
 
 impl Stores {
-    async fn new<S: AccountStore + MessageStore + OutcomeStore + TokenStore>(
+    async fn new<S: AccountStore + MessageStore + OutcomeStore + TokenStore + IdempotencyStore>(
         db: S,
         key: Option<SecretBox>,
     ) -> Result<Self, StoreError> {
@@ -558,7 +610,8 @@ impl Stores {
             messages: db.clone(),
             saves: GroupCommit::start(db.clone(), db.clone()),
             outcomes: db.clone(),
-            tokens: db,
+            tokens: db.clone(),
+            idempotency: db,
         })
     }
 }

@@ -482,6 +482,104 @@ impl $store {
 }
 
 #[async_trait::async_trait]
+impl $crate::store::IdempotencyStore for $store {
+    async fn claim_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        request_hash: &str,
+        now: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+        abandoned_before: DateTime<Utc>,
+    ) -> Result<$crate::store::KeyClaim, StoreError> {
+        use $crate::store::KeyClaim;
+        let claimed: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (account_id, idempotency_key, request_hash, started_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (account_id, idempotency_key) DO UPDATE SET
+                 request_hash = excluded.request_hash, started_at = excluded.started_at,
+                 status = NULL, response = NULL
+             WHERE idempotency_keys.started_at < $5
+                OR (idempotency_keys.status IS NULL AND idempotency_keys.started_at < $6)
+             RETURNING started_at",
+        )
+        .bind(account_id)
+        .bind(key)
+        .bind(request_hash)
+        .bind(now)
+        .bind(expired_before)
+        .bind(abandoned_before)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(started_at) = claimed {
+            return Ok(KeyClaim::Claimed(started_at));
+        }
+        let held: Option<(String, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT request_hash, status, response FROM idempotency_keys
+             WHERE account_id = $1 AND idempotency_key = $2",
+        )
+        .bind(account_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match held {
+            Some((hash, _, _)) if hash != request_hash => KeyClaim::OtherRequest,
+            Some((_, Some(status), Some(response))) => KeyClaim::Answered { status, response },
+            // Still running (or freed a moment ago: the caller retries).
+            _ => KeyClaim::InProgress,
+        })
+    }
+
+    async fn answer_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        started_at: DateTime<Utc>,
+        status: i64,
+        response: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET status = $4, response = $5
+             WHERE account_id = $1 AND idempotency_key = $2 AND started_at = $3",
+        )
+        .bind(account_id)
+        .bind(key)
+        .bind(started_at)
+        .bind(status)
+        .bind(response)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_key(
+        &self,
+        account_id: &str,
+        key: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE account_id = $1 AND idempotency_key = $2 AND started_at = $3 AND status IS NULL",
+        )
+        .bind(account_id)
+        .bind(key)
+        .bind(started_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_keys(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE started_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait::async_trait]
 impl $crate::store::TokenStore for $store {
     async fn insert_token(&self, t: &$crate::store::TokenRow) -> Result<(), StoreError> {
         sqlx::query(

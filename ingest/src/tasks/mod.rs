@@ -6,3 +6,28 @@
 pub mod outbox;
 pub mod outcomes;
 pub mod routing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::IdempotencyStore;
+
+/// Forgets `Idempotency-Key`s older than their 24 hours, every ten minutes
+/// (a repeat after that is a new request anyway).
+pub async fn forget_idempotency_keys(keys: Arc<dyn IdempotencyStore>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let before = chrono::Utc::now() - chrono::TimeDelta::hours(24);
+        match keys.forget_keys(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "expired idempotency keys forgotten"),
+            Err(e) => tracing::warn!(error = %e, "could not forget expired idempotency keys"),
+        }
+    }
+}

@@ -69,6 +69,25 @@ impl Setup {
         (status, resp.json().await.unwrap_or(Value::Null), headers)
     }
 
+    /// [`Self::send`] with an `Idempotency-Key`, through `ingest`'s address.
+    async fn send_keyed(&self, ingest: &str, key: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .sys
+            .http
+            .post(format!(
+                "http://{ingest}/api/v1/accounts/{}/messages",
+                self.account
+            ))
+            .bearer_auth(API_TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     async fn meta_events(&self, events: Vec<Value>) {
         let resp = self
             .sys
@@ -526,6 +545,87 @@ async fn every_event_carries_its_conversations_reply_windows(db: Db) {
     assert_eq!(windows(&d[5].json), after_t2);
 }
 
+async fn a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta_is_called_once(
+    db: Db,
+) {
+    let s = setup(db).await;
+    let here = s.sys.ingest.addr.to_string();
+    let reply = json!({ "recipient_id": CUSTOMER, "text": "Your order shipped" });
+    let (status, first) = s.send_keyed(&here, "order-42-shipped", reply.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    // The CRM's retry (after a timeout, say): the same answer, no second DM.
+    let (status, again) = s.send_keyed(&here, "order-42-shipped", reply.clone()).await;
+    assert_eq!((status, &again), (201, &first));
+    assert_eq!(s.graph.sends().len(), 1, "Meta called once");
+    // The same body in another key order is the same request.
+    let reordered: Value =
+        serde_json::from_str(r#"{"text": "Your order shipped", "recipient_id": "6061"}"#).unwrap();
+    let (status, _) = s.send_keyed(&here, "order-42-shipped", reordered).await;
+    assert_eq!(status, 201);
+    // The same key with another body: 422, nothing sent.
+    let other = json!({ "recipient_id": CUSTOMER, "text": "Something else" });
+    let (status, body) = s.send_keyed(&here, "order-42-shipped", other).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    assert_eq!(s.graph.sends().len(), 1);
+    // Meta's refusal is an answer too, given again without calling Meta.
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 10,
+        subcode: Some(2018278),
+        message: "outside of allowed window",
+    });
+    let (status, body) = s.send_keyed(&here, "late-1", reply.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("outside_messaging_window"))
+    );
+    let (status, repeat) = s.send_keyed(&here, "late-1", reply.clone()).await;
+    assert_eq!((status, &repeat), (422, &body));
+    assert_eq!(s.graph.sends().len(), 2);
+    // A rate limit is not kept: Meta sent nothing, so a repeat really runs.
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 4,
+        subcode: None,
+        message: "too many calls",
+    });
+    let (status, _) = s.send_keyed(&here, "busy-1", reply.clone()).await;
+    assert_eq!(status, 429);
+    let (status, _) = s.send_keyed(&here, "busy-1", reply.clone()).await;
+    assert_eq!(status, 201);
+    assert_eq!(s.graph.sends().len(), 4);
+    // While the first is still with Meta, a repeat gets 409; afterwards, the answer.
+    s.graph
+        .answer_next_send(SendAnswer::Slow(Duration::from_secs(2)));
+    let slow = s.send_keyed(&here, "slow-1", reply.clone());
+    let early = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.send_keyed(&here, "slow-1", reply.clone()).await
+    };
+    let ((status, first), (early_status, early_body)) = tokio::join!(slow, early);
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(
+        (early_status, early_body["code"].as_str()),
+        (409, Some("idempotency_key_in_progress"))
+    );
+    let (status, after) = s.send_keyed(&here, "slow-1", reply.clone()).await;
+    assert_eq!((status, &after), (201, &first));
+    assert_eq!(s.graph.sends().len(), 5);
+    // A key that cannot be one is refused, naming the header.
+    let (status, body) = s.send_keyed(&here, "has space", reply).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{body}"
+    );
+}
+
 async fn read_receipts_are_forwarded(db: Db) {
     let s = setup(db).await;
     let body = s
@@ -837,6 +937,7 @@ router_tests::on_both_stores!(
     a_deletion_is_forwarded_and_marks_the_stored_message,
     an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message,
     every_event_carries_its_conversations_reply_windows,
+    a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta_is_called_once,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,
     referrals_are_forwarded,
@@ -850,3 +951,24 @@ router_tests::on_both_stores!(
     the_history_lists_a_conversation_in_order_by_pages,
     an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised,
 );
+
+/// Keys are kept in the database: a repeat that lands on another ingest
+/// gets the same answer, and Meta is still called once.
+#[cfg(postgres_tests)]
+#[tokio::test]
+async fn an_idempotent_repeat_on_another_ingest_gets_the_first_answer() {
+    let s = setup(Db::Postgres).await;
+    let graph_url = s.graph.url();
+    let other = s
+        .sys
+        .another_ingest(&[("GRAPH_API_BASE", graph_url.as_str())])
+        .await;
+    let reply = json!({ "recipient_id": CUSTOMER, "text": "On its way" });
+    let (status, first) = s
+        .send_keyed(&s.sys.ingest.addr.to_string(), "k-1", reply.clone())
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = s.send_keyed(&other.addr.to_string(), "k-1", reply).await;
+    assert_eq!((status, &again), (201, &first));
+    assert_eq!(s.graph.sends().len(), 1);
+}
