@@ -6,7 +6,7 @@
 //! PROPTEST_CASES=200000 cargo test --release -p ingest --test fuzz_webhooks
 //! ```
 
-use ingest::meta::payload::{WebhookPayload, classify};
+use ingest::meta::payload::WebhookPayload;
 use ingest::meta::verify::signature_matches;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -50,6 +50,15 @@ const KEYS: &[&str] = &[
     "quick_reply",
     "message_edit",
     "num_edit",
+    "from",
+    "username",
+    "media",
+    "media_id",
+    "media_product_type",
+    "parent_id",
+    "comment_id",
+    "message_edit",
+    "num_edit",
     "username",
 ];
 
@@ -85,15 +94,18 @@ fn value() -> impl Strategy<Value = Value> {
 
 /// A payload with Meta's outer shape and fuzzed events inside.
 fn payload() -> impl Strategy<Value = Value> {
-    (prop::collection::vec(value(), 0..4), prop::collection::vec(value(), 0..3)).prop_map(
-        |(events, changes)| {
+    let field = prop::sample::select(vec!["messages", "comments", "live_comments", "mentions"]);
+    (
+        prop::collection::vec(value(), 0..4),
+        prop::collection::vec((field, value()), 0..3),
+    )
+        .prop_map(|(events, changes)| {
             json!({"object": "instagram", "entry": [{
                 "id": "17841400000000001", "time": 1_731_061_800,
                 "messaging": events,
-                "changes": changes.into_iter().map(|v| json!({"field": "messages", "value": v})).collect::<Vec<_>>(),
+                "changes": changes.into_iter().map(|(f, v)| json!({"field": f, "value": v})).collect::<Vec<_>>(),
             }]})
-        },
-    )
+        })
 }
 
 /// Parses like ingest does, then classifies every event: whatever the
@@ -101,11 +113,8 @@ fn payload() -> impl Strategy<Value = Value> {
 fn parse_and_classify(bytes: &[u8]) {
     if let Ok(parsed) = serde_json::from_slice::<WebhookPayload>(bytes) {
         for entry in &parsed.entry {
-            let (direct, from_changes, _ignored) = entry.events();
-            for event in direct.into_iter().chain(from_changes.iter()) {
-                if let Some(c) = classify(&entry.id, event) {
-                    let _ = c.time;
-                }
+            for c in entry.events().into_iter().flatten() {
+                let _ = c.time;
             }
         }
     }

@@ -80,6 +80,7 @@ fn webhook_schema_lists_exactly_the_fields_the_crm_receives() {
         edit_count: Some(1),
         reply_window_ends_at: Some("2025-11-09T10:30:00Z".into()),
         human_agent_window_ends_at: Some("2025-11-15T10:30:00Z".into()),
+        comment: Some(Default::default()),
     };
     let wire = serde_json::to_value(sample).unwrap();
     let mut sent: Vec<String> = wire.as_object().unwrap().keys().cloned().collect();

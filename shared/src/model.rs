@@ -96,6 +96,11 @@ named_enum! {
         MessagePostback = "message.postback",
         /// A customer opened the conversation from a referral (ig.me link, ad).
         MessageReferral = "message.referral",
+        /// Someone commented on the account's post, reel, ad or live video,
+        /// or answered a comment there.
+        CommentCreated = "comment.created",
+        /// Someone @mentioned the account in a comment elsewhere.
+        CommentMentioned = "comment.mentioned",
     }
 }
 

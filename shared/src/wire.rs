@@ -63,6 +63,24 @@ pub struct InboundMessageWebhook {
     /// after the customer's last message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human_agent_window_ends_at: Option<String>,
+    /// For `comment.*`: the comment and the media it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+}
+
+/// A comment on Instagram media (`instagram_message_id` is its id).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comment {
+    /// The post, reel, ad or live video commented on.
+    pub media_id: Option<String>,
+    /// `FEED`, `REELS`, `AD`, ... as Meta says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_product_type: Option<String>,
+    /// For a reply to a comment: the comment answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// `comments` or `live_comments` (a live video's).
+    pub source: String,
 }
 
 /// How long after a customer's last message the business may answer with
@@ -331,6 +349,7 @@ mod tests {
             edit_count: None,
             reply_window_ends_at: None,
             human_agent_window_ends_at: None,
+            comment: None,
         };
         let v = serde_json::to_value(&w).unwrap();
         for key in [

@@ -32,6 +32,16 @@ pub fn entry(business_id: &str, events: Vec<Value>) -> Value {
     json!({ "id": business_id, "time": 1_731_061_800, "messaging": events })
 }
 
+/// One `entry[]` for the business account with field changes (comments,
+/// mentions), each `(field, value)`.
+pub fn changes_entry(business_id: &str, changes: Vec<(&str, Value)>) -> Value {
+    let changes: Vec<Value> = changes
+        .into_iter()
+        .map(|(field, value)| json!({ "field": field, "value": value }))
+        .collect();
+    json!({ "id": business_id, "time": 1_762_597_800_000i64, "changes": changes })
+}
+
 /// A whole webhook body.
 pub fn payload(entries: Vec<Value>) -> Value {
     json!({ "object": "instagram", "entry": entries })

@@ -11,7 +11,7 @@ use shared::wire::{self, InboundMessageWebhook};
 use tracing::Instrument as _;
 
 use super::{Core, followups};
-use crate::meta::payload::{self as meta, Classified, WebhookPayload};
+use crate::meta::payload::{Classified, WebhookPayload};
 use crate::store::{AccountRow, KeptEvent, NewMessage, RefusedRow, SaveOutcome, StoreError};
 
 /// What one webhook delivery came to, for the log line and the tests.
@@ -32,9 +32,8 @@ pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::
         return Ok(tally);
     }
     for entry in &payload.entry {
-        let (direct, from_changes, ignored_changes) = entry.events();
-        tally.not_forwarded += ignored_changes as u32;
-        let count = direct.len() + from_changes.len();
+        let events = entry.events();
+        let count = events.len();
         let account = core
             .store
             .accounts
@@ -55,8 +54,8 @@ pub async fn save_events(core: &Arc<Core>, payload: &WebhookPayload) -> anyhow::
         // except that what must see the earlier events stored (a deletion,
         // an echo) waits until they are.
         let mut batch = Vec::new();
-        for event in direct.into_iter().chain(from_changes.iter()) {
-            let Some(c) = meta::classify(&entry.id, event) else {
+        for classified in events {
+            let Some(c) = classified else {
                 tracing::debug!(account_id = %account.id, "event kind not forwarded");
                 tally.not_forwarded += 1;
                 continue;
@@ -129,6 +128,10 @@ async fn prepare_event(
         .as_deref()
         .filter(|t| !t.is_empty());
     let (sender_username, lookup) = match (c.direction, token) {
+        // A comment names its author.
+        _ if c.sender_username.is_some() => (c.sender_username.clone(), false),
+        // A mention names no one.
+        _ if c.sender_id.is_empty() => (None, false),
         (Direction::Inbound, Some(_)) => match core.usernames.cached(&account.id, &c.sender_id) {
             Some(known) => (known, false),
             None => (None, true),
@@ -159,6 +162,7 @@ async fn prepare_event(
         // Set when it is saved, from the conversation's stored state.
         reply_window_ends_at: None,
         human_agent_window_ends_at: None,
+        comment: c.comment,
     };
     let new = NewMessage {
         id: id.to_string(),

@@ -88,6 +88,26 @@ pub struct InboundMessageWebhookDoc {
     /// after the customer's last message.
     #[oai(skip_serializing_if_is_none)]
     pub human_agent_window_ends_at: Option<String>,
+    /// `comment.created`, `comment.mentioned`: the comment and its media
+    /// (`instagram_message_id` is the comment's id, `message` its text).
+    #[oai(skip_serializing_if_is_none)]
+    pub comment: Option<CommentDoc>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename = "Comment")]
+pub struct CommentDoc {
+    /// The post, reel, ad or live video commented on.
+    #[oai(nullable)]
+    pub media_id: Option<String>,
+    /// `FEED`, `REELS`, `AD`, ... as Meta says.
+    #[oai(skip_serializing_if_is_none)]
+    pub media_product_type: Option<String>,
+    /// For a reply to a comment: the comment answered.
+    #[oai(skip_serializing_if_is_none)]
+    pub parent_id: Option<String>,
+    /// `comments`, `live_comments` (a live video's) or `mentions`.
+    pub source: String,
 }
 
 #[derive(Debug, Object)]
@@ -198,6 +218,18 @@ crm_webhook!(
     "A customer edited a message (`instagram_message_id` is the edited message, `message` its new text)"
 );
 crm_webhook!(
+    CommentWebhook,
+    "comment.created",
+    comment_created,
+    "Someone commented on the account's post, reel, ad or live video, or answered a comment there (`sender_username` is Meta's)"
+);
+crm_webhook!(
+    MentionWebhook,
+    "comment.mentioned",
+    comment_mentioned,
+    "Someone @mentioned the account in a comment elsewhere (Meta gives only the ids: `instagram_message_id` is the comment's, `comment.media_id` the media's)"
+);
+crm_webhook!(
     ReadWebhook,
     "message.read",
     message_read,
@@ -227,6 +259,8 @@ impl poem_openapi::Webhook for CrmWebhooks {
         all.extend(<&dyn ReactionWebhook>::meta());
         all.extend(<&dyn DeletedWebhook>::meta());
         all.extend(<&dyn EditedWebhook>::meta());
+        all.extend(<&dyn CommentWebhook>::meta());
+        all.extend(<&dyn MentionWebhook>::meta());
         all.extend(<&dyn ReadWebhook>::meta());
         all.extend(<&dyn PostbackWebhook>::meta());
         all.extend(<&dyn ReferralWebhook>::meta());
@@ -239,6 +273,8 @@ impl poem_openapi::Webhook for CrmWebhooks {
         <&dyn ReactionWebhook>::register(registry);
         <&dyn DeletedWebhook>::register(registry);
         <&dyn EditedWebhook>::register(registry);
+        <&dyn CommentWebhook>::register(registry);
+        <&dyn MentionWebhook>::register(registry);
         <&dyn ReadWebhook>::register(registry);
         <&dyn PostbackWebhook>::register(registry);
         <&dyn ReferralWebhook>::register(registry);

@@ -28,9 +28,45 @@ pub struct Entry {
     /// Events delivered while another app holds the thread (handover protocol).
     #[serde(default)]
     pub standby: Vec<MessagingEvent>,
-    /// Field changes, as the app dashboard's "Test" button sends them.
+    /// Field changes: comments, mentions, and messaging events as the app
+    /// dashboard's "Test" button sends them.
     #[serde(default)]
     pub changes: Vec<Change>,
+    /// When Meta sent it (milliseconds; comments carry no time of their own).
+    #[serde(default, deserialize_with = "opt_millis")]
+    pub time: Option<i64>,
+}
+
+/// A comment on the account's media (`comments`, `live_comments`).
+#[derive(Debug, Deserialize)]
+pub struct MetaComment {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    pub from: Option<MetaCommenter>,
+    pub text: Option<String>,
+    pub media: Option<MetaMedia>,
+    pub parent_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaCommenter {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetaMedia {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    pub media_product_type: Option<String>,
+}
+
+/// The account @mentioned in a comment elsewhere (`mentions`): ids only.
+#[derive(Debug, Deserialize)]
+pub struct MetaMention {
+    pub media_id: Option<String>,
+    pub comment_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,25 +78,114 @@ pub struct Change {
 }
 
 impl Entry {
-    /// `messaging[]`, `standby[]`, and messaging events found in `changes[]`.
-    pub fn events(&self) -> (Vec<&MessagingEvent>, Vec<MessagingEvent>, usize) {
-        let direct: Vec<&MessagingEvent> =
-            self.messaging.iter().chain(self.standby.iter()).collect();
-        let mut from_changes = Vec::new();
-        let mut ignored = 0;
+    /// Every event of the entry, classified in order: `messaging[]`,
+    /// `standby[]`, then `changes[]` (comments, mentions, and messaging
+    /// events as the dashboard's test sends them). `None` for an event kind
+    /// that is accepted but not forwarded, or a change that is not one.
+    pub fn events(&self) -> Vec<Option<Classified>> {
+        let direct = self.messaging.iter().chain(self.standby.iter());
+        let mut all: Vec<Option<Classified>> = direct.map(|e| classify(&self.id, e)).collect();
         for change in &self.changes {
-            let parsed = change
-                .field
-                .starts_with("messag")
-                .then(|| serde_json::from_value::<MessagingEvent>(change.value.clone()).ok())
-                .flatten();
-            match parsed {
-                Some(e) => from_changes.push(e),
-                None => ignored += 1,
-            }
+            let value = || change.value.clone();
+            all.push(match change.field.as_str() {
+                field @ ("comments" | "live_comments") => serde_json::from_value(value())
+                    .ok()
+                    .map(|c| classify_comment(&self.id, field, c, self.time_or_now())),
+                "mentions" => serde_json::from_value(value())
+                    .ok()
+                    .map(|m| classify_mention(&self.id, m, self.time_or_now())),
+                field if field.starts_with("messag") => {
+                    serde_json::from_value::<MessagingEvent>(value())
+                        .ok()
+                        .and_then(|e| classify(&self.id, &e))
+                }
+                _ => None,
+            });
         }
-        (direct, from_changes, ignored)
+        all
     }
+
+    fn time_or_now(&self) -> DateTime<Utc> {
+        millis_or_now(self.time)
+    }
+}
+
+/// A comment on the account's media, in the commenter's conversation.
+fn classify_comment(
+    business_id: &str,
+    source: &str,
+    c: MetaComment,
+    time: DateTime<Utc>,
+) -> Classified {
+    let (sender_id, username) = c.from.map(|f| (f.id, f.username)).unwrap_or_default();
+    let from_business = sender_id == business_id;
+    Classified {
+        event: EventKind::CommentCreated,
+        event_key: format!("comment:{}", c.id),
+        direction: if from_business {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        },
+        customer_id: sender_id.clone(),
+        recipient_id: business_id.to_owned(),
+        sender_id,
+        mid: c.id,
+        text: c.text,
+        message_type: "comment".to_owned(),
+        attachments: Vec::new(),
+        time,
+        reply_to: None,
+        quick_reply: None,
+        reaction: None,
+        postback: None,
+        referral: None,
+        edit_count: None,
+        comment: Some(shared::wire::Comment {
+            media_id: c.media.as_ref().map(|m| m.id.clone()),
+            media_product_type: c.media.and_then(|m| m.media_product_type),
+            parent_id: c.parent_id,
+            source: source.to_owned(),
+        }),
+        sender_username: username,
+    }
+}
+
+/// A mention of the account in a comment elsewhere: Meta gives only ids, so
+/// it has no sender and is a conversation of its own.
+fn classify_mention(business_id: &str, m: MetaMention, time: DateTime<Utc>) -> Classified {
+    Classified {
+        event: EventKind::CommentMentioned,
+        event_key: format!("mention:{}", m.comment_id),
+        direction: Direction::Inbound,
+        customer_id: format!("mention{}", m.comment_id),
+        sender_id: String::new(),
+        recipient_id: business_id.to_owned(),
+        mid: m.comment_id,
+        text: None,
+        message_type: "mention".to_owned(),
+        attachments: Vec::new(),
+        time,
+        reply_to: None,
+        quick_reply: None,
+        reaction: None,
+        postback: None,
+        referral: None,
+        edit_count: None,
+        comment: Some(shared::wire::Comment {
+            media_id: m.media_id,
+            media_product_type: None,
+            parent_id: None,
+            source: "mentions".to_owned(),
+        }),
+        sender_username: None,
+    }
+}
+
+fn millis_or_now(t: Option<i64>) -> DateTime<Utc> {
+    t.map(|t| if t < 100_000_000_000 { t * 1000 } else { t }) // seconds → ms
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .unwrap_or_else(Utc::now)
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,15 +306,16 @@ pub struct Classified {
     pub referral: Option<Value>,
     /// For an edit: how many times the message has been edited.
     pub edit_count: Option<u32>,
+    /// For a comment: the comment and its media.
+    pub comment: Option<shared::wire::Comment>,
+    /// When Meta names the author (comments do).
+    pub sender_username: Option<String>,
 }
 
 impl MessagingEvent {
     /// Meta's event time; now when Meta sent none or an impossible one.
     pub fn time(&self) -> DateTime<Utc> {
-        self.timestamp
-            .map(|t| if t < 100_000_000_000 { t * 1000 } else { t }) // seconds → ms
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .unwrap_or_else(Utc::now)
+        millis_or_now(self.timestamp)
     }
 }
 
@@ -240,6 +366,8 @@ pub fn classify(business_id: &str, e: &MessagingEvent) -> Option<Classified> {
         postback: None,
         referral: None,
         edit_count: None,
+        comment: None,
+        sender_username: None,
     };
     if let Some(m) = &e.message {
         if m.is_deleted {
@@ -424,6 +552,56 @@ mod tests {
         assert_eq!(c2.edit_count, Some(2));
         assert_ne!(c.event_key, c2.event_key);
         assert_ne!(c.event_key, "m1", "an edit never collides with its message");
+    }
+
+    #[test]
+    fn comments_live_comments_and_mentions_become_their_own_events() {
+        let entry: Entry = serde_json::from_str(
+            r#"{"id":"999","time":1731061800000,"changes":[
+                {"field":"comments","value":{"id":"c1","from":{"id":"123","username":"ana"},"text":"price?","media":{"id":"m1","media_product_type":"REELS"},"parent_id":"c0"}},
+                {"field":"live_comments","value":{"id":"c2","from":{"id":"124","username":"bo"},"text":"hi","media":{"id":"m2"}}},
+                {"field":"mentions","value":{"media_id":"m3","comment_id":"c3"}},
+                {"field":"story_insights","value":{"media_id":"m4"}}
+            ]}"#,
+        )
+        .unwrap();
+        let events = entry.events();
+        assert_eq!(events.len(), 4);
+        let c = events[0].as_ref().unwrap();
+        assert_eq!(
+            (
+                c.event,
+                c.mid.as_str(),
+                c.sender_id.as_str(),
+                c.text.as_deref()
+            ),
+            (EventKind::CommentCreated, "c1", "123", Some("price?"))
+        );
+        assert_eq!(c.sender_username.as_deref(), Some("ana"));
+        assert_eq!(c.customer_id, "123", "in the commenter's conversation");
+        let comment = c.comment.as_ref().unwrap();
+        assert_eq!(
+            (
+                comment.media_id.as_deref(),
+                comment.parent_id.as_deref(),
+                comment.source.as_str()
+            ),
+            (Some("m1"), Some("c0"), "comments")
+        );
+        assert_eq!(c.time.timestamp_millis(), 1731061800000);
+        let live = events[1].as_ref().unwrap();
+        assert_eq!(live.comment.as_ref().unwrap().source, "live_comments");
+        let mention = events[2].as_ref().unwrap();
+        assert_eq!(
+            (
+                mention.event,
+                mention.mid.as_str(),
+                mention.sender_id.as_str()
+            ),
+            (EventKind::CommentMentioned, "c3", "")
+        );
+        assert!(events[3].is_none(), "a field we do not forward");
+        assert_ne!(c.event_key, mention.event_key);
     }
 
     #[test]

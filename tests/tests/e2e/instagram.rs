@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use router_tests::meta::{entry, payload, text_event};
+use router_tests::meta::{changes_entry, entry, payload, text_event};
 use router_tests::{API_TOKEN, CrmReceiver, Db, FakeGraph, SendAnswer, System};
 use serde_json::{Value, json};
 
@@ -626,6 +626,68 @@ async fn a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta
     );
 }
 
+async fn comments_and_mentions_are_forwarded_as_their_own_events(db: Db) {
+    let s = setup(db).await;
+    let comment = json!({
+        "id": "17900000000000001",
+        "from": { "id": "6062", "username": "ana.shop" },
+        "text": "How much is this?",
+        "media": { "id": "18000000000000001", "media_product_type": "REELS" }
+    });
+    let reply = json!({
+        "id": "17900000000000002",
+        "from": { "id": "6063", "username": "bo" },
+        "text": "Me too!",
+        "media": { "id": "18000000000000001", "media_product_type": "REELS" },
+        "parent_id": "17900000000000001"
+    });
+    let mention = json!({ "media_id": "18000000000000009", "comment_id": "17900000000000003" });
+    let webhook = payload(vec![changes_entry(
+        BUSINESS,
+        vec![
+            ("comments", comment.clone()),
+            ("comments", reply),
+            ("mentions", mention),
+        ],
+    )]);
+    let resp = s.sys.send_meta_webhook(&webhook).await;
+    assert_eq!(resp.status(), 200);
+    let d = s.crm.wait_for(3, WAIT).await;
+    let by_id = |id: &str| {
+        d.iter()
+            .map(|d| d.json.clone())
+            .find(|j| j["instagram_message_id"] == id)
+            .unwrap_or_else(|| panic!("{id} delivered"))
+    };
+    let first = by_id("17900000000000001");
+    assert_eq!(first["event"], "comment.created");
+    assert_eq!(first["message"], "How much is this?");
+    assert_eq!(first["message_type"], "comment");
+    assert_eq!(first["sender_id"], "6062");
+    assert_eq!(first["sender_username"], "ana.shop");
+    assert_eq!(first["conversation_id"], format!("conv_6062_{BUSINESS}"));
+    assert_eq!(first["comment"]["media_id"], "18000000000000001");
+    assert_eq!(first["comment"]["media_product_type"], "REELS");
+    assert_eq!(first["comment"]["source"], "comments");
+    assert!(first["comment"].get("parent_id").is_none());
+    assert_eq!(
+        by_id("17900000000000002")["comment"]["parent_id"],
+        "17900000000000001"
+    );
+    let mentioned = by_id("17900000000000003");
+    assert_eq!(mentioned["event"], "comment.mentioned");
+    assert_eq!(mentioned["comment"]["media_id"], "18000000000000009");
+    assert_eq!(mentioned["comment"]["source"], "mentions");
+    assert!(mentioned["message"].is_null());
+    // The commenter is named by Meta: no username lookup was needed.
+    assert!(s.graph.lookups().is_empty(), "{:?}", s.graph.lookups());
+    // Meta's redelivery of a comment is not forwarded again.
+    let again = payload(vec![changes_entry(BUSINESS, vec![("comments", comment)])]);
+    assert_eq!(s.sys.send_meta_webhook(&again).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.crm.count(), 3);
+}
+
 async fn read_receipts_are_forwarded(db: Db) {
     let s = setup(db).await;
     let body = s
@@ -937,6 +999,7 @@ router_tests::on_both_stores!(
     a_deletion_is_forwarded_and_marks_the_stored_message,
     an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message,
     every_event_carries_its_conversations_reply_windows,
+    comments_and_mentions_are_forwarded_as_their_own_events,
     a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta_is_called_once,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,

@@ -90,6 +90,7 @@ fn event(mid: &str, conversation: &str, publish: bool) -> NewMessage {
             edit_count: None,
             reply_window_ends_at: None,
             human_agent_window_ends_at: None,
+            comment: None,
         }),
         publish,
         hold_until: None,
