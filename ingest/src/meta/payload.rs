@@ -120,27 +120,12 @@ fn classify_comment(
     let (sender_id, username) = c.from.map(|f| (f.id, f.username)).unwrap_or_default();
     let from_business = sender_id == business_id;
     Classified {
-        event: EventKind::CommentCreated,
-        event_key: format!("comment:{}", c.id),
-        direction: if from_business {
-            Direction::Outbound
-        } else {
-            Direction::Inbound
-        },
         customer_id: sender_id.clone(),
         recipient_id: business_id.to_owned(),
         sender_id,
-        mid: c.id,
+        mid: c.id.clone(),
         text: c.text,
         message_type: "comment".to_owned(),
-        attachments: Vec::new(),
-        time,
-        reply_to: None,
-        quick_reply: None,
-        reaction: None,
-        postback: None,
-        referral: None,
-        edit_count: None,
         comment: Some(shared::wire::Comment {
             media_id: c.media.as_ref().map(|m| m.id.clone()),
             media_product_type: c.media.and_then(|m| m.media_product_type),
@@ -148,6 +133,12 @@ fn classify_comment(
             source: source.to_owned(),
         }),
         sender_username: username,
+        ..Classified::bare(
+            EventKind::CommentCreated,
+            format!("comment:{}", c.id),
+            direction(from_business),
+            time,
+        )
     }
 }
 
@@ -155,30 +146,22 @@ fn classify_comment(
 /// it has no sender and is a conversation of its own.
 fn classify_mention(business_id: &str, m: MetaMention, time: DateTime<Utc>) -> Classified {
     Classified {
-        event: EventKind::CommentMentioned,
-        event_key: format!("mention:{}", m.comment_id),
-        direction: Direction::Inbound,
         customer_id: format!("mention{}", m.comment_id),
-        sender_id: String::new(),
         recipient_id: business_id.to_owned(),
-        mid: m.comment_id,
-        text: None,
+        mid: m.comment_id.clone(),
         message_type: "mention".to_owned(),
-        attachments: Vec::new(),
-        time,
-        reply_to: None,
-        quick_reply: None,
-        reaction: None,
-        postback: None,
-        referral: None,
-        edit_count: None,
         comment: Some(shared::wire::Comment {
             media_id: m.media_id,
             media_product_type: None,
             parent_id: None,
             source: "mentions".to_owned(),
         }),
-        sender_username: None,
+        ..Classified::bare(
+            EventKind::CommentMentioned,
+            format!("mention:{}", m.comment_id),
+            Direction::Inbound,
+            time,
+        )
     }
 }
 
@@ -312,6 +295,48 @@ pub struct Classified {
     pub sender_username: Option<String>,
 }
 
+impl Classified {
+    /// An event with its kind, key, direction and time, and nothing else
+    /// yet: each kind fills in what it has.
+    fn bare(
+        event: EventKind,
+        event_key: String,
+        direction: Direction,
+        time: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            event,
+            event_key,
+            direction,
+            customer_id: String::new(),
+            sender_id: String::new(),
+            recipient_id: String::new(),
+            mid: String::new(),
+            text: None,
+            message_type: String::new(),
+            attachments: Vec::new(),
+            time,
+            reply_to: None,
+            quick_reply: None,
+            reaction: None,
+            postback: None,
+            referral: None,
+            edit_count: None,
+            comment: None,
+            sender_username: None,
+        }
+    }
+}
+
+/// Outbound when the business wrote it, inbound when the customer did.
+fn direction(from_business: bool) -> Direction {
+    if from_business {
+        Direction::Outbound
+    } else {
+        Direction::Inbound
+    }
+}
+
 impl MessagingEvent {
     /// Meta's event time; now when Meta sent none or an impossible one.
     pub fn time(&self) -> DateTime<Utc> {
@@ -345,29 +370,12 @@ pub fn classify(business_id: &str, e: &MessagingEvent) -> Option<Classified> {
         e.sender.id.clone()
     };
     let base = |event, event_key: String, mid: &str, message_type: &str| Classified {
-        event,
-        event_key,
-        direction: if from_business {
-            Direction::Outbound
-        } else {
-            Direction::Inbound
-        },
         customer_id: customer_id.clone(),
         sender_id: e.sender.id.clone(),
         recipient_id: e.recipient.id.clone(),
         mid: mid.to_owned(),
-        text: None,
         message_type: message_type.to_owned(),
-        attachments: Vec::new(),
-        time,
-        reply_to: None,
-        quick_reply: None,
-        reaction: None,
-        postback: None,
-        referral: None,
-        edit_count: None,
-        comment: None,
-        sender_username: None,
+        ..Classified::bare(event, event_key, direction(from_business), time)
     };
     if let Some(m) = &e.message {
         if m.is_deleted {

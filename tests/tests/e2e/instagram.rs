@@ -102,6 +102,18 @@ impl Setup {
         self.crm.wait_for(1, WAIT).await.remove(0).json
     }
 
+    /// The stored `message.received` with this mid, from the history.
+    async fn stored_message(&self, mid: &str) -> Value {
+        let history = self.history("").await;
+        history["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["event"] == "message.received" && m["instagram_message_id"] == mid)
+            .unwrap_or_else(|| panic!("{mid} stored: {history}"))
+            .clone()
+    }
+
     async fn history(&self, query: &str) -> Value {
         self.sys
             .api_get(&format!(
@@ -381,14 +393,7 @@ async fn a_deletion_is_forwarded_and_marks_the_stored_message(db: Db) {
     let deleted = &d[1].json;
     assert_eq!(deleted["event"], "message.deleted");
     assert_eq!(deleted["instagram_message_id"], "mid_gone");
-    let history = s.history("").await;
-    let original = history["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["event"] == "message.received")
-        .unwrap()
-        .clone();
+    let original = s.stored_message("mid_gone").await;
     assert!(original["deleted_at"].is_string());
 
     // A message and its deletion in one webhook (the events of a webhook
@@ -399,14 +404,7 @@ async fn a_deletion_is_forwarded_and_marks_the_stored_message(db: Db) {
     ])
     .await;
     s.crm.wait_for(4, WAIT).await;
-    let history = s.history("").await;
-    let quick = history["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["instagram_message_id"] == "mid_quick" && m["event"] == "message.received")
-        .unwrap()
-        .clone();
+    let quick = s.stored_message("mid_quick").await;
     assert!(quick["deleted_at"].is_string(), "{quick}");
 }
 
@@ -445,14 +443,7 @@ async fn an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message(db:
         "the redelivered edit is not forwarded again"
     );
     // The stored message says it was edited.
-    let history = s.history("").await;
-    let original = history["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["event"] == "message.received")
-        .unwrap()
-        .clone();
+    let original = s.stored_message("mid_typo").await;
     assert!(original["edited_at"].is_string(), "{original}");
     assert!(original["deleted_at"].is_null(), "{original}");
 }
