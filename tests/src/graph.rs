@@ -79,12 +79,49 @@ async fn send(
     Json(body): Json<Value>,
     Data(state): Data<&Arc<State>>,
 ) -> Response {
+    let recipient = body["recipient"]["id"].clone();
+    answer_send(
+        state,
+        format!("/{account}/messages"),
+        headers,
+        body,
+        |n| json!({ "recipient_id": recipient, "message_id": format!("mid_sent_{n}") }),
+    )
+    .await
+}
+
+/// `POST /{comment_id}/replies`: a public reply to a comment.
+#[handler]
+async fn reply(
+    Path(comment): Path<String>,
+    headers: &HeaderMap,
+    Json(body): Json<Value>,
+    Data(state): Data<&Arc<State>>,
+) -> Response {
+    answer_send(
+        state,
+        format!("/{comment}/replies"),
+        headers,
+        body,
+        |n| json!({ "id": format!("1790000000000{n:04}") }),
+    )
+    .await
+}
+
+/// Records a call that sends something and answers it as told, or with `ok`.
+async fn answer_send(
+    state: &Arc<State>,
+    path: String,
+    headers: &HeaderMap,
+    body: Value,
+    ok: impl FnOnce(usize) -> Value,
+) -> Response {
     let n = {
         let mut sends = state.sends.lock().unwrap();
         sends.push(GraphRequest {
-            path: format!("/{account}/messages"),
+            path,
             authorization: authorization(headers),
-            body: body.clone(),
+            body,
         });
         sends.len()
     };
@@ -103,8 +140,7 @@ async fn send(
         }
         None => {}
     }
-    Json(json!({ "recipient_id": body["recipient"]["id"], "message_id": format!("mid_sent_{n}") }))
-        .into_response()
+    Json(ok(n)).into_response()
 }
 
 #[handler]
@@ -148,6 +184,7 @@ impl FakeGraph {
         let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
         let graph = Route::new()
             .at("/:account/messages", post(send))
+            .at("/:comment/replies", post(reply))
             .at("/:user", get(profile));
         let app = Route::new().nest("/v23.0", graph).data(state.clone());
         let server = tokio::spawn(async move {

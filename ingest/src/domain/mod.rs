@@ -1,9 +1,10 @@
 //! The operations more than one caller needs, between the HTTP API and the
 //! background tasks above and Meta's protocol, the store and NATS below:
 //! saving what a webhook brought ([`inbound`]), sending and recording a
-//! reply ([`send`]), the follow-ups of a saved message ([`followups`]), and
+//! reply ([`send`]) or a comment's ([`comments`]), the follow-ups of a saved message ([`followups`]), and
 //! keeping the accounts bucket in step ([`routing`]).
 
+pub mod comments;
 pub mod deliveries;
 pub mod followups;
 pub mod inbound;

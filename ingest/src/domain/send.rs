@@ -29,6 +29,9 @@ pub struct OutgoingMessage {
     pub text: Option<String>,
     pub attachment: Option<(&'static str, String)>,
     pub human_agent: bool,
+    /// A private reply to this comment (its author is `recipient_id`): Meta
+    /// is told the comment, not the person.
+    pub comment_id: Option<String>,
 }
 
 impl OutgoingMessage {
@@ -38,6 +41,7 @@ impl OutgoingMessage {
             text: Some(text.to_owned()),
             attachment: None,
             human_agent: false,
+            comment_id: None,
         }
     }
 
@@ -49,7 +53,11 @@ impl OutgoingMessage {
             }
             (None, None) => json!({}),
         };
-        let mut body = json!({ "recipient": { "id": self.recipient_id }, "message": message });
+        let recipient = match &self.comment_id {
+            Some(comment_id) => json!({ "comment_id": comment_id }),
+            None => json!({ "id": self.recipient_id }),
+        };
+        let mut body = json!({ "recipient": recipient, "message": message });
         if self.human_agent {
             body["messaging_type"] = json!("MESSAGE_TAG");
             body["tag"] = json!("HUMAN_AGENT");
@@ -155,7 +163,7 @@ pub async fn send_and_record(
     })
 }
 
-async fn mark_credentials_invalid(core: &Core, account: &AccountRow) {
+pub(super) async fn mark_credentials_invalid(core: &Core, account: &AccountRow) {
     let mut row = account.clone();
     row.status = AccountStatus::CredentialsInvalid;
     row.updated_at = Utc::now();

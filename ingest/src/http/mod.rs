@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod comments;
 pub mod dead_letters;
 pub mod error;
 pub mod guard;

@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApiService, Webhook};
 
 use super::accounts::AccountsApi;
 use super::accounts::deliveries::DeliveriesApi;
+use super::comments::CommentsApi;
 use super::dead_letters::DeadLettersApi;
 use super::health::HealthApi;
 use super::messages::MessagesApi;
@@ -287,6 +288,7 @@ pub type ApiService = OpenApiService<
         DeliveriesApi,
         TokensApi,
         MessagesApi,
+        CommentsApi,
         DeadLettersApi,
         RefusedEventsApi,
         HealthApi,
@@ -302,6 +304,7 @@ pub fn service() -> ApiService {
             DeliveriesApi,
             TokensApi,
             MessagesApi,
+            CommentsApi,
             DeadLettersApi,
             RefusedEventsApi,
             HealthApi,

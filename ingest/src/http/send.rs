@@ -114,7 +114,7 @@ pub enum SendResponse {
     Sent(Json<SentMessage>),
 }
 
-fn api_error(e: SendError) -> ApiError {
+pub(crate) fn api_error(e: SendError) -> ApiError {
     match e {
         SendError::Store(e) => ApiError::from(e),
         SendError::Graph(GraphError::Timeout) => ApiError::gateway_timeout(
@@ -276,6 +276,7 @@ fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
                 text: Some(text),
                 attachment: None,
                 human_agent: false,
+                comment_id: None,
             }
         }
         (None, Some(a)) => {
@@ -293,6 +294,7 @@ fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
                 text: None,
                 attachment: Some((a.kind.as_str(), url.to_string())),
                 human_agent: false,
+                comment_id: None,
             }
         }
         _ => {
@@ -308,13 +310,10 @@ fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
     })
 }
 
-/// Sends through Meta with the account's token and records the reply.
-async fn send_now(
-    state: &Core,
-    account: &AccountRow,
-    out: &OutgoingMessage,
-) -> Result<SendResponse, ApiError> {
-    let token = account
+/// The account's Instagram access token; 422 `instagram_token_missing`
+/// without one.
+pub(crate) fn access_token(account: &AccountRow) -> Result<String, ApiError> {
+    account
         .instagram_access_token
         .clone()
         .filter(|t| !t.is_empty())
@@ -323,7 +322,16 @@ async fn send_now(
                 "instagram_token_missing",
                 "the account has no instagram_access_token; set one with PATCH",
             )
-        })?;
+        })
+}
+
+/// Sends through Meta with the account's token and records the reply.
+async fn send_now(
+    state: &Core,
+    account: &AccountRow,
+    out: &OutgoingMessage,
+) -> Result<SendResponse, ApiError> {
+    let token = access_token(account)?;
     let sent = send_and_record(state, account, &token, out)
         .await
         .map_err(api_error)?;

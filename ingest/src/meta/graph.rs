@@ -151,6 +151,27 @@ impl GraphClient {
             .map_err(|_| GraphError::Transport("send answer without message_id".into()))
     }
 
+    /// `POST {base}/{comment_id}/replies`: a public reply; returns its id.
+    pub async fn reply_to_comment(
+        &self,
+        comment_id: &str,
+        token: &str,
+        text: &str,
+    ) -> Result<String, GraphError> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: String,
+        }
+        let url = format!("{}/{}/replies", self.base, comment_id);
+        let body = serde_json::json!({ "message": text });
+        let value = self
+            .call(self.http.post(url).bearer_auth(token).json(&body))
+            .await?;
+        serde_json::from_value::<Created>(value)
+            .map(|c| c.id)
+            .map_err(|_| GraphError::Transport("reply answer without id".into()))
+    }
+
     /// `GET {base}/{user_id}?fields=username,name` with the account's token.
     pub async fn profile(&self, user_id: &str, token: &str) -> Result<Profile, GraphError> {
         let url = format!("{}/{}?fields=username,name", self.base, user_id);

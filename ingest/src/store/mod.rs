@@ -444,6 +444,26 @@ pub trait MessageStore: Send + Sync + 'static {
         at: DateTime<Utc>,
         text: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// A comment received for the account: its author, conversation and time.
+    async fn find_comment(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+    ) -> Result<Option<(String, String, DateTime<Utc>)>, StoreError>;
+    /// Claims the one private reply Meta allows to a comment; false when
+    /// one was sent (or is being sent) already.
+    async fn claim_private_reply(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Gives the claim back after Meta refused the reply.
+    async fn release_private_reply(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+    ) -> Result<(), StoreError>;
     /// Records that the customer deleted the message with this mid.
     async fn mark_deleted(
         &self,

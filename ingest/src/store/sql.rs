@@ -987,6 +987,52 @@ impl $crate::store::MessageStore for $store {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn find_comment(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+    ) -> Result<Option<(String, String, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT sender_id, conversation_id, sent_at FROM messages
+             WHERE account_id = $1 AND event_key = $2",
+        )
+        .bind(account_id)
+        .bind(format!("comment:{comment_id}"))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn claim_private_reply(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO private_replies (account_id, comment_id, claimed_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(comment_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_private_reply(
+        &self,
+        account_id: &str,
+        comment_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM private_replies WHERE account_id = $1 AND comment_id = $2")
+            .bind(account_id)
+            .bind(comment_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark_edited(
         &self,
         account_id: &str,

@@ -180,6 +180,7 @@ fn body_for(operation: &str, b: &str) -> Option<Value> {
         "replay_dead_letters" => Some(json!({"account_id": b})),
         "create_account_token" => Some(json!({"name": "mine now"})),
         "rotate_webhook_secret" => Some(json!({})),
+        "private_reply_to_comment" | "reply_to_comment" => Some(json!({"text": "hello"})),
         _ => None,
     }
 }
@@ -220,7 +221,8 @@ async fn every_operation_refuses_a_missing_token_and_keeps_account_tokens_to_the
             let concrete = path
                 .replace("{account_id}", &b)
                 .replace("{message_id}", &dead)
-                .replace("{token_id}", &b_token_id);
+                .replace("{token_id}", &b_token_id)
+                .replace("{comment_id}", "17900000000000001");
             let body = body_for(id, &b);
 
             let (status, answer) = sys
@@ -251,6 +253,8 @@ async fn every_operation_refuses_a_missing_token_and_keeps_account_tokens_to_the
         "send_message",
         "create_account_token",
         "replay_dead_letter",
+        "private_reply_to_comment",
+        "reply_to_comment",
     ] {
         assert!(
             walked.iter().any(|w| w == expected),

@@ -679,6 +679,144 @@ async fn comments_and_mentions_are_forwarded_as_their_own_events(db: Db) {
     assert_eq!(s.crm.count(), 3);
 }
 
+async fn a_comment_gets_one_private_reply_and_public_replies(db: Db) {
+    let s = setup(db).await;
+    let comment = |id: &str, from: &str| {
+        json!({ "id": id, "from": { "id": from, "username": "ana.shop" }, "text": "Price?",
+                "media": { "id": "18000000000000001", "media_product_type": "FEED" } })
+    };
+    // Two comments made just now, one made 8 days ago.
+    let now_ms = chrono_now_ms();
+    let mut recent = payload(vec![changes_entry(
+        BUSINESS,
+        vec![
+            ("comments", comment("17900000000000011", "6062")),
+            ("comments", comment("17900000000000012", "6063")),
+        ],
+    )]);
+    recent["entry"][0]["time"] = json!(now_ms);
+    let mut old = payload(vec![changes_entry(
+        BUSINESS,
+        vec![("comments", comment("17900000000000013", "6064"))],
+    )]);
+    old["entry"][0]["time"] = json!(now_ms - 8 * 86_400_000);
+    assert_eq!(s.sys.send_meta_webhook(&recent).await.status(), 200);
+    assert_eq!(s.sys.send_meta_webhook(&old).await.status(), 200);
+    s.crm.wait_for(3, WAIT).await;
+    let setup = &s;
+    let answer = |comment: &str, how: &str, text: &str| {
+        let path = format!(
+            "/api/v1/accounts/{}/comments/{comment}/{how}",
+            setup.account
+        );
+        let body = json!({ "text": text });
+        async move {
+            setup
+                .sys
+                .api_send(reqwest::Method::POST, &path, Some(body))
+                .await
+        }
+    };
+
+    // The private reply: a DM to the commenter, through the comment.
+    let (status, sent) = answer("17900000000000011", "private-reply", "Sent you the price!").await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["conversation_id"], format!("conv_6062_{BUSINESS}"));
+    let call = s.graph.sends().pop().unwrap();
+    assert_eq!(call.path, format!("/{BUSINESS}/messages"));
+    assert_eq!(
+        call.body["recipient"],
+        json!({ "comment_id": "17900000000000011" })
+    );
+    assert_eq!(call.body["message"]["text"], "Sent you the price!");
+    assert_eq!(call.authorization, format!("Bearer {TOKEN}"));
+    // Meta allows one: the second is refused here, Meta is not called.
+    let (status, body) = answer("17900000000000011", "private-reply", "Again").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("private_reply_already_sent"))
+    );
+    assert_eq!(s.graph.sends().len(), 1);
+    // Refused by Meta, the claim is given back: a retry can go out.
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 500,
+        code: 2,
+        subcode: None,
+        message: "temporary",
+    });
+    let (status, body) = answer("17900000000000012", "private-reply", "Hi").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (502, Some("instagram_error"))
+    );
+    let (status, _) = answer("17900000000000012", "private-reply", "Hi").await;
+    assert_eq!(status, 201);
+    // Too old, or never received: refused before Meta.
+    let (status, body) = answer("17900000000000013", "private-reply", "Hi").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("private_reply_window_closed"))
+    );
+    let (status, body) = answer("17900000000000099", "private-reply", "Hi").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("comment_not_found"))
+    );
+    assert_eq!(s.graph.sends().len(), 3);
+
+    // A public reply, under the comment (any number of them).
+    let (status, posted) = answer("17900000000000011", "replies", "Thanks Ana!").await;
+    assert_eq!(status, 201, "{posted}");
+    assert_eq!(posted["comment_id"], "17900000000000011");
+    let call = s.graph.sends().pop().unwrap();
+    assert_eq!(call.path, "/17900000000000011/replies");
+    assert_eq!(call.body["message"], "Thanks Ana!");
+    let reply_id = posted["instagram_comment_id"].as_str().unwrap().to_owned();
+    // Meta's notification of our own reply is not forwarded to the CRM.
+    let mut own = payload(vec![changes_entry(
+        BUSINESS,
+        vec![(
+            "comments",
+            json!({ "id": reply_id, "from": { "id": BUSINESS, "username": "shop" },
+            "text": "Thanks Ana!", "media": { "id": "18000000000000001" }, "parent_id": "17900000000000011" }),
+        )],
+    )]);
+    own["entry"][0]["time"] = json!(now_ms);
+    assert_eq!(s.sys.send_meta_webhook(&own).await.status(), 200);
+    // Both answers are in the commenter's history.
+    let history = s
+        .history(&format!("conversation_id=conv_6062_{BUSINESS}"))
+        .await;
+    let kinds: Vec<(String, String)> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["event"].as_str().unwrap().to_owned(),
+                m["message_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("comment.created".to_owned(), "comment".to_owned()),
+            ("message.sent".to_owned(), "text".to_owned()),
+            ("message.sent".to_owned(), "comment_reply".to_owned()),
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.crm.count(), 3, "our own reply is not forwarded");
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 async fn read_receipts_are_forwarded(db: Db) {
     let s = setup(db).await;
     let body = s
@@ -991,6 +1129,7 @@ router_tests::on_both_stores!(
     an_edit_is_forwarded_with_the_new_text_and_marks_the_stored_message,
     every_event_carries_its_conversations_reply_windows,
     comments_and_mentions_are_forwarded_as_their_own_events,
+    a_comment_gets_one_private_reply_and_public_replies,
     a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta_is_called_once,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,
