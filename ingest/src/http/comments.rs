@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
+use poem_openapi::types::{ParseFromJSON as _, ToJSON as _};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
+use super::idempotency;
 use super::send::{SentMessage, access_token, api_error, within_text_limit};
 use crate::domain::Core;
 use crate::domain::comments::{ReplyError, private_reply, public_reply};
@@ -95,17 +97,31 @@ impl CommentsApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
         comment_id: Path<String>,
+        /// Makes a retry safe, as for a reply (`send_message`).
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<CommentAnswer>,
     ) -> Result<PrivateReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;
         within_text_limit("text", &body.0.text)?;
         let account = find_account(state, &auth, &account_id.0).await?;
-        let token = access_token(&account)?;
-        let sent = private_reply(state, &account, &token, &comment_id.0, &body.0.text)
-            .await
-            .map_err(reply_error)?;
-        tracing::info!(account_id = %account.id, message_id = %sent.id, "private reply to a comment sent");
-        Ok(PrivateReplyResponse::Sent(Json(sent.into())))
+        let request = idempotency::request(
+            "private_reply_to_comment",
+            &[&comment_id.0],
+            &body.0.to_json(),
+        );
+        idempotency::once(state, &account, idempotency_key.0, request, async {
+            let token = access_token(&account)?;
+            let sent = private_reply(state, &account, &token, &comment_id.0, &body.0.text)
+                .await
+                .map_err(reply_error)?;
+            tracing::info!(account_id = %account.id, message_id = %sent.id, "private reply to a comment sent");
+            Ok(PrivateReplyResponse::Sent(Json(sent.into())))
+        })
+        .await
     }
 
     /// Answer a comment publicly
@@ -122,21 +138,57 @@ impl CommentsApi {
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
         comment_id: Path<String>,
+        /// Makes a retry safe, as for a reply (`send_message`).
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<CommentAnswer>,
     ) -> Result<PublicReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;
         within_text_limit("text", &body.0.text)?;
         let account = find_account(state, &auth, &account_id.0).await?;
-        let token = access_token(&account)?;
-        let reply = public_reply(state, &account, &token, &comment_id.0, &body.0.text)
-            .await
-            .map_err(reply_error)?;
-        Ok(PublicReplyResponse::Posted(Json(PublicReplyView {
-            id: reply.id,
-            instagram_comment_id: reply.instagram_comment_id,
-            comment_id: comment_id.0,
-            conversation_id: reply.conversation_id,
-            created_at: reply.created_at,
-        })))
+        let request = idempotency::request("reply_to_comment", &[&comment_id.0], &body.0.to_json());
+        idempotency::once(state, &account, idempotency_key.0, request, async {
+            let token = access_token(&account)?;
+            let reply = public_reply(state, &account, &token, &comment_id.0, &body.0.text)
+                .await
+                .map_err(reply_error)?;
+            Ok(PublicReplyResponse::Posted(Json(PublicReplyView {
+                id: reply.id,
+                instagram_comment_id: reply.instagram_comment_id,
+                comment_id: comment_id.0.clone(),
+                conversation_id: reply.conversation_id,
+                created_at: reply.created_at,
+            })))
+        })
+        .await
+    }
+}
+
+impl idempotency::Kept for PrivateReplyResponse {
+    fn kept(&self) -> Option<serde_json::Value> {
+        let Self::Sent(Json(sent)) = self;
+        sent.to_json()
+    }
+
+    fn from_kept(json: serde_json::Value) -> Option<Self> {
+        SentMessage::parse_from_json(Some(json))
+            .ok()
+            .map(|sent| Self::Sent(Json(sent)))
+    }
+}
+
+impl idempotency::Kept for PublicReplyResponse {
+    fn kept(&self) -> Option<serde_json::Value> {
+        let Self::Posted(Json(reply)) = self;
+        reply.to_json()
+    }
+
+    fn from_kept(json: serde_json::Value) -> Option<Self> {
+        PublicReplyView::parse_from_json(Some(json))
+            .ok()
+            .map(|reply| Self::Posted(Json(reply)))
     }
 }

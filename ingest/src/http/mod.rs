@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod idempotency;
 pub mod messages;
 pub mod metrics;
 pub mod openapi;

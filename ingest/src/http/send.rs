@@ -2,18 +2,19 @@
 //! The message goes out through Meta's Send API with the account's token,
 //! is recorded as outbound, and Meta's errors become codes a CRM can act on.
 
-use chrono::{DateTime, SubsecRound as _, Utc};
+use chrono::{DateTime, Utc};
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON as _, ToJSON as _};
 use poem_openapi::{ApiResponse, Enum, Object};
 
 use super::accounts::find_account;
 use super::auth::ApiToken;
-use super::error::{ApiError, ErrorBody};
+use super::error::ApiError;
+use super::idempotency;
 use crate::domain::Core;
 use crate::domain::send::{OutgoingMessage, SendError, Sent, send_and_record};
 use crate::meta::graph::GraphError;
-use crate::store::{AccountRow, KeyClaim};
+use crate::store::AccountRow;
 
 /// Meta's limit on a text message, in UTF-8 bytes.
 const MAX_TEXT_BYTES: usize = 1000;
@@ -154,13 +155,10 @@ pub(crate) fn api_error(e: SendError) -> ApiError {
     }
 }
 
-/// How long a repeat of an `Idempotency-Key` gets the first answer.
-const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
 /// Sends the CRM's reply (`POST /accounts/{account_id}/messages`, served by
 /// [`super::messages::MessagesApi`] beside the list on the same path). With
 /// an `Idempotency-Key`, a repeat of the same request within 24 h gets the
-/// first answer and Meta is not called again.
+/// first answer and Meta is not called again ([`super::idempotency`]).
 pub async fn send_reply(
     auth: &ApiToken,
     state: &Core,
@@ -170,94 +168,26 @@ pub async fn send_reply(
 ) -> Result<SendResponse, ApiError> {
     // Another account's path is 404 before anything about the body is said.
     auth.reach(account_id)?;
-    let request_hash = request_hash(&body.0);
+    let request = idempotency::request("send_message", &[], &body.0.to_json());
     let out = outgoing(body.0)?;
     let account = find_account(state, auth, account_id).await?;
-    let Some(key) = idempotency_key else {
-        return send_now(state, &account, &out).await;
-    };
-    let keys = &state.store.idempotency;
-    let now = Utc::now().trunc_subsecs(6);
-    // A request still unanswered this long after it started died with its
-    // ingest: its key may be claimed again.
-    let abandoned = chrono::TimeDelta::seconds(state.config.graph_api_timeout_secs as i64 + 60);
-    let claim = keys
-        .claim_key(
-            &account.id,
-            &key,
-            &request_hash,
-            now,
-            now - IDEMPOTENCY_WINDOW,
-            now - abandoned,
-        )
-        .await?;
-    let started_at = match claim {
-        KeyClaim::Claimed(started_at) => started_at,
-        KeyClaim::Answered { status, response } => {
-            tracing::info!(account_id = %account.id, status, "idempotent repeat answered as the first time");
-            return replayed(status, &response);
-        }
-        KeyClaim::InProgress => {
-            return Err(ApiError::conflict(
-                "idempotency_key_in_progress",
-                "a request with this Idempotency-Key is still running; retry in a few seconds to get its answer",
-            ));
-        }
-        KeyClaim::OtherRequest => {
-            return Err(ApiError::unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with another request body in the last 24 hours",
-            ));
-        }
-    };
-    let answer = send_now(state, &account, &out).await;
-    let kept = match kept_answer(&answer) {
-        Some((status, response)) => {
-            keys.answer_key(&account.id, &key, started_at, status, &response)
-                .await
-        }
-        None => keys.release_key(&account.id, &key, started_at).await,
-    };
-    if let Err(e) = kept {
-        tracing::warn!(account_id = %account.id, error = %e, "could not keep the answer of an idempotent request");
+    idempotency::once(state, &account, idempotency_key, request, async {
+        send_now(state, &account, &out).await
+    })
+    .await
+}
+
+impl idempotency::Kept for SendResponse {
+    fn kept(&self) -> Option<serde_json::Value> {
+        let Self::Sent(Json(sent)) = self;
+        sent.to_json()
     }
-    answer
-}
 
-/// The request as a hash, to recognise a repeat: the body as parsed, so
-/// spacing and key order do not matter.
-fn request_hash(body: &SendMessage) -> String {
-    use sha2::Digest as _;
-    let canonical = body.to_json().unwrap_or_default().to_string();
-    hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
-}
-
-/// The answer to keep for a repeat: every answer but a rate limit, after
-/// which Meta sent nothing and a repeat should really try again.
-fn kept_answer(answer: &Result<SendResponse, ApiError>) -> Option<(i64, Vec<u8>)> {
-    let (status, json) = match answer {
-        Ok(SendResponse::Sent(Json(sent))) => (201, sent.to_json()?),
-        Err(e) => match e.parts() {
-            (429, _) => return None,
-            (status, body) => (status, serde_json::to_value(body).ok()?),
-        },
-    };
-    Some((i64::from(status), json.to_string().into_bytes()))
-}
-
-/// A kept answer, given again.
-fn replayed(status: i64, response: &[u8]) -> Result<SendResponse, ApiError> {
-    let json: serde_json::Value = serde_json::from_slice(response).map_err(ApiError::internal)?;
-    if status == 201 {
-        let sent = SentMessage::parse_from_json(Some(json))
-            .map_err(|e| ApiError::internal(e.into_message()))?;
-        return Ok(SendResponse::Sent(Json(sent)));
+    fn from_kept(json: serde_json::Value) -> Option<Self> {
+        SentMessage::parse_from_json(Some(json))
+            .ok()
+            .map(|sent| Self::Sent(Json(sent)))
     }
-    let body: ErrorBody = serde_json::from_value(json).map_err(ApiError::internal)?;
-    Err(ApiError::from_parts(
-        u16::try_from(status).unwrap_or(500),
-        body,
-    ))
 }
 
 /// The reply as Meta's Send API takes it; 400 for what Instagram would refuse.

@@ -808,6 +808,28 @@ async fn a_comment_gets_one_private_reply_and_public_replies(db: Db) {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.crm.count(), 3, "our own reply is not forwarded");
+    // With an Idempotency-Key, a repeated public reply is posted once.
+    let keyed = || async {
+        let resp = s
+            .sys
+            .http
+            .post(s.sys.url(&format!(
+                "/api/v1/accounts/{}/comments/17900000000000012/replies",
+                s.account
+            )))
+            .bearer_auth(API_TOKEN)
+            .header("Idempotency-Key", "thanks-bo")
+            .json(&json!({ "text": "Thanks Bo!" }))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    let sends = s.graph.sends().len();
+    let first = keyed().await;
+    assert_eq!(first.0, 201, "{}", first.1);
+    assert_eq!(keyed().await, first);
+    assert_eq!(s.graph.sends().len(), sends + 1, "Meta called once");
 }
 
 fn chrono_now_ms() -> i64 {
