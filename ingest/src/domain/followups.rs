@@ -129,6 +129,30 @@ pub fn spawn_username_lookup(
     });
 }
 
+/// Answers a new comment with the account's `comment_auto_reply_text`, as
+/// its one private reply: claimed in the database like any private reply,
+/// so the comment gets it once, across every ingest and Meta's redeliveries.
+pub fn spawn_comment_auto_reply(state: Arc<Core>, account: AccountRow, comment_id: String) {
+    let (Some(text), Some(token)) = (
+        account.comment_auto_reply_text.clone(),
+        account.instagram_access_token.clone(),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        use super::comments::{ReplyError, private_reply};
+        match private_reply(&state, &account, &token, &comment_id, &text).await {
+            Ok(sent) => {
+                tracing::info!(account_id = %account.id, message_id = %sent.id, "comment auto-reply sent")
+            }
+            Err(ReplyError::AlreadyReplied) => {}
+            Err(e) => {
+                tracing::warn!(account_id = %account.id, error = ?e, "comment auto-reply not sent")
+            }
+        }
+    });
+}
+
 /// Sends the account's auto-reply if this conversation has had none within
 /// the cooldown. Claimed in the database first, so several ingests send one.
 pub fn spawn_auto_reply(

@@ -242,6 +242,13 @@ async fn save_batch(
                         webhook.sender_id.clone(),
                     );
                 }
+                if event == EventKind::CommentCreated && kept.direction == Direction::Inbound {
+                    followups::spawn_comment_auto_reply(
+                        core.clone(),
+                        account.clone(),
+                        webhook.instagram_message_id.clone(),
+                    );
+                }
                 if event == EventKind::MessageReceived {
                     followups::spawn_auto_reply(
                         core.clone(),

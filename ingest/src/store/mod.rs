@@ -38,6 +38,8 @@ pub struct AccountRow {
     pub instagram_account_id: String,
     pub crm_webhook_url: CrmWebhookUrl,
     pub auto_reply_text: Option<String>,
+    /// The private reply sent to each new comment.
+    pub comment_auto_reply_text: Option<String>,
     pub status: AccountStatus,
     pub instagram_access_token: Option<String>,
     pub webhook_secret: String,
@@ -79,6 +81,7 @@ impl AccountRow {
             instagram_account_id: instagram_account_id.into(),
             crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
             auto_reply_text: None,
+            comment_auto_reply_text: None,
             status: AccountStatus::Active,
             instagram_access_token: None,
             webhook_secret: "whsec_c2VjcmV0".into(),

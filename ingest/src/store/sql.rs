@@ -154,7 +154,8 @@ pub(super) fn push_outcome_rows<DB: sqlx::Database>(
 /// webhook_secret, `$9` created_at, `$10` updated_at, `$11` events, `$12`
 /// auto_reply_cooldown_secs, `$13` max_in_flight, `$14`
 /// deliveries_paused_at, `$15` deliveries_resumed_at, `$16`
-/// previous_webhook_secret, `$17` previous_secret_until.
+/// previous_webhook_secret, `$17` previous_secret_until, `$18`
+/// comment_auto_reply_text.
 macro_rules! bind_account {
     ($query:expr, $a:expr) => {{
         let a: &$crate::store::AccountRow = $a;
@@ -176,6 +177,7 @@ macro_rules! bind_account {
             .bind(a.deliveries_resumed_at)
             .bind(&a.previous_webhook_secret)
             .bind(a.previous_secret_until)
+            .bind(&a.comment_auto_reply_text)
     }};
 }
 
@@ -190,8 +192,8 @@ impl $crate::store::AccountStore for $store {
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
                 status, instagram_access_token, webhook_secret, created_at, updated_at, events,
                 auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at,
-                previous_webhook_secret, previous_secret_until)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                previous_webhook_secret, previous_secret_until, comment_auto_reply_text)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         );
         bind_account!(insert, a)
         .execute(&self.pool)
@@ -233,7 +235,8 @@ impl $crate::store::AccountStore for $store {
             "UPDATE accounts SET name = $2, crm_webhook_url = $4, auto_reply_text = $5, status = $6,
                 instagram_access_token = $7, webhook_secret = $8, updated_at = $10, events = $11,
                 auto_reply_cooldown_secs = $12, max_in_flight = $13, deliveries_paused_at = $14,
-                deliveries_resumed_at = $15, previous_webhook_secret = $16, previous_secret_until = $17
+                deliveries_resumed_at = $15, previous_webhook_secret = $16, previous_secret_until = $17,
+                comment_auto_reply_text = $18
              WHERE id = $1",
         );
         let done = bind_account!(update, a)

@@ -832,6 +832,97 @@ async fn a_comment_gets_one_private_reply_and_public_replies(db: Db) {
     assert_eq!(s.graph.sends().len(), sends + 1, "Meta called once");
 }
 
+async fn new_comments_get_the_accounts_private_auto_reply_once(db: Db) {
+    let s = setup_with(
+        db,
+        &[],
+        json!({ "comment_auto_reply_text": "Thanks! We sent you the details in DM." }),
+    )
+    .await;
+    let mut webhook = payload(vec![changes_entry(
+        BUSINESS,
+        vec![
+            (
+                "comments",
+                json!({ "id": "17900000000000021", "from": { "id": "6062", "username": "ana" },
+                "text": "Details?", "media": { "id": "18000000000000001" } }),
+            ),
+            // The business's own comment is not answered.
+            (
+                "comments",
+                json!({ "id": "17900000000000022", "from": { "id": BUSINESS, "username": "shop" },
+                "text": "New stock!", "media": { "id": "18000000000000001" } }),
+            ),
+        ],
+    )]);
+    webhook["entry"][0]["time"] = json!(chrono_now_ms());
+    assert_eq!(s.sys.send_meta_webhook(&webhook).await.status(), 200);
+    let sends = router_tests::eventually(WAIT, "the auto-reply sent", || async {
+        let sends = s.graph.sends();
+        (!sends.is_empty()).then_some(sends)
+    })
+    .await;
+    assert_eq!(
+        sends[0].body["recipient"],
+        json!({ "comment_id": "17900000000000021" })
+    );
+    assert_eq!(
+        sends[0].body["message"]["text"],
+        "Thanks! We sent you the details in DM."
+    );
+    // Meta's redelivery does not answer the comment twice, and the comment
+    // has had its one private reply.
+    assert_eq!(s.sys.send_meta_webhook(&webhook).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.graph.sends().len(), 1, "{:?}", s.graph.sends());
+    let (status, body) = s
+        .sys
+        .api_send(
+            reqwest::Method::POST,
+            &format!(
+                "/api/v1/accounts/{}/comments/17900000000000021/private-reply",
+                s.account
+            ),
+            Some(json!({ "text": "Hi" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("private_reply_already_sent"))
+    );
+    // The account shows the setting, and `null` turns it off.
+    let account = s
+        .sys
+        .api_get(&format!("/api/v1/accounts/{}", s.account))
+        .await;
+    assert_eq!(
+        account["comment_auto_reply_text"],
+        "Thanks! We sent you the details in DM."
+    );
+    let (status, _) = s
+        .sys
+        .api_send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/accounts/{}", s.account),
+            Some(json!({ "comment_auto_reply_text": null })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut later = payload(vec![changes_entry(
+        BUSINESS,
+        vec![(
+            "comments",
+            json!({ "id": "17900000000000023", "from": { "id": "6063", "username": "bo" },
+            "text": "And me?", "media": { "id": "18000000000000001" } }),
+        )],
+    )]);
+    later["entry"][0]["time"] = json!(chrono_now_ms());
+    assert_eq!(s.sys.send_meta_webhook(&later).await.status(), 200);
+    s.crm.wait_for(3, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.graph.sends().len(), 1, "no auto-reply once turned off");
+}
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1152,6 +1243,7 @@ router_tests::on_both_stores!(
     every_event_carries_its_conversations_reply_windows,
     comments_and_mentions_are_forwarded_as_their_own_events,
     a_comment_gets_one_private_reply_and_public_replies,
+    new_comments_get_the_accounts_private_auto_reply_once,
     a_send_repeated_with_its_idempotency_key_gets_the_first_answer_and_meta_is_called_once,
     read_receipts_are_forwarded,
     postbacks_are_forwarded,

@@ -33,6 +33,7 @@ async fn open(db: Db) -> (TestDatabase, Stores) {
             instagram_account_id: "1784".into(),
             crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
             auto_reply_text: None,
+            comment_auto_reply_text: None,
             status: AccountStatus::Active,
             instagram_access_token: None,
             webhook_secret: "whsec_c2VjcmV0".into(),

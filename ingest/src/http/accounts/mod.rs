@@ -41,6 +41,9 @@ pub struct Account {
     pub crm_webhook_url: String,
     #[oai(nullable)]
     pub auto_reply_text: Option<String>,
+    /// Sent as the private reply to each new comment (once per comment).
+    #[oai(nullable)]
+    pub comment_auto_reply_text: Option<String>,
     /// An auto-reply goes to a conversation at most once per this many seconds.
     pub auto_reply_cooldown_secs: i64,
     /// The events the CRM receives.
@@ -70,6 +73,7 @@ impl Account {
             instagram_account_id: r.instagram_account_id.clone(),
             crm_webhook_url: r.crm_webhook_url.to_string(),
             auto_reply_text: r.auto_reply_text.clone(),
+            comment_auto_reply_text: r.comment_auto_reply_text.clone(),
             auto_reply_cooldown_secs: r.auto_reply_cooldown_secs,
             events: r.events.kinds(),
             status: r.status,
@@ -123,6 +127,10 @@ pub struct CreateAccount {
     pub crm_webhook_url: String,
     #[oai(validator(max_length = 1000))]
     pub auto_reply_text: Option<String>,
+    /// The private reply sent to each new comment on the account's media
+    /// (once per comment, within Meta's 7 days); none when omitted.
+    #[oai(validator(max_length = 1000))]
+    pub comment_auto_reply_text: Option<String>,
     /// Token for Meta's Send API (write-only): printable ASCII, no spaces.
     #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
     pub instagram_access_token: Option<String>,
@@ -150,6 +158,9 @@ pub struct UpdateAccount {
     pub crm_webhook_url: Option<String>,
     #[oai(validator(max_length = 1000))]
     pub auto_reply_text: MaybeUndefined<String>,
+    /// `null` stops answering new comments.
+    #[oai(validator(max_length = 1000))]
+    pub comment_auto_reply_text: MaybeUndefined<String>,
     pub status: Option<AccountStatus>,
     /// Replaces the Send API token (write-only): printable ASCII, no spaces.
     #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
@@ -228,7 +239,12 @@ async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), Ap
 
 /// An auto-reply Instagram will take.
 fn checked_auto_reply(text: String) -> Result<String, ApiError> {
-    within_text_limit("auto_reply_text", &text)?;
+    checked_text("auto_reply_text", text)
+}
+
+/// A text Instagram will take, for the field `field`.
+fn checked_text(field: &str, text: String) -> Result<String, ApiError> {
+    within_text_limit(field, &text)?;
     Ok(text)
 }
 
@@ -316,6 +332,10 @@ impl AccountsApi {
             instagram_account_id: body.instagram_account_id,
             crm_webhook_url,
             auto_reply_text: body.auto_reply_text.map(checked_auto_reply).transpose()?,
+            comment_auto_reply_text: body
+                .comment_auto_reply_text
+                .map(|t| checked_text("comment_auto_reply_text", t))
+                .transpose()?,
             status: body.status.unwrap_or(AccountStatus::Active),
             instagram_access_token: body.instagram_access_token,
             webhook_secret: secret.expose().to_owned(),
@@ -435,6 +455,13 @@ impl AccountsApi {
         match body.auto_reply_text {
             MaybeUndefined::Value(t) => row.auto_reply_text = Some(checked_auto_reply(t)?),
             MaybeUndefined::Null => row.auto_reply_text = None,
+            MaybeUndefined::Undefined => {}
+        }
+        match body.comment_auto_reply_text {
+            MaybeUndefined::Value(t) => {
+                row.comment_auto_reply_text = Some(checked_text("comment_auto_reply_text", t)?)
+            }
+            MaybeUndefined::Null => row.comment_auto_reply_text = None,
             MaybeUndefined::Undefined => {}
         }
         if let Some(status) = body.status {
