@@ -58,13 +58,30 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a service to listen on. Picked below
+/// the kernel's ephemeral range (32768 and up on Linux): a port found free
+/// there can be taken by any outgoing connection before the service binds
+/// it, and the service then fails with "Address already in use" (seen in
+/// CI). Ports are handed out in turn from a random start, so tests running
+/// at once do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        AtomicU32::new(start as u32 % (HIGH - LOW))
+    });
+    loop {
+        let port = (LOW + next.fetch_add(1, Ordering::Relaxed) % (HIGH - LOW)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running child process whose stdout and stderr are captured.
