@@ -224,15 +224,11 @@ async fn receive(state: &Arc<Core>, signature: Option<String>, body: Body) -> Re
 /// Meta's notification body, kept as the bytes Meta sent: the signature is
 /// checked over them, and only then are they parsed (by serde, tolerantly:
 /// [`WebhookPayload`]). The document shows it as [`MetaWebhookPayloadDoc`].
-/// Any content type is taken, as Meta sends JSON.
+/// Any content type is taken (its extractor does not look), as Meta sends JSON.
 pub struct MetaWebhookBody(Body);
 
 impl Payload for MetaWebhookBody {
     const CONTENT_TYPE: &'static str = "application/json";
-
-    fn check_content_type(_content_type: &str) -> bool {
-        true
-    }
 
     fn schema_ref() -> MetaSchemaRef {
         MetaWebhookPayloadDoc::schema_ref()

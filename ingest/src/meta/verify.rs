@@ -3,18 +3,11 @@
 //! delivery (`X-Hub-Signature-256`: HMAC-SHA256 of the raw body with the app
 //! secret), always over the bytes as received, never re-serialized JSON.
 
-use serde::Deserialize;
-
-pub use shared::signing::HUB_SIGNATURE_HEADER;
-
-/// The query of `GET /webhooks/instagram`.
-#[derive(Deserialize)]
+/// The query of `GET /webhooks/instagram`: `hub.mode`, `hub.verify_token`
+/// and `hub.challenge`.
 pub struct Handshake {
-    #[serde(rename = "hub.mode")]
     pub mode: Option<String>,
-    #[serde(rename = "hub.verify_token")]
     pub verify_token: Option<String>,
-    #[serde(rename = "hub.challenge")]
     pub challenge: Option<String>,
 }
 

@@ -237,11 +237,6 @@ async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), Ap
     Ok(())
 }
 
-/// An auto-reply Instagram will take.
-fn checked_auto_reply(text: String) -> Result<String, ApiError> {
-    checked_text("auto_reply_text", text)
-}
-
 /// A text Instagram will take, for the field `field`.
 fn checked_text(field: &str, text: String) -> Result<String, ApiError> {
     within_text_limit(field, &text)?;
@@ -331,7 +326,10 @@ impl AccountsApi {
             name: body.name,
             instagram_account_id: body.instagram_account_id,
             crm_webhook_url,
-            auto_reply_text: body.auto_reply_text.map(checked_auto_reply).transpose()?,
+            auto_reply_text: body
+                .auto_reply_text
+                .map(|t| checked_text("auto_reply_text", t))
+                .transpose()?,
             comment_auto_reply_text: body
                 .comment_auto_reply_text
                 .map(|t| checked_text("comment_auto_reply_text", t))
@@ -453,7 +451,9 @@ impl AccountsApi {
             check_crm_reachable(state, &row.crm_webhook_url).await?;
         }
         match body.auto_reply_text {
-            MaybeUndefined::Value(t) => row.auto_reply_text = Some(checked_auto_reply(t)?),
+            MaybeUndefined::Value(t) => {
+                row.auto_reply_text = Some(checked_text("auto_reply_text", t)?)
+            }
             MaybeUndefined::Null => row.auto_reply_text = None,
             MaybeUndefined::Undefined => {}
         }
