@@ -150,6 +150,7 @@ async fn background_tasks(core: Arc<Core>, publisher: outbox::Publisher, stop: C
         routing::run(core.routing.clone(), stop.clone()),
         outcomes::run(recorder, stop.clone()),
         crate::tasks::forget_idempotency_keys(core.store.idempotency.clone(), stop.clone()),
+        crate::tasks::check_tokens(core.clone(), stop.clone()),
         shared::observe::publish_stats(
             core.nats.client.clone(),
             core.subjects.stats("ingest", &instance),

@@ -75,6 +75,16 @@ pub struct IngestConfig {
     #[arg(long, env = "INGEST_SAVE_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub ingest_save_attempts: u32,
 
+    /// How long before an access token expires it is refreshed (`10d`,
+    /// `240h`; 1h to 50d). A refresh is tried at most once a day.
+    #[arg(long, env = "INGEST_TOKEN_REFRESH_BEFORE", default_value = "10d", value_parser = parse_refresh_before)]
+    pub ingest_token_refresh_before: std::time::Duration,
+
+    /// How often the access tokens are checked (refreshed when due, expired
+    /// ones marked invalid): `1h`, `10m`; 1s to 1d.
+    #[arg(long, env = "INGEST_TOKEN_CHECK_INTERVAL", default_value = "1h", value_parser = parse_check_interval)]
+    pub ingest_token_check_interval: std::time::Duration,
+
     /// Seconds to wait for Meta's Graph API.
     #[arg(long, env = "GRAPH_API_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub graph_api_timeout_secs: u64,
@@ -126,6 +136,39 @@ fn parse_graph_base(s: &str) -> Result<url::Url, String> {
         "http" if loopback => Ok(url),
         _ => Err("must be an https URL (http only on loopback, for a fake)".into()),
     }
+}
+
+fn duration_within(
+    s: &str,
+    min: std::time::Duration,
+    max: std::time::Duration,
+    range: &str,
+) -> Result<std::time::Duration, String> {
+    let d = shared::config::parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!("must be between {range}"));
+    }
+    Ok(d)
+}
+
+fn parse_refresh_before(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    duration_within(
+        s,
+        Duration::from_secs(3600),
+        Duration::from_secs(50 * 86_400),
+        "1h and 50d",
+    )
+}
+
+fn parse_check_interval(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    duration_within(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+        "1s and 1d",
+    )
 }
 
 fn non_empty(s: &str) -> Result<String, String> {

@@ -264,13 +264,30 @@ pub async fn publish_crm_alert(
     account: &AccountId,
     alert: &crate::wire::CrmAlert,
 ) {
+    publish_alert(js, subjects.crm_alert(account), account, alert).await;
+}
+
+/// Publishes an alert on `<prefix>.alerts.credentials.<account_id>`.
+pub async fn publish_credentials_alert(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    account: &AccountId,
+    alert: &crate::wire::CredentialsAlert,
+) {
+    publish_alert(js, subjects.credentials_alert(account), account, alert).await;
+}
+
+async fn publish_alert(
+    js: &jetstream::Context,
+    subject: String,
+    account: &AccountId,
+    alert: &impl serde::Serialize,
+) {
     let Ok(body) = serde_json::to_vec(alert) else {
         return;
     };
     let published = async {
-        js.publish(subjects.crm_alert(account), body.into())
-            .await?
-            .await?;
+        js.publish(subject, body.into()).await?.await?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(Duration::from_secs(5), published).await {

@@ -150,6 +150,23 @@ named_enum! {
 }
 
 named_enum! {
+    /// Where the account's Instagram access token stands (`credentials.state`).
+    pub enum CredentialsState as "credentials state" {
+        /// Meta accepted it, or nothing says otherwise; refreshed before it expires.
+        Valid = "valid",
+        /// A refresh failed (Meta unreachable or refusing the refresh); the
+        /// token still works until it expires, and the refresh is tried again
+        /// once a day.
+        Expiring = "expiring",
+        /// Meta refused the token, or it expired: replies fail until a new
+        /// `instagram_access_token` is set.
+        Invalid = "invalid",
+        /// The account has no access token: it receives, but cannot reply.
+        Missing = "missing",
+    }
+}
+
+named_enum! {
     /// Who wrote a message.
     pub enum Direction as "direction" {
         /// From the customer.
@@ -338,6 +355,7 @@ mod stored {
 
     text_column!(
         AccountStatus,
+        CredentialsState,
         Direction,
         DeliveryStatus,
         MessageEvent,
@@ -359,7 +377,7 @@ mod stored {
         )+};
     }
 
-    decoded_from!(String => AccountStatus, Direction, DeliveryStatus, MessageEvent, CrmWebhookUrl);
+    decoded_from!(String => AccountStatus, CredentialsState, Direction, DeliveryStatus, MessageEvent, CrmWebhookUrl);
     // `NULL` is every event; otherwise a JSON array of event names.
     decoded_from!(Option<String> => EventSelection);
 }

@@ -74,6 +74,11 @@ impl Subjects {
         format!("{}.alerts.crm.{}", self.prefix, account)
     }
 
+    /// Where an account's access-token alerts go: expiring, refreshed, invalid.
+    pub fn credentials_alert(&self, account: &AccountId) -> String {
+        format!("{}.alerts.credentials.{}", self.prefix, account)
+    }
+
     pub fn alerts_all(&self) -> String {
         format!("{}.alerts.>", self.prefix)
     }
@@ -167,6 +172,10 @@ mod tests {
         assert_eq!(s.inbound_stream(), "ROUTER_INBOUND");
         assert_eq!(s.accounts_bucket(), "router_accounts");
         assert_eq!(s.crm_alert(&acc), "router.alerts.crm.acc_x1");
+        assert_eq!(
+            s.credentials_alert(&acc),
+            "router.alerts.credentials.acc_x1"
+        );
         assert_eq!(s.account_consumer(&acc), "deliver_acc_x1");
         assert_eq!(s.consumer_account("deliver_acc_x1"), Some(acc));
         assert_eq!(s.consumer_account("forwarder"), None);

@@ -300,6 +300,29 @@ pub struct CrmAlert {
 pub const ALERT_DELIVERIES_PAUSED: &str = "deliveries_paused";
 pub const ALERT_DELIVERIES_RESUMED: &str = "deliveries_resumed";
 
+/// Published on `<prefix>.alerts.credentials.<account_id>` when an account's
+/// Instagram access token is refreshed, cannot be refreshed, or becomes
+/// invalid. Never carries the token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CredentialsAlert {
+    /// `token_refreshed`, `token_expiring` or `token_invalid`.
+    pub event: String,
+    pub account_id: String,
+    pub at: DateTime<Utc>,
+    /// The account's `credentials.state` now.
+    pub state: crate::model::CredentialsState,
+    /// When the token expires, when known.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Why, for `token_expiring` and `token_invalid`: `meta_190` (Meta
+    /// refused the token), `expired`, `meta_<code>`, `timeout`, `unreachable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub const ALERT_TOKEN_REFRESHED: &str = "token_refreshed";
+pub const ALERT_TOKEN_EXPIRING: &str = "token_expiring";
+pub const ALERT_TOKEN_INVALID: &str = "token_invalid";
+
 /// Published by the forwarder on `<prefix>.delivery.<outcome>.<account_id>`
 /// after every attempt. Carries no message content and no CRM response body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

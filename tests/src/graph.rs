@@ -1,6 +1,6 @@
 //! A fake of Meta's Graph API: a real HTTP server on loopback that answers
-//! the Send API and profile lookups the way Meta does, errors included, and
-//! records every request it gets.
+//! the Send API, comment replies, profile lookups and token refreshes the
+//! way Meta does, errors included, and records every request it gets.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,6 +42,9 @@ struct State {
     sends: Mutex<Vec<GraphRequest>>,
     lookups: Mutex<Vec<GraphRequest>>,
     send_answers: Mutex<VecDeque<SendAnswer>>,
+    /// The tokens presented for refresh, in order.
+    refreshes: Mutex<Vec<String>>,
+    refresh_answers: Mutex<VecDeque<SendAnswer>>,
     /// Per user id: Ok(username) or Err(Meta error code); default `user_<id>`.
     profiles: Mutex<HashMap<String, Result<String, i64>>>,
 }
@@ -143,6 +146,41 @@ async fn answer_send(
     Json(ok(n)).into_response()
 }
 
+/// `GET /refresh_access_token?grant_type=ig_refresh_token&access_token=…`:
+/// a new long-lived token (`IGAA-refreshed-<n>`, 60 days), or the answer
+/// queued with [`FakeGraph::answer_next_refresh`].
+#[handler]
+async fn refresh_token(
+    poem::web::Query(query): poem::web::Query<HashMap<String, String>>,
+    Data(state): Data<&Arc<State>>,
+) -> Response {
+    if query.get("grant_type").map(String::as_str) != Some("ig_refresh_token") {
+        return meta_error(400, 100, None, "Unsupported grant_type");
+    }
+    let n = {
+        let mut refreshes = state.refreshes.lock().unwrap();
+        refreshes.push(query.get("access_token").cloned().unwrap_or_default());
+        refreshes.len()
+    };
+    let answer = state.refresh_answers.lock().unwrap().pop_front();
+    match answer {
+        Some(SendAnswer::Error {
+            status,
+            code,
+            subcode,
+            message,
+        }) => return meta_error(status, code, subcode, message),
+        Some(SendAnswer::Slow(d)) => tokio::time::sleep(d).await,
+        Some(SendAnswer::Huge(_)) | None => {}
+    }
+    Json(json!({
+        "access_token": format!("IGAA-refreshed-{n}"),
+        "token_type": "bearer",
+        "expires_in": 5_184_000,
+    }))
+    .into_response()
+}
+
 #[handler]
 async fn profile(
     Path(user): Path<String>,
@@ -185,6 +223,7 @@ impl FakeGraph {
         let graph = Route::new()
             .at("/:account/messages", post(send))
             .at("/:comment/replies", post(reply))
+            .at("/refresh_access_token", get(refresh_token))
             .at("/:user", get(profile));
         let app = Route::new().nest("/v23.0", graph).data(state.clone());
         let server = tokio::spawn(async move {
@@ -208,6 +247,15 @@ impl FakeGraph {
 
     pub fn lookups(&self) -> Vec<GraphRequest> {
         self.state.lookups.lock().unwrap().clone()
+    }
+
+    /// The tokens presented for refresh, in order.
+    pub fn refreshes(&self) -> Vec<String> {
+        self.state.refreshes.lock().unwrap().clone()
+    }
+
+    pub fn answer_next_refresh(&self, answer: SendAnswer) {
+        self.state.refresh_answers.lock().unwrap().push_back(answer);
     }
 
     pub fn answer_next_send(&self, answer: SendAnswer) {

@@ -405,6 +405,22 @@ impl System {
         self.metrics_at(addr).await
     }
 
+    /// Every alert published on `subject` from now on (`router.alerts.…`), as JSON.
+    pub async fn alerts(&self, subject: String) -> Alerts {
+        use futures::StreamExt as _;
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let mut sub = client.subscribe(subject).await.unwrap();
+        client.flush().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                let _ = tx.send(serde_json::from_slice(&m.payload).unwrap_or_default());
+            }
+        });
+        Alerts(rx)
+    }
+
     /// The forwarder's `/metrics` text.
     pub async fn forwarder_metrics(&self) -> String {
         self.metrics_at(&self.forwarder.addr.to_string()).await
@@ -554,5 +570,23 @@ impl System {
     /// Both services' log output so far.
     pub fn logs(&self) -> String {
         format!("{}\n{}", self.ingest.logs(), self.forwarder.logs())
+    }
+}
+
+/// Alerts as they arrive, from [`System::alerts`].
+pub struct Alerts(tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>);
+
+impl Alerts {
+    /// The next alert; panics after 20 s without one.
+    pub async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(20), self.0.recv())
+            .await
+            .expect("an alert in time")
+            .unwrap()
+    }
+
+    /// Alerts that arrived and were not taken yet.
+    pub fn pending(&mut self) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| self.0.try_recv().ok()).collect()
     }
 }

@@ -8,7 +8,7 @@ use shared::ids::MessageId;
 use shared::model::{Direction, MessageEvent};
 
 use super::Core;
-use super::send::{OutgoingMessage, SendError, Sent, mark_credentials_invalid, send_and_record};
+use super::send::{OutgoingMessage, SendError, Sent, send_and_record};
 use crate::meta::graph::GraphError;
 use crate::store::{AccountRow, NewMessage};
 
@@ -103,7 +103,7 @@ pub async fn public_reply(
         Ok(id) => id,
         Err(e) => {
             if matches!(e, GraphError::Meta { code: 190, .. }) {
-                mark_credentials_invalid(core, account).await;
+                super::credentials::invalid(core, account, "meta_190").await;
             }
             return Err(ReplyError::Send(SendError::Graph(e)));
         }

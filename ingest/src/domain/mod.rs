@@ -1,10 +1,12 @@
 //! The operations more than one caller needs, between the HTTP API and the
 //! background tasks above and Meta's protocol, the store and NATS below:
 //! saving what a webhook brought ([`inbound`]), sending and recording a
-//! reply ([`send`]) or a comment's ([`comments`]), the follow-ups of a saved message ([`followups`]), and
-//! keeping the accounts bucket in step ([`routing`]).
+//! reply ([`send`]) or a comment's ([`comments`]), the follow-ups of a
+//! saved message ([`followups`]), the access token's lifecycle
+//! ([`credentials`]), and keeping the accounts bucket in step ([`routing`]).
 
 pub mod comments;
+pub mod credentials;
 pub mod deliveries;
 pub mod followups;
 pub mod inbound;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use shared::ids::MessageId;
-use shared::model::{AccountStatus, Direction, MessageEvent};
+use shared::model::{Direction, MessageEvent};
 use shared::wire::{self, Attachment};
 
 use super::Core;
@@ -140,7 +140,7 @@ pub async fn send_and_record(
             // A timeout may still have sent it; its echo then arrives as an app echo.
             let _ = core.store.messages.abandon_send(&record.id).await;
             if matches!(e, GraphError::Meta { code: 190, .. }) {
-                mark_credentials_invalid(core, account).await;
+                super::credentials::invalid(core, account, "meta_190").await;
             }
             return Err(SendError::Graph(e));
         }
@@ -161,19 +161,4 @@ pub async fn send_and_record(
         conversation_id,
         created_at: now,
     })
-}
-
-pub(super) async fn mark_credentials_invalid(core: &Core, account: &AccountRow) {
-    let mut row = account.clone();
-    row.status = AccountStatus::CredentialsInvalid;
-    row.updated_at = Utc::now();
-    match core.store.accounts.update_account(&row).await {
-        Ok(_) => {
-            tracing::warn!(account_id = %account.id, "meta rejected the access token; account needs new credentials");
-            core.routing.account_changed(&account.id).await;
-        }
-        Err(e) => {
-            tracing::error!(account_id = %account.id, error = %e, "could not mark the account")
-        }
-    }
 }

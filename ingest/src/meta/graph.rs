@@ -1,6 +1,7 @@
-//! Meta's Graph API, behind `GRAPH_API_BASE`: the Send API and the user
-//! profile lookup. Errors keep Meta's code, subcode, message and trace id so
-//! callers can map them to stable codes.
+//! Meta's Graph API, behind `GRAPH_API_BASE`: the Send API, comment
+//! replies, the user profile lookup and the token refresh. Errors keep
+//! Meta's code, subcode, message and trace id so callers can map them to
+//! stable codes.
 
 use std::time::Duration;
 
@@ -170,6 +171,30 @@ impl GraphClient {
         serde_json::from_value::<Created>(value)
             .map(|c| c.id)
             .map_err(|_| GraphError::Transport("reply answer without id".into()))
+    }
+
+    /// `GET {base}/refresh_access_token?grant_type=ig_refresh_token`: a
+    /// long-lived token refreshed for another 60 days. Returns the token
+    /// and its lifetime in seconds (Meta's `expires_in`).
+    pub async fn refresh_token(&self, token: &str) -> Result<(String, i64), GraphError> {
+        #[derive(Deserialize)]
+        struct Refreshed {
+            access_token: String,
+            expires_in: i64,
+        }
+        let mut url = url::Url::parse(&format!("{}/refresh_access_token", self.base))
+            .map_err(|_| GraphError::Transport("GRAPH_API_BASE is not a base URL".into()))?;
+        url.query_pairs_mut()
+            .append_pair("grant_type", "ig_refresh_token")
+            .append_pair("access_token", token);
+        let value = self.call(self.http.get(url)).await?;
+        serde_json::from_value::<Refreshed>(value)
+            .ok()
+            .filter(|r| !r.access_token.is_empty() && r.expires_in > 0)
+            .map(|r| (r.access_token, r.expires_in))
+            .ok_or_else(|| {
+                GraphError::Transport("refresh answer without access_token and expires_in".into())
+            })
     }
 
     /// `GET {base}/{user_id}?fields=username,name` with the account's token.

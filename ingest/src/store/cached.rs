@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hashlink::LruCache;
 
-use super::{AccountRow, AccountStore, StoreError};
+use chrono::{DateTime, Utc};
+
+use super::{AccountRow, AccountStore, CredentialsChange, StoreError};
 
 /// How long a looked-up account is used without asking the database again.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -62,6 +64,33 @@ impl AccountStore for CachedAccounts {
 
     async fn update_account(&self, account: &AccountRow) -> Result<bool, StoreError> {
         let result = self.inner.update_account(account).await;
+        self.forget_all();
+        result
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        last_attempt: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // Only the attempt's time changes, which no webhook reads.
+        self.inner
+            .claim_token_refresh(id, token_set_at, last_attempt, now)
+            .await
+    }
+
+    async fn record_credentials(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        change: &CredentialsChange,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .inner
+            .record_credentials(id, token_set_at, change)
+            .await;
         self.forget_all();
         result
     }

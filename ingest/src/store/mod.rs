@@ -21,7 +21,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shared::model::{
-    AccountStatus, CrmWebhookUrl, DeliveryStatus, Direction, EventSelection, MessageEvent,
+    AccountStatus, CredentialsState, CrmWebhookUrl, DeliveryStatus, Direction, EventSelection,
+    MessageEvent,
 };
 use shared::secrets::SecretBox;
 use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
@@ -58,9 +59,54 @@ pub struct AccountRow {
     pub previous_webhook_secret: Option<String>,
     /// When the previous secret stops signing deliveries.
     pub previous_secret_until: Option<DateTime<Utc>>,
+    /// When the current access token was set or last refreshed.
+    pub token_set_at: Option<DateTime<Utc>>,
+    /// When it expires; `None` until Meta has said (a refresh's answer).
+    pub token_expires_at: Option<DateTime<Utc>>,
+    /// When a refresh was last tried (at most once a day).
+    pub token_refresh_attempted_at: Option<DateTime<Utc>>,
+    /// Stored as `valid`, `expiring` or `invalid` (`missing` is derived).
+    pub credentials_state: CredentialsState,
+    /// Why the credentials are not valid: `meta_190`, `expired`, ...
+    pub credentials_error: Option<String>,
+}
+
+/// What became of an account's access token, recorded by
+/// [`AccountStore::record_credentials`].
+#[derive(Clone)]
+pub struct CredentialsChange {
+    /// A refreshed token (sealed on its way in), which replaces the old one.
+    pub token: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub state: CredentialsState,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 impl AccountRow {
+    /// Sets a new access token: valid, with its expiry if the caller knows it.
+    pub fn set_token(
+        &mut self,
+        token: String,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) {
+        self.instagram_access_token = Some(token);
+        self.token_set_at = Some(now);
+        self.token_expires_at = expires_at;
+        self.token_refresh_attempted_at = None;
+        self.credentials_state = CredentialsState::Valid;
+        self.credentials_error = None;
+    }
+
+    /// `credentials.state` as the API shows it.
+    pub fn credentials(&self) -> CredentialsState {
+        match &self.instagram_access_token {
+            Some(t) if !t.is_empty() => self.credentials_state,
+            _ => CredentialsState::Missing,
+        }
+    }
+
     /// The previous secret and its end, while its grace period lasts.
     pub fn previous_secret(&self, now: DateTime<Utc>) -> Option<(&str, DateTime<Utc>)> {
         match (&self.previous_webhook_secret, self.previous_secret_until) {
@@ -70,31 +116,59 @@ impl AccountRow {
     }
 }
 
-#[cfg(test)]
 impl AccountRow {
-    /// An active account for the store's own tests.
-    pub(crate) fn example(id: &str, instagram_account_id: &str) -> Self {
-        let now = Utc::now();
+    /// A new active account with every setting at its default: every
+    /// event, a 24 h auto-reply cooldown, no token, nothing paused.
+    pub fn new(
+        id: String,
+        name: String,
+        instagram_account_id: String,
+        crm_webhook_url: CrmWebhookUrl,
+        webhook_secret: String,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
-            id: id.into(),
-            name: "Shop".into(),
-            instagram_account_id: instagram_account_id.into(),
-            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
+            id,
+            name,
+            instagram_account_id,
+            crm_webhook_url,
             auto_reply_text: None,
             comment_auto_reply_text: None,
             status: AccountStatus::Active,
             instagram_access_token: None,
-            webhook_secret: "whsec_c2VjcmV0".into(),
+            webhook_secret,
             created_at: now,
             updated_at: now,
             events: EventSelection::Every,
-            auto_reply_cooldown_secs: 60,
+            auto_reply_cooldown_secs: 86_400,
             max_in_flight: None,
             deliveries_paused_at: None,
             deliveries_resumed_at: None,
             previous_webhook_secret: None,
             previous_secret_until: None,
+            token_set_at: None,
+            token_expires_at: None,
+            token_refresh_attempted_at: None,
+            credentials_state: CredentialsState::Valid,
+            credentials_error: None,
         }
+    }
+}
+
+#[cfg(test)]
+impl AccountRow {
+    /// An active account for the store's own tests.
+    pub(crate) fn example(id: &str, instagram_account_id: &str) -> Self {
+        let mut row = Self::new(
+            id.into(),
+            "Shop".into(),
+            instagram_account_id.into(),
+            CrmWebhookUrl::parse("https://crm.example/").unwrap(),
+            "whsec_c2VjcmV0".into(),
+            Utc::now(),
+        );
+        row.auto_reply_cooldown_secs = 60;
+        row
     }
 }
 
@@ -331,6 +405,25 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> Result<Vec<AccountRow>, StoreError>;
     /// Writes every field of an existing account; false when it is gone.
     async fn update_account(&self, account: &AccountRow) -> Result<bool, StoreError>;
+    /// Takes the account's token refresh for now: true for the one caller,
+    /// of every ingest, whose view (the token set at `token_set_at`, last
+    /// tried at `last_attempt`) is still current.
+    async fn claim_token_refresh(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        last_attempt: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Records what became of the token set at `token_set_at`; false (and
+    /// nothing changed) when another token was set since. `invalid` also
+    /// turns an active account to `credentials_invalid`.
+    async fn record_credentials(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        change: &CredentialsChange,
+    ) -> Result<bool, StoreError>;
     /// Removes the account and its messages; false when there was none.
     async fn delete_account(&self, id: &str) -> Result<bool, StoreError>;
     async fn account_by_instagram_id(

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use shared::secrets::{self, SecretBox, context};
 use shared::wire::fields;
 
-use super::{AccountRow, AccountStore, StoreError};
+use chrono::{DateTime, Utc};
+
+use super::{AccountRow, AccountStore, CredentialsChange, StoreError};
 
 /// Wraps the accounts part only: no other row holds a secret.
 pub struct SealedAccounts {
@@ -102,6 +104,37 @@ impl AccountStore for SealedAccounts {
 
     async fn update_account(&self, account: &AccountRow) -> Result<bool, StoreError> {
         self.inner.update_account(&self.seal(account)).await
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        last_attempt: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .claim_token_refresh(id, token_set_at, last_attempt, now)
+            .await
+    }
+
+    async fn record_credentials(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        change: &CredentialsChange,
+    ) -> Result<bool, StoreError> {
+        let mut sealed = change.clone();
+        sealed.token = change.token.as_deref().map(|t| {
+            secrets::seal(
+                self.key.as_ref(),
+                t,
+                &context(id, fields::INSTAGRAM_ACCESS_TOKEN),
+            )
+        });
+        self.inner
+            .record_credentials(id, token_set_at, &sealed)
+            .await
     }
 
     async fn get_account(&self, id: &str) -> Result<Option<AccountRow>, StoreError> {

@@ -155,7 +155,9 @@ pub(super) fn push_outcome_rows<DB: sqlx::Database>(
 /// auto_reply_cooldown_secs, `$13` max_in_flight, `$14`
 /// deliveries_paused_at, `$15` deliveries_resumed_at, `$16`
 /// previous_webhook_secret, `$17` previous_secret_until, `$18`
-/// comment_auto_reply_text.
+/// comment_auto_reply_text, `$19` token_set_at, `$20` token_expires_at,
+/// `$21` token_refresh_attempted_at, `$22` credentials_state, `$23`
+/// credentials_error.
 macro_rules! bind_account {
     ($query:expr, $a:expr) => {{
         let a: &$crate::store::AccountRow = $a;
@@ -178,6 +180,11 @@ macro_rules! bind_account {
             .bind(&a.previous_webhook_secret)
             .bind(a.previous_secret_until)
             .bind(&a.comment_auto_reply_text)
+            .bind(a.token_set_at)
+            .bind(a.token_expires_at)
+            .bind(a.token_refresh_attempted_at)
+            .bind(a.credentials_state.as_str())
+            .bind(&a.credentials_error)
     }};
 }
 
@@ -192,8 +199,11 @@ impl $crate::store::AccountStore for $store {
             "INSERT INTO accounts (id, name, instagram_account_id, crm_webhook_url, auto_reply_text,
                 status, instagram_access_token, webhook_secret, created_at, updated_at, events,
                 auto_reply_cooldown_secs, max_in_flight, deliveries_paused_at, deliveries_resumed_at,
-                previous_webhook_secret, previous_secret_until, comment_auto_reply_text)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                previous_webhook_secret, previous_secret_until, comment_auto_reply_text,
+                token_set_at, token_expires_at, token_refresh_attempted_at, credentials_state,
+                credentials_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                $19, $20, $21, $22, $23)",
         );
         bind_account!(insert, a)
         .execute(&self.pool)
@@ -236,12 +246,62 @@ impl $crate::store::AccountStore for $store {
                 instagram_access_token = $7, webhook_secret = $8, updated_at = $10, events = $11,
                 auto_reply_cooldown_secs = $12, max_in_flight = $13, deliveries_paused_at = $14,
                 deliveries_resumed_at = $15, previous_webhook_secret = $16, previous_secret_until = $17,
-                comment_auto_reply_text = $18
+                comment_auto_reply_text = $18, token_set_at = $19, token_expires_at = $20,
+                token_refresh_attempted_at = $21, credentials_state = $22, credentials_error = $23
              WHERE id = $1",
         );
         let done = bind_account!(update, a)
             .execute(&self.pool)
             .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        last_attempt: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET token_refresh_attempted_at = $4
+             WHERE id = $1 AND token_set_at IS NOT DISTINCT FROM $2
+               AND token_refresh_attempted_at IS NOT DISTINCT FROM $3",
+        )
+        .bind(id)
+        .bind(token_set_at)
+        .bind(last_attempt)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_credentials(
+        &self,
+        id: &str,
+        token_set_at: Option<DateTime<Utc>>,
+        c: &$crate::store::CredentialsChange,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET
+                instagram_access_token = COALESCE($3, instagram_access_token),
+                token_set_at = CASE WHEN $3 IS NULL THEN token_set_at ELSE $7 END,
+                token_expires_at = COALESCE($4, token_expires_at),
+                credentials_state = $5, credentials_error = $6, updated_at = $7,
+                status = CASE WHEN $5 = 'invalid' AND status = 'active'
+                    THEN 'credentials_invalid' ELSE status END
+             WHERE id = $1 AND token_set_at IS NOT DISTINCT FROM $2",
+        )
+        .bind(id)
+        .bind(token_set_at)
+        .bind(&c.token)
+        .bind(c.expires_at)
+        .bind(c.state.as_str())
+        .bind(&c.error)
+        .bind(c.at)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -263,6 +263,8 @@ async fn metas_errors_become_stable_codes(db: Db) {
         .api_get(&format!("/api/v1/accounts/{}", s.account))
         .await;
     assert_eq!(account["status"], "credentials_invalid");
+    assert_eq!(account["credentials"]["state"], "invalid");
+    assert_eq!(account["credentials"]["error"], "meta_190");
     assert!(!body.to_string().contains(TOKEN));
 
     // Messages still reach the CRM while the token is bad.
@@ -284,6 +286,8 @@ async fn metas_errors_become_stable_codes(db: Db) {
         .unwrap();
     let account: Value = resp.json().await.unwrap();
     assert_eq!(account["status"], "active");
+    assert_eq!(account["credentials"]["state"], "valid");
+    assert_eq!(account["credentials"]["error"], Value::Null);
     let (status, _, _) = s.send(reply).await;
     assert_eq!(status, 201);
     assert_eq!(
@@ -1232,6 +1236,187 @@ async fn an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised(db
     assert_eq!(data[0]["instagram_message_id"], "mid_sent_1");
 }
 
+fn instant(at: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap())
+        .unwrap()
+        .to_utc()
+}
+
+/// Seconds from now until an RFC 3339 time.
+fn secs_until(at: &Value) -> i64 {
+    (instant(at) - chrono::Utc::now()).num_seconds()
+}
+
+/// A setup whose ingest checks the access tokens every second.
+async fn setup_checking_tokens(db: Db) -> Setup {
+    setup_with(db, &[("INGEST_TOKEN_CHECK_INTERVAL", "1s")], json!({})).await
+}
+
+impl Setup {
+    /// Sets a new access token with its lifetime; returns the account.
+    async fn set_token(&self, token: &str, expires_in: i64) -> Value {
+        let resp = self
+            .sys
+            .http
+            .patch(self.sys.url(&format!("/api/v1/accounts/{}", self.account)))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({ "instagram_access_token": token, "instagram_access_token_expires_in": expires_in }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn account(&self) -> Value {
+        self.sys
+            .api_get(&format!("/api/v1/accounts/{}", self.account))
+            .await
+    }
+}
+
+async fn a_token_near_its_expiry_is_refreshed_and_the_new_one_is_used(db: Db) {
+    let s = setup_checking_tokens(db).await;
+    let account = s.account().await;
+    // Given without a lifetime: valid, expiry unknown until the first refresh
+    // (which Meta allows once the token is a day old).
+    assert_eq!(account["credentials"]["state"], "valid");
+    assert_eq!(account["credentials"]["expires_at"], Value::Null);
+    let mut alerts = s
+        .sys
+        .alerts(format!("router.alerts.credentials.{}", s.account))
+        .await;
+
+    // Five days left: inside the ten days before expiry, so it is refreshed.
+    let account = s.set_token("IGAA-long-lived", 5 * 86_400).await;
+    let left = secs_until(&account["credentials"]["expires_at"]);
+    assert!((5 * 86_400 - 60..=5 * 86_400).contains(&left), "{account}");
+    let alert = alerts.next().await;
+    assert_eq!(alert["event"], "token_refreshed", "{alert}");
+    assert_eq!(alert["account_id"], s.account.as_str());
+    assert_eq!(alert["state"], "valid");
+    let sixty_days = 5_184_000;
+    assert!((sixty_days - 60..=sixty_days).contains(&secs_until(&alert["expires_at"])));
+    assert_eq!(s.graph.refreshes(), ["IGAA-long-lived"]);
+
+    let account = s.account().await;
+    let credentials = &account["credentials"];
+    assert_eq!(credentials["state"], "valid");
+    assert_eq!(
+        instant(&credentials["expires_at"]),
+        instant(&alert["expires_at"])
+    );
+    assert!(credentials["last_refresh_attempt_at"].is_string());
+    assert_eq!(credentials["error"], Value::Null);
+    assert!(!account.to_string().contains("IGAA"), "no token in a read");
+
+    // Replies go out with the refreshed token.
+    let (status, _, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "hello" }))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        s.graph.sends().last().unwrap().authorization,
+        "Bearer IGAA-refreshed-1"
+    );
+    // Sixty days away again: not refreshed a second time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.graph.refreshes().len(), 1);
+    assert!(alerts.pending().is_empty());
+    let metrics = s.sys.ingest_metrics().await;
+    assert!(
+        metrics.contains("router_ingest_token_refreshes_total{result=\"refreshed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("router_ingest_accounts_credentials{state=\"valid\"} 1"));
+}
+
+async fn a_token_that_cannot_be_refreshed_turns_expiring_then_invalid(db: Db) {
+    let s = setup_checking_tokens(db).await;
+    let mut alerts = s
+        .sys
+        .alerts(format!("router.alerts.credentials.{}", s.account))
+        .await;
+    s.graph.answer_next_refresh(SendAnswer::Error {
+        status: 500,
+        code: 2,
+        subcode: None,
+        message: "Service temporarily unavailable",
+    });
+    s.set_token("IGAA-short", 4).await;
+    let alert = alerts.next().await;
+    assert_eq!(
+        (&alert["event"], &alert["state"], &alert["error"]),
+        (
+            &json!("token_expiring"),
+            &json!("expiring"),
+            &json!("meta_2")
+        ),
+        "{alert}"
+    );
+    let account = s.account().await;
+    assert_eq!(account["credentials"]["state"], "expiring");
+    assert_eq!(account["credentials"]["error"], "meta_2");
+    assert_eq!(account["status"], "active", "the token still works");
+    let metrics = s.sys.ingest_metrics().await;
+    assert!(
+        metrics.contains("router_ingest_token_refreshes_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+
+    // Once it has expired: invalid, and never refreshed again meanwhile
+    // (a refresh is tried at most once a day).
+    let alert = alerts.next().await;
+    assert_eq!(
+        (&alert["event"], &alert["state"], &alert["error"]),
+        (
+            &json!("token_invalid"),
+            &json!("invalid"),
+            &json!("expired")
+        ),
+        "{alert}"
+    );
+    assert_eq!(s.graph.refreshes(), ["IGAA-short"]);
+    let account = s.account().await;
+    assert_eq!(account["credentials"]["state"], "invalid");
+    assert_eq!(account["status"], "credentials_invalid");
+    router_tests::eventually(Duration::from_secs(10), "the invalid gauge", || async {
+        s.sys
+            .ingest_metrics()
+            .await
+            .contains("router_ingest_accounts_credentials{state=\"invalid\"} 1")
+            .then_some(())
+    })
+    .await;
+
+    // Meta refusing the refresh itself (code 190): invalid at once.
+    s.graph.answer_next_refresh(SendAnswer::Error {
+        status: 400,
+        code: 190,
+        subcode: Some(460),
+        message: "Error validating access token",
+    });
+    let account = s.set_token("IGAA-revoked", 3600).await;
+    assert_eq!(account["credentials"]["state"], "valid");
+    assert_eq!(account["status"], "active");
+    let alert = alerts.next().await;
+    assert_eq!(
+        (&alert["event"], &alert["error"]),
+        (&json!("token_invalid"), &json!("meta_190")),
+        "{alert}"
+    );
+    let account = s.account().await;
+    assert_eq!(account["credentials"]["state"], "invalid");
+    assert_eq!(account["status"], "credentials_invalid");
+    assert_eq!(s.graph.refreshes(), ["IGAA-short", "IGAA-revoked"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.graph.refreshes().len(),
+        2,
+        "an invalid token is not retried"
+    );
+}
+
 router_tests::on_both_stores!(
     a_reply_goes_through_the_send_api_with_the_accounts_token,
     metas_errors_become_stable_codes,
@@ -1257,6 +1442,8 @@ router_tests::on_both_stores!(
     usernames_are_looked_up_once_and_failures_leave_null,
     the_history_lists_a_conversation_in_order_by_pages,
     an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised,
+    a_token_near_its_expiry_is_refreshed_and_the_new_one_is_used,
+    a_token_that_cannot_be_refreshed_turns_expiring_then_invalid,
 );
 
 /// Keys are kept in the database: a repeat that lands on another ingest

@@ -8,10 +8,7 @@
 use chrono::Utc;
 use ingest::store::{AccountRow, NewMessage, SaveOutcome, Stores};
 use router_tests::{Db, TestDatabase};
-use shared::model::{
-    AccountStatus, CrmWebhookUrl, DeliveryStatus, Direction, EventKind, EventSelection,
-    MessageEvent,
-};
+use shared::model::{CrmWebhookUrl, DeliveryStatus, Direction, EventKind, MessageEvent};
 use shared::subjects::Outcome;
 use shared::wire::{DeliveryOutcome, InboundMessageWebhook};
 
@@ -27,26 +24,14 @@ async fn open(db: Db) -> (TestDatabase, Stores) {
     let now = Utc::now();
     stores
         .accounts
-        .insert_account(&AccountRow {
-            id: "acc_1".into(),
-            name: "Shop".into(),
-            instagram_account_id: "1784".into(),
-            crm_webhook_url: CrmWebhookUrl::parse("https://crm.example/").unwrap(),
-            auto_reply_text: None,
-            comment_auto_reply_text: None,
-            status: AccountStatus::Active,
-            instagram_access_token: None,
-            webhook_secret: "whsec_c2VjcmV0".into(),
-            created_at: now,
-            updated_at: now,
-            events: EventSelection::Every,
-            auto_reply_cooldown_secs: 60,
-            max_in_flight: None,
-            deliveries_paused_at: None,
-            deliveries_resumed_at: None,
-            previous_webhook_secret: None,
-            previous_secret_until: None,
-        })
+        .insert_account(&AccountRow::new(
+            "acc_1".into(),
+            "Shop".into(),
+            "1784".into(),
+            CrmWebhookUrl::parse("https://crm.example/").unwrap(),
+            "whsec_c2VjcmV0".into(),
+            now,
+        ))
         .await
         .unwrap();
     (database, stores)

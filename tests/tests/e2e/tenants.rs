@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use router_tests::meta::{entry, payload, text_event};
-use router_tests::{CrmReceiver, Db, System, assert_conversations_in_order, eventually};
+use router_tests::{Alerts, CrmReceiver, Db, System, assert_conversations_in_order, eventually};
 use serde_json::{Value, json};
 
 const A: &str = "17841400000000061";
@@ -201,28 +201,9 @@ async fn account_health(sys: &System, account: &str) -> Value {
         .unwrap()
 }
 
-/// Every alert published for the account, as JSON, from now on.
-async fn alerts(sys: &System, account: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
-    let client = async_nats::connect(sys.nats.url()).await.unwrap();
-    let mut sub = client
-        .subscribe(format!("router.alerts.crm.{account}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _client = client;
-        while let Some(m) = sub.next().await {
-            let _ = tx.send(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
-        }
-    });
-    rx
-}
-
-async fn next_alert(alerts: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(WAIT, alerts.recv())
-        .await
-        .expect("an alert in time")
-        .unwrap()
+/// Every alert published for the account's CRM, from now on.
+async fn alerts(sys: &System, account: &str) -> Alerts {
+    sys.alerts(format!("router.alerts.crm.{account}")).await
 }
 
 async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds(db: Db) {
@@ -241,7 +222,7 @@ async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds(db: 
     crm.answer_all_with(Some(503));
     sys.send_conversations(A, 10, 10, "probe").await;
 
-    let paused = next_alert(&mut alerts).await;
+    let paused = alerts.next().await;
     assert_eq!(paused["event"], "deliveries_paused", "{paused}");
     assert_eq!(paused["account_id"], account.as_str());
     assert_eq!(paused["cause"], "circuit_breaker");
@@ -274,7 +255,7 @@ async fn a_crm_that_keeps_failing_pauses_its_account_until_a_probe_succeeds(db: 
     assert_eq!(counts.get("delivered"), None, "{counts:?}");
 
     crm.answer_all_with(None);
-    let resumed = next_alert(&mut alerts).await;
+    let resumed = alerts.next().await;
     assert_eq!(resumed["event"], "deliveries_resumed", "{resumed}");
     assert_eq!(resumed["cause"], "probe_succeeded");
     assert!(resumed["paused_since"].is_string());
@@ -303,7 +284,7 @@ async fn an_operator_pauses_and_resumes_an_accounts_deliveries(db: Db) {
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["delivery_health"]["state"], "paused");
     assert_eq!(paused["delivery_health"]["paused_by"], "operator");
-    let alert = next_alert(&mut alerts).await;
+    let alert = alerts.next().await;
     assert_eq!(
         (alert["event"].as_str(), alert["cause"].as_str()),
         (Some("deliveries_paused"), Some("operator"))
@@ -320,7 +301,7 @@ async fn an_operator_pauses_and_resumes_an_accounts_deliveries(db: Db) {
     .await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["delivery_health"]["state"], "healthy");
-    let alert = next_alert(&mut alerts).await;
+    let alert = alerts.next().await;
     assert_eq!(
         (alert["event"].as_str(), alert["cause"].as_str()),
         (Some("deliveries_resumed"), Some("operator"))

@@ -13,7 +13,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use shared::ids::AccountId;
-use shared::model::{AccountStatus, CrmWebhookUrl, EventKind, EventSelection};
+use shared::model::{AccountStatus, CredentialsState, CrmWebhookUrl, EventKind, EventSelection};
 use shared::signing::WebhookSecret;
 
 use self::deliveries::{DeliveryHealthView, account_view, new_account_view};
@@ -55,6 +55,8 @@ pub struct Account {
     pub max_in_flight: Option<i64>,
     /// How deliveries to the CRM are doing.
     pub delivery_health: DeliveryHealthView,
+    /// Where the Instagram access token stands (never the token itself).
+    pub credentials: CredentialsView,
     /// While a secret rotation's grace period lasts: when the previous
     /// webhook secret stops signing deliveries (until then
     /// `webhook-signature` carries both signatures and `X-Hub-Signature-256`
@@ -79,9 +81,49 @@ impl Account {
             status: r.status,
             max_in_flight: r.max_in_flight,
             delivery_health,
+            credentials: CredentialsView::new(r),
             previous_secret_valid_until: r.previous_secret(Utc::now()).map(|(_, until)| until),
             created_at: r.created_at,
             updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The account's Instagram access token: its state and lifetime.
+#[derive(Debug, Object)]
+pub struct CredentialsView {
+    /// `valid`; `expiring` (a refresh failed: the token still works until
+    /// `expires_at`, the refresh is tried again daily); `invalid` (Meta
+    /// refused it, or it expired: set a new `instagram_access_token`);
+    /// `missing` (no token: the account receives but cannot reply).
+    pub state: CredentialsState,
+    /// When the token expires; `null` until known (given with the token as
+    /// `instagram_access_token_expires_in`, or learnt from the first refresh).
+    #[oai(nullable)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the token was set or last refreshed.
+    #[oai(nullable)]
+    pub token_updated_at: Option<DateTime<Utc>>,
+    /// When a refresh was last tried (at most once a day).
+    #[oai(nullable)]
+    pub last_refresh_attempt_at: Option<DateTime<Utc>>,
+    /// Why the state is not `valid`: `meta_190` (Meta refused the token),
+    /// `expired`, `meta_<code>` (Meta refused the refresh), `timeout`,
+    /// `unreachable`.
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+impl CredentialsView {
+    fn new(r: &AccountRow) -> Self {
+        let state = r.credentials();
+        let has_token = state != CredentialsState::Missing;
+        Self {
+            state,
+            expires_at: r.token_expires_at.filter(|_| has_token),
+            token_updated_at: r.token_set_at.filter(|_| has_token),
+            last_refresh_attempt_at: r.token_refresh_attempted_at.filter(|_| has_token),
+            error: r.credentials_error.clone().filter(|_| has_token),
         }
     }
 }
@@ -134,6 +176,11 @@ pub struct CreateAccount {
     /// Token for Meta's Send API (write-only): printable ASCII, no spaces.
     #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
     pub instagram_access_token: Option<String>,
+    /// Seconds until the token expires, as Meta's token answer gives it
+    /// (`expires_in`); with `instagram_access_token` only. When omitted, the
+    /// first refresh (once the token is 24 h old) tells.
+    #[oai(validator(minimum(value = "1"), maximum(value = "7776000")))]
+    pub instagram_access_token_expires_in: Option<i64>,
     /// `whsec_<base64>`; generated when omitted (write-only).
     pub webhook_secret: Option<String>,
     /// Defaults to `active`.
@@ -163,8 +210,13 @@ pub struct UpdateAccount {
     pub comment_auto_reply_text: MaybeUndefined<String>,
     pub status: Option<AccountStatus>,
     /// Replaces the Send API token (write-only): printable ASCII, no spaces.
+    /// The credentials become `valid` again.
     #[oai(validator(max_length = 1024, pattern = r"^[!-~]*$"))]
     pub instagram_access_token: Option<String>,
+    /// Seconds until the new token expires (Meta's `expires_in`); with
+    /// `instagram_access_token` only.
+    #[oai(validator(minimum(value = "1"), maximum(value = "7776000")))]
+    pub instagram_access_token_expires_in: Option<i64>,
     /// Rotates the webhook secret (write-only).
     pub webhook_secret: Option<String>,
     #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
@@ -235,6 +287,23 @@ async fn check_crm_reachable(state: &Core, url: &CrmWebhookUrl) -> Result<(), Ap
         ));
     }
     Ok(())
+}
+
+/// When a token given with `expires_in` expires; 400 for an
+/// `instagram_access_token_expires_in` without a token.
+fn token_expiry(
+    token: Option<&String>,
+    expires_in: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    match (token, expires_in) {
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "invalid_request",
+            "instagram_access_token_expires_in is given with instagram_access_token only",
+        )),
+        (_, secs) => Ok(secs
+            .map(|s| chrono::SubsecRound::trunc_subsecs(now + chrono::TimeDelta::seconds(s), 0))),
+    }
 }
 
 /// A text Instagram will take, for the field `field`.
@@ -321,35 +390,37 @@ impl AccountsApi {
             None => WebhookSecret::generate(),
         };
         let now = Utc::now();
-        let row = AccountRow {
-            id: AccountId::generate().to_string(),
-            name: body.name,
-            instagram_account_id: body.instagram_account_id,
+        let expires_at = token_expiry(
+            body.instagram_access_token.as_ref(),
+            body.instagram_access_token_expires_in,
+            now,
+        )?;
+        let mut row = AccountRow::new(
+            AccountId::generate().to_string(),
+            body.name,
+            body.instagram_account_id,
             crm_webhook_url,
-            auto_reply_text: body
-                .auto_reply_text
-                .map(|t| checked_text("auto_reply_text", t))
-                .transpose()?,
-            comment_auto_reply_text: body
-                .comment_auto_reply_text
-                .map(|t| checked_text("comment_auto_reply_text", t))
-                .transpose()?,
-            status: body.status.unwrap_or(AccountStatus::Active),
-            instagram_access_token: body.instagram_access_token,
-            webhook_secret: secret.expose().to_owned(),
-            created_at: now,
-            updated_at: now,
-            events: selection(body.events),
-            auto_reply_cooldown_secs: body.auto_reply_cooldown_secs.unwrap_or(86_400),
-            max_in_flight: body
-                .max_in_flight
-                .map(|n| parse_max_in_flight(state, n))
-                .transpose()?,
-            deliveries_paused_at: None,
-            deliveries_resumed_at: None,
-            previous_webhook_secret: None,
-            previous_secret_until: None,
-        };
+            secret.expose().to_owned(),
+            now,
+        );
+        row.auto_reply_text = body
+            .auto_reply_text
+            .map(|t| checked_text("auto_reply_text", t))
+            .transpose()?;
+        row.comment_auto_reply_text = body
+            .comment_auto_reply_text
+            .map(|t| checked_text("comment_auto_reply_text", t))
+            .transpose()?;
+        row.status = body.status.unwrap_or(AccountStatus::Active);
+        row.events = selection(body.events);
+        row.auto_reply_cooldown_secs = body.auto_reply_cooldown_secs.unwrap_or(86_400);
+        row.max_in_flight = body
+            .max_in_flight
+            .map(|n| parse_max_in_flight(state, n))
+            .transpose()?;
+        if let Some(token) = body.instagram_access_token {
+            row.set_token(token, expires_at, now);
+        }
         state.store.accounts.insert_account(&row).await?;
         state.routing.account_changed(&row.id).await;
         tracing::info!(account_id = %row.id, "account created");
@@ -443,6 +514,12 @@ impl AccountsApi {
     ) -> Result<Json<Account>, ApiError> {
         let body = body.0;
         let mut row = find_account(state, &auth, &account_id.0).await?;
+        let now = Utc::now();
+        let expires_at = token_expiry(
+            body.instagram_access_token.as_ref(),
+            body.instagram_access_token_expires_in,
+            now,
+        )?;
         if let Some(name) = body.name {
             row.name = name;
         }
@@ -468,7 +545,7 @@ impl AccountsApi {
             row.status = status;
         }
         if let Some(token) = body.instagram_access_token {
-            row.instagram_access_token = Some(token);
+            row.set_token(token, expires_at, now);
             // A new token is the fix for rejected credentials.
             if row.status == AccountStatus::CredentialsInvalid && body.status.is_none() {
                 row.status = AccountStatus::Active;
@@ -493,7 +570,7 @@ impl AccountsApi {
             MaybeUndefined::Null => row.max_in_flight = None,
             MaybeUndefined::Undefined => {}
         }
-        save_change(state, &mut row, Utc::now()).await?;
+        save_change(state, &mut row, now).await?;
         tracing::info!(account_id = %row.id, "account updated");
         Ok(Json(account_view(state, &row).await))
     }
