@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 /// A request Meta received.
 #[derive(Clone, Debug)]
 pub struct GraphRequest {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: String,
     pub path: String,
     pub authorization: String,
     pub body: Value,
@@ -83,12 +85,40 @@ async fn send(
     Data(state): Data<&Arc<State>>,
 ) -> Response {
     let recipient = body["recipient"]["id"].clone();
+    // A sender action is answered with the recipient only.
+    let action = body.get("sender_action").is_some();
     answer_send(
         state,
-        format!("/{account}/messages"),
+        ("POST", format!("/{account}/messages")),
         headers,
         body,
-        |n| json!({ "recipient_id": recipient, "message_id": format!("mid_sent_{n}") }),
+        |n| {
+            if action {
+                json!({ "recipient_id": recipient })
+            } else {
+                json!({ "recipient_id": recipient, "message_id": format!("mid_sent_{n}") })
+            }
+        },
+    )
+    .await
+}
+
+/// `POST` and `DELETE /{account}/messenger_profile`: ice breakers and the
+/// persistent menu.
+#[handler]
+async fn messenger_profile(
+    method: poem::http::Method,
+    Path(account): Path<String>,
+    headers: &HeaderMap,
+    Json(body): Json<Value>,
+    Data(state): Data<&Arc<State>>,
+) -> Response {
+    answer_send(
+        state,
+        (method.as_str(), format!("/{account}/messenger_profile")),
+        headers,
+        body,
+        |_| json!({ "result": "success" }),
     )
     .await
 }
@@ -103,7 +133,7 @@ async fn reply(
 ) -> Response {
     answer_send(
         state,
-        format!("/{comment}/replies"),
+        ("POST", format!("/{comment}/replies")),
         headers,
         body,
         |n| json!({ "id": format!("1790000000000{n:04}") }),
@@ -114,7 +144,7 @@ async fn reply(
 /// Records a call that sends something and answers it as told, or with `ok`.
 async fn answer_send(
     state: &Arc<State>,
-    path: String,
+    (method, path): (&str, String),
     headers: &HeaderMap,
     body: Value,
     ok: impl FnOnce(usize) -> Value,
@@ -122,6 +152,7 @@ async fn answer_send(
     let n = {
         let mut sends = state.sends.lock().unwrap();
         sends.push(GraphRequest {
+            method: method.to_owned(),
             path,
             authorization: authorization(headers),
             body,
@@ -188,6 +219,7 @@ async fn profile(
     Data(state): Data<&Arc<State>>,
 ) -> Response {
     state.lookups.lock().unwrap().push(GraphRequest {
+        method: "GET".into(),
         path: format!("/{user}"),
         authorization: authorization(headers),
         body: Value::Null,
@@ -223,6 +255,10 @@ impl FakeGraph {
         let graph = Route::new()
             .at("/:account/messages", post(send))
             .at("/:comment/replies", post(reply))
+            .at(
+                "/:account/messenger_profile",
+                post(messenger_profile).delete(messenger_profile),
+            )
             .at("/refresh_access_token", get(refresh_token))
             .at("/:user", get(profile));
         let app = Route::new().nest("/v23.0", graph).data(state.clone());

@@ -8,8 +8,7 @@ use shared::ids::MessageId;
 use shared::model::{Direction, MessageEvent};
 
 use super::Core;
-use super::send::{OutgoingMessage, SendError, Sent, send_and_record};
-use crate::meta::graph::GraphError;
+use super::send::{OutgoingMessage, SendError, Sent, graph_failed, send_and_record};
 use crate::store::{AccountRow, NewMessage};
 
 /// How long after a comment Meta takes its private reply.
@@ -101,12 +100,7 @@ pub async fn public_reply(
         .ok_or(ReplyError::CommentNotFound)?;
     let reply_id = match core.graph.reply_to_comment(comment_id, token, text).await {
         Ok(id) => id,
-        Err(e) => {
-            if matches!(e, GraphError::Meta { code: 190, .. }) {
-                super::credentials::invalid(core, account, "meta_190").await;
-            }
-            return Err(ReplyError::Send(SendError::Graph(e)));
-        }
+        Err(e) => return Err(ReplyError::Send(graph_failed(core, account, e).await)),
     };
     let id = MessageId::generate().to_string();
     let now = Utc::now();

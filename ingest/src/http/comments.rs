@@ -168,12 +168,12 @@ impl CommentsApi {
 }
 
 impl idempotency::Kept for PrivateReplyResponse {
-    fn kept(&self) -> Option<serde_json::Value> {
+    fn kept(&self) -> Option<(u16, serde_json::Value)> {
         let Self::Sent(Json(sent)) = self;
-        sent.to_json()
+        Some((201, sent.to_json()?))
     }
 
-    fn from_kept(json: serde_json::Value) -> Option<Self> {
+    fn from_kept(_: u16, json: serde_json::Value) -> Option<Self> {
         SentMessage::parse_from_json(Some(json))
             .ok()
             .map(|sent| Self::Sent(Json(sent)))
@@ -181,12 +181,12 @@ impl idempotency::Kept for PrivateReplyResponse {
 }
 
 impl idempotency::Kept for PublicReplyResponse {
-    fn kept(&self) -> Option<serde_json::Value> {
+    fn kept(&self) -> Option<(u16, serde_json::Value)> {
         let Self::Posted(Json(reply)) = self;
-        reply.to_json()
+        Some((201, reply.to_json()?))
     }
 
-    fn from_kept(json: serde_json::Value) -> Option<Self> {
+    fn from_kept(_: u16, json: serde_json::Value) -> Option<Self> {
         PublicReplyView::parse_from_json(Some(json))
             .ok()
             .map(|reply| Self::Posted(Json(reply)))

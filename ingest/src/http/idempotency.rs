@@ -16,10 +16,11 @@ use crate::store::{AccountRow, KeyClaim};
 /// How long a repeat of a key gets the first answer.
 const WINDOW: TimeDelta = TimeDelta::hours(24);
 
-/// A success answer that can be kept (its body, as JSON) and given again.
+/// A success answer that can be kept (its status and body, as JSON) and
+/// given again.
 pub trait Kept: Sized {
-    fn kept(&self) -> Option<Value>;
-    fn from_kept(json: Value) -> Option<Self>;
+    fn kept(&self) -> Option<(u16, Value)>;
+    fn from_kept(status: u16, json: Value) -> Option<Self>;
 }
 
 /// What makes two requests the same: the operation, its path parameters
@@ -94,7 +95,7 @@ pub async fn once<R: Kept>(
 /// which Meta did nothing and a repeat should really try again.
 fn kept_answer<R: Kept>(answer: &Result<R, ApiError>) -> Option<(i64, Vec<u8>)> {
     let (status, json) = match answer {
-        Ok(done) => (201, done.kept()?),
+        Ok(done) => done.kept()?,
         Err(e) => match e.parts() {
             (429, _) => return None,
             (status, body) => (status, serde_json::to_value(body).ok()?),
@@ -106,8 +107,9 @@ fn kept_answer<R: Kept>(answer: &Result<R, ApiError>) -> Option<(i64, Vec<u8>)> 
 /// A kept answer, given again.
 fn replayed<R: Kept>(status: i64, response: &[u8]) -> Result<R, ApiError> {
     let json: Value = serde_json::from_slice(response).map_err(ApiError::internal)?;
-    if status == 201 {
-        return R::from_kept(json).ok_or_else(|| ApiError::internal("a kept answer is unreadable"));
+    if (200..300).contains(&status) {
+        return R::from_kept(status as u16, json)
+            .ok_or_else(|| ApiError::internal("a kept answer is unreadable"));
     }
     let body: ErrorBody = serde_json::from_value(json).map_err(ApiError::internal)?;
     Err(ApiError::from_parts(

@@ -12,6 +12,7 @@ use super::comments::CommentsApi;
 use super::dead_letters::DeadLettersApi;
 use super::health::HealthApi;
 use super::messages::MessagesApi;
+use super::profile::ProfileApi;
 use super::refused_events::RefusedEventsApi;
 use super::tokens::TokensApi;
 use super::webhooks::MetaWebhooksApi;
@@ -289,6 +290,7 @@ pub type ApiService = OpenApiService<
         TokensApi,
         MessagesApi,
         CommentsApi,
+        ProfileApi,
         DeadLettersApi,
         RefusedEventsApi,
         HealthApi,
@@ -305,6 +307,7 @@ pub fn service() -> ApiService {
             TokensApi,
             MessagesApi,
             CommentsApi,
+            ProfileApi,
             DeadLettersApi,
             RefusedEventsApi,
             HealthApi,

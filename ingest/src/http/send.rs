@@ -11,8 +11,11 @@ use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
 use super::idempotency;
+use super::rich::{self, OutgoingQuickReply, SenderAction, Template};
 use crate::domain::Core;
-use crate::domain::send::{OutgoingMessage, SendError, Sent, send_and_record};
+use crate::domain::send::{
+    Content, OutgoingMessage, SendError, Sent, send_action, send_and_record,
+};
 use crate::meta::graph::GraphError;
 use crate::store::AccountRow;
 
@@ -72,7 +75,8 @@ pub enum MessageTag {
     HumanAgent,
 }
 
-/// A reply: `text` or `attachment`, not both.
+/// A reply: exactly one of `text` (with `quick_replies`, optionally),
+/// `attachment`, `template` and `sender_action`.
 #[derive(Debug, Object)]
 pub struct SendMessage {
     /// The customer's Instagram-scoped id (`sender_id` of what they sent).
@@ -80,9 +84,24 @@ pub struct SendMessage {
     pub recipient_id: String,
     /// Up to 1000 UTF-8 bytes.
     pub text: Option<String>,
+    /// Up to 13 buttons under `text` (which they need).
+    #[oai(validator(min_items = 1, max_items = 13))]
+    pub quick_replies: Option<Vec<OutgoingQuickReply>>,
     pub attachment: Option<OutgoingAttachment>,
+    /// A generic (cards) or button template.
+    pub template: Option<Template>,
+    /// `typing_on`, `typing_off` or `mark_seen`: shown to the customer,
+    /// answered 200, not recorded.
+    pub sender_action: Option<SenderAction>,
     /// `HUMAN_AGENT` to answer outside the 24 h window (up to 7 days).
     pub tag: Option<MessageTag>,
+}
+
+/// A sender action Meta took.
+#[derive(Debug, Object)]
+pub struct SentAction {
+    pub recipient_id: String,
+    pub sender_action: SenderAction,
 }
 
 #[derive(Debug, Object)]
@@ -113,6 +132,9 @@ pub enum SendResponse {
     /// Sent by Meta and recorded.
     #[oai(status = 201)]
     Sent(Json<SentMessage>),
+    /// The sender action was shown (nothing is recorded).
+    #[oai(status = 200)]
+    Action(Json<SentAction>),
 }
 
 pub(crate) fn api_error(e: SendError) -> ApiError {
@@ -178,22 +200,56 @@ pub async fn send_reply(
 }
 
 impl idempotency::Kept for SendResponse {
-    fn kept(&self) -> Option<serde_json::Value> {
-        let Self::Sent(Json(sent)) = self;
-        sent.to_json()
+    fn kept(&self) -> Option<(u16, serde_json::Value)> {
+        match self {
+            Self::Sent(Json(sent)) => Some((201, sent.to_json()?)),
+            Self::Action(Json(action)) => Some((200, action.to_json()?)),
+        }
     }
 
-    fn from_kept(json: serde_json::Value) -> Option<Self> {
-        SentMessage::parse_from_json(Some(json))
-            .ok()
-            .map(|sent| Self::Sent(Json(sent)))
+    fn from_kept(status: u16, json: serde_json::Value) -> Option<Self> {
+        match status {
+            201 => SentMessage::parse_from_json(Some(json))
+                .ok()
+                .map(|sent| Self::Sent(Json(sent))),
+            _ => SentAction::parse_from_json(Some(json))
+                .ok()
+                .map(|action| Self::Action(Json(action))),
+        }
     }
 }
 
+/// What the request asks for: a message, or a sender action.
+enum Outgoing {
+    Message(OutgoingMessage),
+    Action {
+        recipient_id: String,
+        action: SenderAction,
+    },
+}
+
+fn exactly_one() -> ApiError {
+    ApiError::bad_request(
+        "text_or_attachment_required",
+        "send exactly one of text, attachment, template and sender_action",
+    )
+}
+
 /// The reply as Meta's Send API takes it; 400 for what Instagram would refuse.
-fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
-    let out = match (body.text, body.attachment) {
-        (Some(text), None) => {
+fn outgoing(body: SendMessage) -> Result<Outgoing, ApiError> {
+    if body.quick_replies.is_some() && body.text.is_none() {
+        return Err(ApiError::bad_request(
+            "quick_replies_need_text",
+            "quick_replies go under a text: send text with them",
+        ));
+    }
+    let content = match (
+        body.text,
+        body.attachment,
+        body.template,
+        body.sender_action,
+    ) {
+        (Some(text), None, None, None) => {
             if text.is_empty() {
                 return Err(ApiError::bad_request(
                     "text_empty",
@@ -201,15 +257,12 @@ fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
                 ));
             }
             within_text_limit("text", &text)?;
-            OutgoingMessage {
-                recipient_id: body.recipient_id,
-                text: Some(text),
-                attachment: None,
-                human_agent: false,
-                comment_id: None,
+            Content::Text {
+                text,
+                quick_replies: body.quick_replies.map(rich::quick_replies),
             }
         }
-        (None, Some(a)) => {
+        (None, Some(a), None, None) => {
             let url = url::Url::parse(&a.url)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "https" | "http"))
@@ -219,25 +272,39 @@ fn outgoing(body: SendMessage) -> Result<OutgoingMessage, ApiError> {
                         "attachment.url must be an http(s) URL",
                     )
                 })?;
-            OutgoingMessage {
-                recipient_id: body.recipient_id,
-                text: None,
-                attachment: Some((a.kind.as_str(), url.to_string())),
-                human_agent: false,
-                comment_id: None,
+            Content::Media {
+                kind: a.kind.as_str(),
+                url: url.to_string(),
             }
         }
-        _ => {
-            return Err(ApiError::bad_request(
-                "text_or_attachment_required",
-                "send exactly one of text and attachment",
-            ));
+        (None, None, Some(template), None) => {
+            let (kind, payload, text) = rich::template(template)?;
+            Content::Template {
+                kind,
+                payload,
+                text,
+            }
         }
+        (None, None, None, Some(action)) => {
+            if body.tag.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "a sender_action takes no tag",
+                ));
+            }
+            return Ok(Outgoing::Action {
+                recipient_id: body.recipient_id,
+                action,
+            });
+        }
+        _ => return Err(exactly_one()),
     };
-    Ok(OutgoingMessage {
+    Ok(Outgoing::Message(OutgoingMessage {
+        recipient_id: body.recipient_id,
+        content,
         human_agent: body.tag == Some(MessageTag::HumanAgent),
-        ..out
-    })
+        comment_id: None,
+    }))
 }
 
 /// The account's Instagram access token; 422 `instagram_token_missing`
@@ -259,12 +326,28 @@ pub(crate) fn access_token(account: &AccountRow) -> Result<String, ApiError> {
 async fn send_now(
     state: &Core,
     account: &AccountRow,
-    out: &OutgoingMessage,
+    out: &Outgoing,
 ) -> Result<SendResponse, ApiError> {
     let token = access_token(account)?;
-    let sent = send_and_record(state, account, &token, out)
-        .await
-        .map_err(api_error)?;
-    tracing::info!(account_id = %account.id, message_id = %sent.id, "reply sent");
-    Ok(SendResponse::Sent(Json(sent.into())))
+    match out {
+        Outgoing::Message(out) => {
+            let sent = send_and_record(state, account, &token, out)
+                .await
+                .map_err(api_error)?;
+            tracing::info!(account_id = %account.id, message_id = %sent.id, "reply sent");
+            Ok(SendResponse::Sent(Json(sent.into())))
+        }
+        Outgoing::Action {
+            recipient_id,
+            action,
+        } => {
+            send_action(state, account, &token, recipient_id, action.as_str())
+                .await
+                .map_err(api_error)?;
+            Ok(SendResponse::Action(Json(SentAction {
+                recipient_id: recipient_id.clone(),
+                sender_action: *action,
+            })))
+        }
+    }
 }

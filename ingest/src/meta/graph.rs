@@ -152,6 +152,57 @@ impl GraphClient {
             .map_err(|_| GraphError::Transport("send answer without message_id".into()))
     }
 
+    /// `method {base}/{path}` with the account's token and a JSON body, for
+    /// calls whose answer says nothing but success.
+    async fn done(
+        &self,
+        method: reqwest::Method,
+        path: String,
+        token: &str,
+        body: &Value,
+    ) -> Result<(), GraphError> {
+        let url = format!("{}/{path}", self.base);
+        let req = self.http.request(method, url).bearer_auth(token).json(body);
+        self.call(req).await.map(drop)
+    }
+
+    /// `POST {base}/{instagram_account_id}/messages` with a `sender_action`:
+    /// Meta answers with the recipient only.
+    pub async fn send_action(
+        &self,
+        instagram_account_id: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<(), GraphError> {
+        let path = format!("{instagram_account_id}/messages");
+        self.done(reqwest::Method::POST, path, token, body).await
+    }
+
+    /// `POST {base}/{instagram_account_id}/messenger_profile`: sets the
+    /// account's ice breakers or persistent menu (`body` names which).
+    pub async fn set_messenger_profile(
+        &self,
+        instagram_account_id: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<(), GraphError> {
+        let path = format!("{instagram_account_id}/messenger_profile");
+        self.done(reqwest::Method::POST, path, token, body).await
+    }
+
+    /// `DELETE {base}/{instagram_account_id}/messenger_profile`: removes the
+    /// named field (`ice_breakers`, `persistent_menu`).
+    pub async fn delete_messenger_profile(
+        &self,
+        instagram_account_id: &str,
+        token: &str,
+        field: &str,
+    ) -> Result<(), GraphError> {
+        let path = format!("{instagram_account_id}/messenger_profile");
+        let body = serde_json::json!({ "platform": "instagram", "fields": [field] });
+        self.done(reqwest::Method::DELETE, path, token, &body).await
+    }
+
     /// `POST {base}/{comment_id}/replies`: a public reply; returns its id.
     pub async fn reply_to_comment(
         &self,

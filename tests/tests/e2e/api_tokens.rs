@@ -181,6 +181,8 @@ fn body_for(operation: &str, b: &str) -> Option<Value> {
         "create_account_token" => Some(json!({"name": "mine now"})),
         "rotate_webhook_secret" => Some(json!({})),
         "private_reply_to_comment" | "reply_to_comment" => Some(json!({"text": "hello"})),
+        "set_ice_breakers" => Some(json!({"ice_breakers": []})),
+        "set_persistent_menu" => Some(json!({"items": []})),
         _ => None,
     }
 }

@@ -1417,6 +1417,278 @@ async fn a_token_that_cannot_be_refreshed_turns_expiring_then_invalid(db: Db) {
     );
 }
 
+async fn quick_replies_templates_and_sender_actions_go_out_as_meta_takes_them(db: Db) {
+    let s = setup(db).await;
+    // Text with quick replies.
+    let (status, sent, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "text": "Which size?",
+                      "quick_replies": [{ "title": "Small", "payload": "SIZE_S" },
+                                        { "title": "Large 🧥", "payload": "SIZE_L" }] }))
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(
+        s.graph.sends()[0].body["message"],
+        json!({ "text": "Which size?", "quick_replies": [
+            { "content_type": "text", "title": "Small", "payload": "SIZE_S" },
+            { "content_type": "text", "title": "Large 🧥", "payload": "SIZE_L" }] })
+    );
+
+    // A generic template: cards with an image, a link and buttons.
+    let (status, _, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "template": { "type": "generic", "elements": [
+            { "title": "Blue jacket", "subtitle": "€89", "image_url": "https://shop.example/j.jpg",
+              "default_action_url": "https://shop.example/j",
+              "buttons": [{ "type": "web_url", "title": "Buy", "url": "https://shop.example/buy/j" },
+                          { "type": "postback", "title": "Other sizes", "payload": "SIZES_J" }] },
+            { "title": "Red scarf", "subtitle": "€19" }] } }))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        s.graph.sends()[1].body["message"],
+        json!({ "attachment": { "type": "template", "payload": { "template_type": "generic", "elements": [
+            { "title": "Blue jacket", "subtitle": "€89", "image_url": "https://shop.example/j.jpg",
+              "default_action": { "type": "web_url", "url": "https://shop.example/j" },
+              "buttons": [{ "type": "web_url", "url": "https://shop.example/buy/j", "title": "Buy" },
+                          { "type": "postback", "title": "Other sizes", "payload": "SIZES_J" }] },
+            { "title": "Red scarf", "subtitle": "€19" }] } } })
+    );
+
+    // A button template, as a human agent outside the 24 h window.
+    let (status, _, _) = s
+        .send(json!({ "recipient_id": CUSTOMER, "tag": "HUMAN_AGENT", "template": { "type": "button",
+            "text": "Your order shipped", "buttons": [{ "type": "web_url", "title": "Track", "url": "https://t.example/1" }] } }))
+        .await;
+    assert_eq!(status, 201);
+    let body = &s.graph.sends()[2].body;
+    assert_eq!(
+        body["message"]["attachment"]["payload"],
+        json!({ "template_type": "button", "text": "Your order shipped",
+                "buttons": [{ "type": "web_url", "url": "https://t.example/1", "title": "Track" }] })
+    );
+    assert_eq!(body["tag"], "HUMAN_AGENT");
+
+    // Sender actions: 200, Meta told, nothing recorded.
+    for action in ["typing_on", "typing_off", "mark_seen"] {
+        let (status, answer, _) = s
+            .send(json!({ "recipient_id": CUSTOMER, "sender_action": action }))
+            .await;
+        assert_eq!(
+            (status, answer),
+            (
+                200,
+                json!({ "recipient_id": CUSTOMER, "sender_action": action })
+            )
+        );
+        assert_eq!(
+            s.graph.sends().last().unwrap().body,
+            json!({ "recipient": { "id": CUSTOMER }, "sender_action": action })
+        );
+    }
+    let history = s.history("").await;
+    let types: Vec<&str> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["text", "template", "template"], "{history}");
+    assert_eq!(s.graph.sends().len(), 6);
+}
+
+async fn richer_replies_over_metas_limits_are_refused_before_meta_is_called(db: Db) {
+    let s = setup(db).await;
+    let quick = |n: usize, title: &str| -> Value {
+        (0..n)
+            .map(|i| json!({ "title": title, "payload": format!("P{i}") }))
+            .collect()
+    };
+    let button = json!({ "type": "postback", "title": "Yes", "payload": "YES" });
+    let cases = [
+        (
+            json!({ "recipient_id": CUSTOMER, "text": "Pick", "quick_replies": quick(14, "A") }),
+            "invalid_request",
+            "quick_replies",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "text": "Pick", "quick_replies": quick(1, &"é".repeat(21)) }),
+            "invalid_request",
+            "title",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "quick_replies": quick(1, "A") }),
+            "quick_replies_need_text",
+            "text",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "template": { "type": "generic",
+                    "elements": (0..11).map(|i| json!({ "title": format!("T{i}"), "subtitle": "s" })).collect::<Value>() } }),
+            "invalid_request",
+            "elements",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "template": { "type": "generic", "elements": [{ "title": "Only a title" }] } }),
+            "invalid_template",
+            "template.elements[0]",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "template": { "type": "button", "text": "Sure?",
+                    "buttons": [button.clone(), button.clone(), button.clone(), button] } }),
+            "invalid_request",
+            "buttons",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "template": { "type": "button", "text": "Go",
+                    "buttons": [{ "type": "web_url", "title": "Open", "url": "javascript:alert(1)" }] } }),
+            "invalid_url",
+            "template.buttons.url",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "template": { "type": "carousel", "elements": [] } }),
+            "invalid_request",
+            "carousel",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "text": "hi", "sender_action": "typing_on" }),
+            "text_or_attachment_required",
+            "sender_action",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "sender_action": "dancing" }),
+            "invalid_request",
+            "dancing",
+        ),
+        (
+            json!({ "recipient_id": CUSTOMER, "sender_action": "typing_on", "tag": "HUMAN_AGENT" }),
+            "invalid_request",
+            "tag",
+        ),
+    ];
+    for (body, code, named) in cases {
+        let (status, answer, _) = s.send(body.clone()).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some(code)),
+            "{body} → {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(named), "{message} names {named}");
+    }
+    assert!(s.graph.sends().is_empty(), "Meta was not called");
+}
+
+async fn ice_breakers_and_the_persistent_menu_are_set_through_the_graph_api(db: Db) {
+    let s = setup(db).await;
+    let put = |what: &'static str, body: Value| {
+        let sys = &s.sys;
+        let url = sys.url(&format!("/api/v1/accounts/{}/{what}", s.account));
+        async move {
+            let resp = sys
+                .http
+                .put(url)
+                .bearer_auth(API_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let breakers = json!({ "ice_breakers": [
+        { "question": "Where is my order?", "payload": "ORDER" },
+        { "question": "Do you ship abroad?", "payload": "SHIPPING" }] });
+    let (status, answer) = put("ice-breakers", breakers.clone()).await;
+    assert_eq!((status, &answer), (200, &breakers));
+    let sent = s.graph.sends().remove(0);
+    assert_eq!(
+        (
+            sent.method.as_str(),
+            sent.path.as_str(),
+            sent.authorization.as_str()
+        ),
+        (
+            "POST",
+            format!("/{BUSINESS}/messenger_profile").as_str(),
+            "Bearer IGAA-test-token"
+        )
+    );
+    assert_eq!(
+        sent.body,
+        json!({ "platform": "instagram", "ice_breakers": [{ "locale": "default", "call_to_actions": [
+            { "question": "Where is my order?", "payload": "ORDER" },
+            { "question": "Do you ship abroad?", "payload": "SHIPPING" }] }] })
+    );
+
+    let menu = json!({ "items": [
+        { "type": "postback", "title": "Talk to a person", "payload": "AGENT" },
+        { "type": "web_url", "title": "Our shop", "url": "https://shop.example/" }] });
+    let (status, answer) = put("persistent-menu", menu).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["composer_input_disabled"], false);
+    assert_eq!(
+        s.graph.sends()[1].body,
+        json!({ "platform": "instagram", "persistent_menu": [{ "locale": "default",
+            "composer_input_disabled": false, "call_to_actions": [
+            { "type": "postback", "title": "Talk to a person", "payload": "AGENT" },
+            { "type": "web_url", "title": "Our shop", "url": "https://shop.example/" }] }] })
+    );
+
+    // An empty list removes them.
+    let (status, _) = put("ice-breakers", json!({ "ice_breakers": [] })).await;
+    assert_eq!(status, 200);
+    let removed = s.graph.sends().remove(2);
+    assert_eq!(removed.method, "DELETE");
+    assert_eq!(
+        removed.body,
+        json!({ "platform": "instagram", "fields": ["ice_breakers"] })
+    );
+
+    // Meta's limits, before Meta is called.
+    let five: Value = (0..5)
+        .map(|i| json!({ "question": format!("Q{i}"), "payload": "P" }))
+        .collect();
+    let (status, answer) = put("ice-breakers", json!({ "ice_breakers": five })).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, answer) = put(
+        "persistent-menu",
+        json!({ "items": [{ "type": "web_url", "title": "x", "url": "ftp://x" }] }),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_url"))
+    );
+    assert_eq!(s.graph.sends().len(), 3);
+
+    // Meta's errors map as a reply's.
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 100,
+        subcode: None,
+        message: "Invalid parameter",
+    });
+    let (status, answer) = put("ice-breakers", breakers.clone()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (502, Some("instagram_error"))
+    );
+    assert_eq!(answer["meta_code"], 100);
+    s.graph.answer_next_send(SendAnswer::Error {
+        status: 400,
+        code: 190,
+        subcode: None,
+        message: "Error validating access token",
+    });
+    let (status, answer) = put("ice-breakers", breakers).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (502, Some("instagram_auth_failed"))
+    );
+    assert_eq!(s.account().await["credentials"]["state"], "invalid");
+}
+
 router_tests::on_both_stores!(
     a_reply_goes_through_the_send_api_with_the_accounts_token,
     metas_errors_become_stable_codes,
@@ -1444,6 +1716,9 @@ router_tests::on_both_stores!(
     an_echo_arriving_before_metas_answer_to_our_send_is_still_recognised,
     a_token_near_its_expiry_is_refreshed_and_the_new_one_is_used,
     a_token_that_cannot_be_refreshed_turns_expiring_then_invalid,
+    quick_replies_templates_and_sender_actions_go_out_as_meta_takes_them,
+    richer_replies_over_metas_limits_are_refused_before_meta_is_called,
+    ice_breakers_and_the_persistent_menu_are_set_through_the_graph_api,
 );
 
 /// Keys are kept in the database: a repeat that lands on another ingest

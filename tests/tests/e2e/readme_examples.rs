@@ -1,12 +1,15 @@
-//! The README's CRM examples are the code that runs here: the Python
-//! receiver is started against real deliveries, and both examples must
-//! appear in the README exactly as committed.
+//! The README's examples are the code that runs here: the Python receiver
+//! is started against real deliveries, both CRM examples must appear in the
+//! README exactly as committed, and every `curl` example runs against a
+//! live system and answers as its comment says.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use router_tests::{Db, System, free_port, meta};
+use router_tests::{API_TOKEN, CrmReceiver, Db, FakeGraph, META_APP_SECRET, META_VERIFY_TOKEN};
+use router_tests::{System, free_port, meta};
+use serde_json::json;
 
 const README: &str = include_str!("../../../README.md");
 
@@ -98,4 +101,124 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A README `sh` block with `curl` in it, and the status each of its
+/// `curl`s must answer: the one its `# → NNN` comment names, else any 2xx.
+struct CurlBlock {
+    script: String,
+    expected: Vec<Option<u16>>,
+}
+
+fn curl_blocks() -> Vec<CurlBlock> {
+    let mut blocks = Vec::new();
+    let mut rest = README;
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + 6..];
+        let end = body.find("```").expect("a closed block");
+        let script = &body[..end];
+        rest = &body[end + 3..];
+        if !script.contains("curl ") {
+            continue;
+        }
+        let mut expected: Vec<Option<u16>> = Vec::new();
+        for line in script.lines() {
+            if line.trim_start().starts_with("curl ") {
+                expected.push(None);
+            } else if let Some(said) = line.strip_prefix("# → ") {
+                let status = said
+                    .get(..3)
+                    .filter(|_| said.as_bytes().get(3).is_none_or(|b| !b.is_ascii_digit()));
+                if let (Some(last), Some(status)) = (expected.last_mut(), status) {
+                    *last = status.parse().ok();
+                }
+            }
+        }
+        blocks.push(CurlBlock {
+            script: script.to_owned(),
+            expected,
+        });
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn every_curl_example_in_the_readme_answers_as_documented() {
+    let graph = FakeGraph::start().await;
+    let graph_url = graph.url();
+    let sys = System::start_with(Db::Sqlite, &[("GRAPH_API_BASE", graph_url.as_str())]).await;
+    let crm = CrmReceiver::start().await;
+    // The account the examples' $ACCOUNT names, with a token and a comment
+    // received ($COMMENT_ID); the walk-through connects its own as well.
+    let business = "17841400000000099";
+    let account = sys
+        .create_account_with(json!({ "name": "Shop", "instagram_account_id": business,
+            "crm_webhook_url": crm.url(), "instagram_access_token": "IGAA-readme" }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let comment = json!({ "id": "17900000000000077", "from": { "id": "6070", "username": "ana" },
+        "text": "Price?", "media": { "id": "18000000000000001" } });
+    let mut webhook = meta::payload(vec![meta::changes_entry(
+        business,
+        vec![("comments", comment)],
+    )]);
+    webhook["entry"][0]["time"] = json!(chrono::Utc::now().timestamp_millis());
+    assert_eq!(sys.send_meta_webhook(&webhook).await.status(), 200);
+    crm.wait_for(1, Duration::from_secs(20)).await;
+
+    let statuses = tempfile::NamedTempFile::new().unwrap();
+    let mut script = String::from(
+        "set -e\ncurl() { command curl -sS -o /dev/null -w '%{http_code}\\n' \"$@\" >> \"$STATUSES\"; }\n",
+    );
+    let blocks = curl_blocks();
+    let count: usize = blocks.iter().map(|b| b.expected.len()).sum();
+    assert!(count >= 14, "the README's curl examples are found: {count}");
+    for block in &blocks {
+        script.push_str(&block.script);
+        script.push('\n');
+    }
+    let script = script
+        .replace("http://127.0.0.1:8080", &sys.url(""))
+        .replace("dev-api-token-change-me", API_TOKEN)
+        .replace("dev-app-secret", META_APP_SECRET)
+        .replace("dev-verify-token", META_VERIFY_TOKEN);
+    let run = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("STATUSES", statuses.path())
+        .env("TOKEN", API_TOKEN)
+        .env("ACCOUNT", &account)
+        .env("ACCOUNT_ID", &account)
+        .env("COMMENT_ID", "17900000000000077")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let answered: Vec<u16> = std::fs::read_to_string(statuses.path())
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let expected: Vec<Option<u16>> = blocks.iter().flat_map(|b| b.expected.clone()).collect();
+    assert_eq!(
+        answered.len(),
+        expected.len(),
+        "every curl ran: {answered:?}"
+    );
+    for (i, (got, want)) in answered.iter().zip(&expected).enumerate() {
+        match want {
+            Some(want) => assert_eq!(got, want, "curl example {i}"),
+            None => assert!((200..300).contains(got), "curl example {i}: {got}"),
+        }
+    }
+    // What the examples sent reached Meta (the fake) as the README says.
+    let sends = graph.sends();
+    assert!(sends.iter().any(|r| r.path.ends_with("/messenger_profile")));
+    assert!(sends.iter().any(|r| r.body["sender_action"] == "typing_on"));
 }
