@@ -1484,6 +1484,15 @@ async fn quick_replies_templates_and_sender_actions_go_out_as_meta_takes_them(db
             json!({ "recipient": { "id": CUSTOMER }, "sender_action": action })
         );
     }
+    // A repeat with its Idempotency-Key gets the first 200; Meta is told once.
+    let ingest = s.sys.ingest.addr.to_string();
+    let typing = json!({ "recipient_id": CUSTOMER, "sender_action": "typing_on" });
+    let first = s.send_keyed(&ingest, "typing-1", typing.clone()).await;
+    let again = s.send_keyed(&ingest, "typing-1", typing).await;
+    assert_eq!((first.0, &first.1), (200, &again.1));
+    assert_eq!(again.0, 200);
+    assert_eq!(s.graph.sends().len(), 7);
+
     let history = s.history("").await;
     let types: Vec<&str> = history["data"]
         .as_array()
@@ -1492,7 +1501,6 @@ async fn quick_replies_templates_and_sender_actions_go_out_as_meta_takes_them(db
         .map(|m| m["message_type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["text", "template", "template"], "{history}");
-    assert_eq!(s.graph.sends().len(), 6);
 }
 
 async fn richer_replies_over_metas_limits_are_refused_before_meta_is_called(db: Db) {
