@@ -72,6 +72,7 @@ pub async fn serve(
         &js,
         &subjects,
         shared::jetstream::Role::Forwarder,
+        usize::from(config.common.router_stream_replicas),
         &shutdown,
     )
     .await

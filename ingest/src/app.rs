@@ -138,7 +138,13 @@ pub async fn serve(
 /// Sets up the JetStream layout (retrying until NATS answers), then runs
 /// every background task until `stop`.
 async fn background_tasks(core: Arc<Core>, publisher: outbox::Publisher, stop: CancellationToken) {
-    core.nats.set_up(&core.subjects, &stop).await;
+    core.nats
+        .set_up(
+            &core.subjects,
+            core.config.common.router_stream_replicas,
+            &stop,
+        )
+        .await;
     let recorder = outcomes::Recorder {
         writes: core.store.saves.clone(),
         nats: core.nats.clone(),

@@ -51,11 +51,12 @@ impl NatsLink {
     }
 
     /// Creates the streams and the bucket, retrying until NATS answers.
-    pub async fn set_up(&self, subjects: &Subjects, shutdown: &CancellationToken) {
+    pub async fn set_up(&self, subjects: &Subjects, replicas: u8, shutdown: &CancellationToken) {
         if let Some(ready) = shared::jetstream::set_up_until_ready(
             &self.js,
             subjects,
             shared::jetstream::Role::Ingest,
+            usize::from(replicas),
             shutdown,
         )
         .await

@@ -14,14 +14,22 @@ pub enum LogFormat {
 
 #[derive(Clone, Debug, Args)]
 pub struct CommonConfig {
-    /// NATS server with JetStream.
+    /// NATS server with JetStream; several, comma-separated, for a cluster
+    /// (the services connect to one and move to another when it dies).
     #[arg(
         long,
         env = "NATS_URL",
         hide_env_values = true,
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        value_parser = parse_nats_urls
     )]
     pub nats_url: String,
+
+    /// Replicas of every stream and key-value bucket the router creates: 1
+    /// for one server, 3 (or 5) on a JetStream cluster. A stream or bucket
+    /// found with another count is changed in place, and the change logged.
+    #[arg(long, env = "ROUTER_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub router_stream_replicas: u8,
 
     /// A NATS credentials file (`.creds`: a user JWT and its nkey seed), for
     /// servers run with accounts and JWTs. Unset: no JWT login.
@@ -83,6 +91,30 @@ impl CommonConfig {
                 "ROUTER_ENCRYPTION_KEY_PREVIOUS is set but ROUTER_ENCRYPTION_KEY is not: set the new key there"
             ),
         }
+    }
+}
+
+/// One or more NATS server URLs, comma-separated; each must parse.
+fn parse_nats_urls(s: &str) -> Result<String, String> {
+    let urls = crate::jetstream::nats_urls(s);
+    if urls.is_empty() {
+        return Err("names no server".into());
+    }
+    for url in &urls {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("`{}` is not a NATS URL ({e})", redact(url)))?;
+    }
+    Ok(s.to_owned())
+}
+
+/// A URL as it may be shown: without the user and password it may hold,
+/// even when it does not parse.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -167,6 +199,21 @@ fn invalid_value(e: &clap::Error) -> Option<String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn nats_url_takes_one_server_or_a_comma_separated_cluster() {
+        assert!(parse_nats_urls("nats://127.0.0.1:4222").is_ok());
+        assert!(parse_nats_urls("nats://a:4222, nats://b:4222,nats://c:4222").is_ok());
+        assert_eq!(
+            crate::jetstream::nats_urls("nats://a:4222, nats://b:4222,"),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        assert!(parse_nats_urls(" , ").is_err());
+        let e = parse_nats_urls("nats://u:secret@a:4222,http://b:4222").unwrap_err();
+        assert!(e.contains("http://b:4222"), "{e}");
+        let e = parse_nats_urls("nats://u:secret@a:99999").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     #[test]
     fn durations_parse_in_every_unit() {

@@ -163,23 +163,86 @@ pub fn account_consumer_config(
     }
 }
 
-/// Creates (or updates to the documented settings) the three streams.
-pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
-    js.create_or_update_stream(inbound_stream_config(subjects))
-        .await?;
-    js.create_or_update_stream(delivery_stream_config(subjects))
-        .await?;
-    js.create_or_update_stream(alerts_stream_config(subjects))
-        .await?;
+/// Creates (or updates to the documented settings) the three streams, each
+/// with `replicas` replicas.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    for config in [
+        inbound_stream_config(subjects),
+        delivery_stream_config(subjects),
+        alerts_stream_config(subjects),
+    ] {
+        if let Ok(mut found) = js.get_stream(&config.name).await
+            && let Ok(info) = found.info().await
+            && info.config.num_replicas != replicas
+        {
+            tracing::warn!(
+                stream = %config.name,
+                from = info.config.num_replicas,
+                to = replicas,
+                "stream replicas differ from ROUTER_STREAM_REPLICAS: changing them in place"
+            );
+        }
+        let name = config.name.clone();
+        js.create_or_update_stream(stream::Config {
+            num_replicas: replicas,
+            ..config
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+    }
     Ok(())
 }
 
-/// Opens a bucket, creating it when missing.
-pub async fn bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(&config.bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js.create_key_value(config).await?),
+/// Opens a bucket with `replicas` replicas, creating it when missing; one
+/// found with another count is changed in place (or, when this NATS user
+/// may not, logged with the command that does it).
+pub async fn bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let store = match js.get_key_value(&config.bucket).await {
+        Ok(store) => store,
+        Err(_) => {
+            return Ok(js
+                .create_key_value(kv::Config {
+                    num_replicas: replicas,
+                    ..config
+                })
+                .await?);
+        }
+    };
+    let stream = format!("KV_{}", config.bucket);
+    if let Ok(mut found) = js.get_stream(&stream).await
+        && let Ok(info) = found.info().await
+        && info.config.num_replicas != replicas
+    {
+        let from = info.config.num_replicas;
+        let changed = stream::Config {
+            num_replicas: replicas,
+            ..info.config.clone()
+        };
+        match js.update_stream(changed).await {
+            Ok(_) => tracing::warn!(
+                bucket = %config.bucket,
+                from,
+                to = replicas,
+                "bucket replicas differed from ROUTER_STREAM_REPLICAS: changed in place"
+            ),
+            Err(e) => tracing::error!(
+                bucket = %config.bucket,
+                from,
+                to = replicas,
+                error = %e,
+                "bucket replicas differ from ROUTER_STREAM_REPLICAS and could not be changed: run `nats stream edit {stream} --replicas {replicas}`"
+            ),
+        }
     }
+    Ok(store)
 }
 
 /// What a service needs once the layout is in place.
@@ -210,14 +273,15 @@ pub async fn set_up_until_ready(
     js: &jetstream::Context,
     subjects: &Subjects,
     role: Role,
+    replicas: usize,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Ready> {
     let mut backoff = crate::shutdown::Backoff::default();
     loop {
         let attempt = async {
             let accounts = if role == Role::Ingest {
-                ensure_streams(js, subjects).await?;
-                bucket(js, accounts_bucket_config(subjects)).await?
+                ensure_streams(js, subjects, replicas).await?;
+                bucket(js, accounts_bucket_config(subjects), replicas).await?
             } else {
                 js.get_key_value(subjects.accounts_bucket())
                     .await
@@ -228,9 +292,9 @@ pub async fn set_up_until_ready(
             anyhow::Ok(Ready {
                 inbound: js.get_stream(subjects.inbound_stream()).await?,
                 accounts,
-                health: bucket(js, health_bucket_config(subjects)).await?,
-                holds: bucket(js, holds_bucket_config(subjects)).await?,
-                forwarders: bucket(js, forwarders_bucket_config(subjects)).await?,
+                health: bucket(js, health_bucket_config(subjects), replicas).await?,
+                holds: bucket(js, holds_bucket_config(subjects), replicas).await?,
+                forwarders: bucket(js, forwarders_bucket_config(subjects), replicas).await?,
             })
         };
         match attempt.await {
@@ -338,9 +402,17 @@ pub async fn connect(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(nats_urls(url))
         .await?;
     Ok(client)
+}
+
+/// The servers of `NATS_URL`: one, or several comma-separated (a cluster).
+pub fn nats_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// The user and password in a NATS URL (the first of a list that has one),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use crm::{CrmReceiver, Delivery};
 pub use graph::{FakeGraph, SendAnswer};
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use process::{Service, free_port, target_dir};
 
 pub const API_TOKEN: &str = "test-api-token-0123456789";

@@ -65,6 +65,8 @@ pub struct NatsServer {
     tls_ca: Option<PathBuf>,
     /// A creds file to check the server is up with (operator mode).
     creds: Option<PathBuf>,
+    /// More arguments: a cluster member's name, cluster port and routes.
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
@@ -122,6 +124,7 @@ impl NatsServer {
             login: None,
             tls_ca: None,
             creds: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -141,6 +144,13 @@ impl NatsServer {
 
     /// Starts the server again on the same port with the same store.
     pub async fn resume(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process without waiting for it (a cluster member waits
+    /// for the others before its JetStream answers).
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "nats-server already running");
         let mut command = Command::new(nats_server_binary());
         if let Some((path, env)) = &self.config {
@@ -161,13 +171,18 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Waits until the server's JetStream answers.
+    async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut options = async_nats::ConnectOptions::new();
             if let Some((user, password)) = self.login.as_deref().and_then(|l| l.split_once(':')) {
@@ -211,5 +226,106 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Three nats-servers on loopback as one JetStream cluster: routes between
+/// them, each with its own store, so a test can kill any of them and
+/// start it again.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+    /// Each server's monitoring port (`/connz`, `/jsz`).
+    pub monitor_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub async fn start() -> Self {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut servers: Vec<NatsServer> = (0..3)
+            .map(|i| {
+                let routes: Vec<String> = (0..3)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", cluster_ports[j]))
+                    .collect();
+                let mut server = NatsServer::unstarted();
+                server.extra_args = vec![
+                    "-n".into(),
+                    format!("n{}", i + 1),
+                    "-m".into(),
+                    monitor_ports[i].to_string(),
+                    "--cluster_name".into(),
+                    "router-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                ];
+                server
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn();
+        }
+        for server in &servers {
+            server.wait_ready().await;
+        }
+        Self {
+            servers,
+            monitor_ports,
+        }
+    }
+
+    /// `NATS_URL` for the services: every server, comma-separated.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the server (`n1` is 0) a client named `name*` is
+    /// connected to, from the servers' `/connz`.
+    pub async fn server_of(&self, name: &str) -> Option<usize> {
+        for (i, port) in self.monitor_ports.iter().enumerate() {
+            if self.servers[i].pid().is_none() {
+                continue;
+            }
+            let url = format!("http://127.0.0.1:{port}/connz?limit=1024");
+            let Ok(resp) = reqwest::get(url).await else {
+                continue;
+            };
+            let connz: serde_json::Value = resp.json().await.unwrap_or_default();
+            let found = connz["connections"].as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            });
+            if found {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// What server `i` itself holds of `stream` (`/jsz`): its messages and
+    /// last sequence, as its replica sees them.
+    pub async fn replica_state(&self, i: usize, stream: &str) -> Option<(u64, u64)> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?streams=true",
+            self.monitor_ports[i]
+        );
+        let jsz: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        accounts
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)
+            .map(|s| {
+                (
+                    s["state"]["messages"].as_u64().unwrap_or(0),
+                    s["state"]["last_seq"].as_u64().unwrap_or(0),
+                )
+            })
     }
 }

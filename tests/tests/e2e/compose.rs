@@ -166,3 +166,97 @@ fn data_is_on_volumes_and_services_are_health_checked_and_scaled() {
         );
     }
 }
+
+fn cluster_file() -> Yaml {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../compose.cluster.yaml"
+    ))
+    .unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+fn args(service: &Yaml) -> Vec<&str> {
+    service["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect()
+}
+
+fn after<'a>(args: &[&'a str], flag: &str) -> &'a str {
+    args[args.iter().position(|a| *a == flag).unwrap() + 1]
+}
+
+#[test]
+fn the_cluster_file_runs_three_routed_servers_and_replicates_everything_three_times() {
+    let base = compose();
+    let cluster = cluster_file();
+    let servers = ["nats", "nats-2", "nats-3"];
+    let mut names = Vec::new();
+    for server in servers {
+        let args = args(&cluster["services"][server]);
+        // The same server as compose.yaml's, plus its place in the cluster.
+        assert!(args.starts_with(&args_of_base(&base)), "{server}: {args:?}");
+        names.push(after(&args, "-n").to_owned());
+        assert_eq!(after(&args, "--cluster_name"), "router");
+        assert_eq!(after(&args, "--cluster"), "nats://0.0.0.0:6222");
+        let mut routes: Vec<&str> = after(&args, "--routes").split(',').collect();
+        routes.sort_unstable();
+        let mut others: Vec<String> = servers
+            .iter()
+            .filter(|s| **s != server)
+            .map(|s| format!("nats://{s}:6222"))
+            .collect();
+        others.sort_unstable();
+        assert_eq!(routes, others, "{server} routes to the other two");
+    }
+    names.dedup();
+    assert_eq!(names.len(), 3, "each server has its own name");
+    for (server, volume) in [("nats-2", "nats-2-data"), ("nats-3", "nats-3-data")] {
+        let service = &cluster["services"][server];
+        assert!(service["healthcheck"]["test"].as_vec().is_some());
+        let mounts: Vec<&str> = service["volumes"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert!(mounts.contains(&format!("{volume}:/data").as_str()));
+        assert!(mounts.contains(&"./nats-server.conf:/etc/nats/nats-server.conf:ro"));
+        assert!(!cluster["volumes"][volume].is_badvalue());
+        assert_eq!(env_of(service), env_of(&base["services"]["nats"]));
+    }
+    for (service, binary) in [("ingest", "ingest"), ("forwarder", "forwarder")] {
+        let env = env_of(&cluster["services"][service]);
+        let single = env_of(&base["services"][service])[&Yaml::String("NATS_URL".into())]
+            .as_str()
+            .unwrap();
+        let urls = env[&Yaml::String("NATS_URL".into())].as_str().unwrap();
+        assert_eq!(
+            urls,
+            format!("{single},nats://nats-2:4222,nats://nats-3:4222"),
+            "{service} knows every server, logging in as itself"
+        );
+        assert_eq!(
+            env[&Yaml::String("ROUTER_STREAM_REPLICAS".into())].as_str(),
+            Some("3")
+        );
+        let help = Command::new(router_tests::target_dir().join(binary))
+            .arg("--help")
+            .output()
+            .unwrap()
+            .stdout;
+        assert!(
+            String::from_utf8(help)
+                .unwrap()
+                .contains("[env: ROUTER_STREAM_REPLICAS=")
+        );
+    }
+}
+
+/// compose.yaml's nats-server arguments.
+fn args_of_base(base: &Yaml) -> Vec<&str> {
+    args(&base["services"]["nats"])
+}

@@ -8,6 +8,7 @@ mod accounts_api;
 mod api_fuzz;
 mod api_tokens;
 mod bench_smoke;
+mod cluster;
 mod compose;
 mod delivery;
 mod inbound;

@@ -219,7 +219,13 @@ async fn on_the_documented_nats_permissions_the_path_works_and_the_forwarder_can
         nats.url_as("ingest:ingest-pw-0451"),
         nats.url_as("forwarder:forwarder-pw-0452"),
     );
-    let sys = System::start_on(nats, Db::Sqlite, (&ingest, &[]), (&forwarder, &[])).await;
+    let graph = router_tests::FakeGraph::start().await;
+    let graph_url = graph.url();
+    let ingest_env = [
+        ("GRAPH_API_BASE", graph_url.as_str()),
+        ("INGEST_TOKEN_CHECK_INTERVAL", "1s"),
+    ];
+    let sys = System::start_on(nats, Db::Sqlite, (&ingest, &ingest_env), (&forwarder, &[])).await;
     let crm = CrmReceiver::start().await;
     let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
     // A first answer of 500: the retry path (a conversation hold, a
@@ -259,6 +265,23 @@ async fn on_the_documented_nats_permissions_the_path_works_and_the_forwarder_can
         let alert: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
         assert_eq!(alert["event"], event);
     }
+    // A token close to its expiry is refreshed, and the refresh announced
+    // on the credentials alerts, which ingest's user may publish too.
+    let mut credentials = watcher
+        .subscribe(format!("router.alerts.credentials.{account}"))
+        .await
+        .unwrap();
+    let path = format!("/api/v1/accounts/{account}");
+    let token = json!({ "instagram_access_token": "IGAA-locked", "instagram_access_token_expires_in": 3600 });
+    let (status, body) = sys.api_send(Method::PATCH, &path, Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    let alert = tokio::time::timeout(Duration::from_secs(10), credentials.next())
+        .await
+        .expect("a credentials alert")
+        .unwrap();
+    let alert: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
+    assert_eq!(alert["event"], "token_refreshed");
+
     let resp = sys
         .send_meta_webhook(&meta::text_message(BUSINESS, "5551", "mid_after", "again"))
         .await;
