@@ -105,18 +105,22 @@ async fn a_cluster_loses_the_forwarders_server_and_then_the_stream_leader_and_no
             nats.servers[killed_first.unwrap()].resume().await;
         }
         if n == 3 * WEBHOOKS / 5 {
-            let up = nats.servers.iter().position(|s| s.pid().is_some()).unwrap();
-            let client = async_nats::connect(nats.servers[up].url()).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let info = js
-                .get_stream("ROUTER_INBOUND")
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .clone();
-            let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+            // Asked of every server in turn: one just restarted may not
+            // answer JetStream requests yet.
+            let leader = router_tests::eventually(
+                Duration::from_secs(30),
+                "the inbound stream's leader",
+                || async {
+                    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
+                        .await
+                        .ok()?;
+                    let js = async_nats::jetstream::new(client);
+                    let mut stream = js.get_stream("ROUTER_INBOUND").await.ok()?;
+                    let info = stream.info().await.ok()?;
+                    info.cluster.as_ref()?.leader.clone()
+                },
+            )
+            .await;
             let i = leader[1..].parse::<usize>().unwrap() - 1;
             nats.servers[i].stop();
             kills.push(("the inbound stream's leader", Instant::now()));
