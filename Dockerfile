@@ -1,6 +1,20 @@
-# Multi-stage build of both services; compose.yaml runs each from this image.
-FROM rust:1.95-slim-bookworm AS build
+# Multi-stage build of both services; compose.yaml builds this image once and
+# runs it as ingest and as the forwarders.
+#
+# The dependencies are built in a layer of their own (cargo-chef: a recipe made
+# of the manifests and Cargo.lock), so a change to the router's code rebuilds
+# only the router's crates.
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked --version 0.1.77
 WORKDIR /src
+
+FROM chef AS plan
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=plan /src/recipe.json recipe.json
+RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked -p ingest -p forwarder \
     && strip target/release/ingest target/release/forwarder

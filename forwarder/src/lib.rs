@@ -51,7 +51,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = shared::jetstream::connect(&config.common, "forwarder").await?;
-    shared::observe::prometheus();
+    shared::observe::register(health::METRICS);
     let addr = listener.local_addr()?;
     let health = tokio::spawn(health::serve(listener, client.clone(), shutdown.clone()));
     tracing::info!(%addr, "forwarder health endpoint listening");

@@ -82,7 +82,7 @@ pub async fn serve(
         usernames: UsernameCache::default(),
         throughput: Arc::new(Throughput::default()),
     });
-    shared::observe::prometheus();
+    shared::observe::register(http::metrics::METRICS);
 
     let publisher = outbox::Publisher {
         messages: core.store.messages.clone(),
@@ -94,6 +94,10 @@ pub async fn serve(
     };
     let tasks = TaskTracker::new();
     let background = shutdown.child_token();
+    // What needs no NATS runs from the start: the outbox backlog metric
+    // (what an alert watches while NATS is down) and the token checks.
+    tasks.spawn(publisher.clone().watch_backlog(background.clone()));
+    tasks.spawn(crate::tasks::check_tokens(core.clone(), background.clone()));
     tasks.spawn(background_tasks(
         core.clone(),
         publisher.clone(),
@@ -156,7 +160,6 @@ async fn background_tasks(core: Arc<Core>, publisher: outbox::Publisher, stop: C
         routing::run(core.routing.clone(), stop.clone()),
         outcomes::run(recorder, stop.clone()),
         crate::tasks::forget_idempotency_keys(core.store.idempotency.clone(), stop.clone()),
-        crate::tasks::check_tokens(core.clone(), stop.clone()),
         shared::observe::publish_stats(
             core.nats.client.clone(),
             core.subjects.stats("ingest", &instance),

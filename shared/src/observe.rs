@@ -40,6 +40,56 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// What kind of metric a [`Metric`] is.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric a service exports, with its help text and, for a labelled one,
+/// the label values it starts with.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+/// Registers every metric with its help text at start, so `/metrics` lists
+/// each one, with `# HELP`, before anything has happened and whatever is
+/// unreachable: counters and gauges at 0 (labelled ones under each listed
+/// value). A histogram is described and appears with its first observation.
+pub fn register(list: &[Metric]) {
+    prometheus();
+    for m in list {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => {
+                metrics::describe_histogram!(m.name, m.help);
+                continue;
+            }
+        }
+        let labels: Vec<Vec<(&str, &str)>> = match m.label {
+            None => vec![Vec::new()],
+            Some((key, values)) => values.iter().map(|v| vec![(key, *v)]).collect(),
+        };
+        for set in labels {
+            let labels: Vec<metrics::Label> = set
+                .into_iter()
+                .map(|(k, v)| metrics::Label::new(k, v))
+                .collect();
+            match m.kind {
+                Kind::Counter => metrics::counter!(m.name, labels).increment(0),
+                Kind::Gauge => metrics::gauge!(m.name, labels).increment(0.0),
+                Kind::Histogram => {}
+            }
+        }
+    }
+}
+
 /// Renders the metrics in Prometheus' text format.
 pub fn render() -> String {
     prometheus().render()

@@ -274,6 +274,42 @@ pub struct ConversationHold {
     pub first_failed_at: DateTime<Utc>,
 }
 
+/// The timestamp form operators read on NATS, as in the API: RFC 3339 UTC
+/// with `Z`, to the millisecond. Reading takes any RFC 3339 time.
+pub mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
+
+    /// The same for an optional time.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<DateTime<Utc>>::deserialize(d)
+        }
+    }
+}
+
 /// Published on `<prefix>.alerts.crm.<account_id>` when an account's
 /// deliveries pause or resume, for alerting from NATS.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -281,6 +317,7 @@ pub struct CrmAlert {
     /// `deliveries_paused` or `deliveries_resumed`.
     pub event: String,
     pub account_id: String,
+    #[serde(with = "millis")]
     pub at: DateTime<Utc>,
     /// Why: `circuit_breaker` or `operator` (paused); `probe_succeeded`,
     /// `delivery_succeeded` or `operator` (resumed).
@@ -290,10 +327,18 @@ pub struct CrmAlert {
     pub consecutive_failures: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "millis::option"
+    )]
     pub next_probe_at: Option<DateTime<Utc>>,
     /// Resumed: when the pause began.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "millis::option"
+    )]
     pub paused_since: Option<DateTime<Utc>>,
 }
 
@@ -308,10 +353,12 @@ pub struct CredentialsAlert {
     /// `token_refreshed`, `token_expiring` or `token_invalid`.
     pub event: String,
     pub account_id: String,
+    #[serde(with = "millis")]
     pub at: DateTime<Utc>,
     /// The account's `credentials.state` now.
     pub state: crate::model::CredentialsState,
     /// When the token expires, when known.
+    #[serde(default, with = "millis::option")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Why, for `token_expiring` and `token_invalid`: `meta_190` (Meta
     /// refused the token), `expired`, `meta_<code>`, `timeout`, `unreachable`.
@@ -348,6 +395,24 @@ pub struct DeliveryOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alerts_write_their_times_in_utc_with_z_to_the_millisecond() {
+        let at: DateTime<Utc> = "2026-11-30T10:30:00.123456789Z".parse().unwrap();
+        let alert = CredentialsAlert {
+            event: ALERT_TOKEN_REFRESHED.into(),
+            account_id: "acc_1".into(),
+            at,
+            state: crate::model::CredentialsState::Valid,
+            expires_at: Some(at),
+            error: None,
+        };
+        let json = serde_json::to_value(&alert).unwrap();
+        assert_eq!(json["at"], "2026-11-30T10:30:00.123Z");
+        assert_eq!(json["expires_at"], "2026-11-30T10:30:00.123Z");
+        let back: CredentialsAlert = serde_json::from_value(json).unwrap();
+        assert_eq!(back.at.timestamp_millis(), at.timestamp_millis());
+    }
 
     #[test]
     fn payload_serializes_with_the_documented_field_names() {

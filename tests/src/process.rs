@@ -95,6 +95,17 @@ pub struct Service {
 
 impl Service {
     pub async fn ingest(nats_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Self {
+        let service = Self::ingest_started(nats_url, database_url, extra).await;
+        service.wait_healthy("/readyz").await;
+        service
+    }
+
+    /// Ingest serving, without waiting for NATS: for a NATS that is down.
+    pub async fn ingest_started(
+        nats_url: &str,
+        database_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let db = database_url.to_owned();
         let mut env = vec![
@@ -116,11 +127,22 @@ impl Service {
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let service = Self::spawn("ingest", port, env);
         service.wait_healthy("/healthz").await;
-        service.wait_healthy("/readyz").await;
         service
     }
 
     pub async fn forwarder(nats_url: &str, extra: &[(&str, &str)]) -> Self {
+        let service = Self::forwarder_started(nats_url, extra).await;
+        service.wait_healthy("/readyz").await;
+        // Give the consumer a moment to be created before messages flow.
+        eventually(Duration::from_secs(20), "forwarder consuming", || async {
+            service.logs().contains("forwarder consuming").then_some(())
+        })
+        .await;
+        service
+    }
+
+    /// A forwarder serving its health endpoints, without waiting for NATS.
+    pub async fn forwarder_started(nats_url: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut env = vec![
             ("NATS_URL", nats_url.to_owned()),
@@ -132,12 +154,7 @@ impl Service {
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let service = Self::spawn("forwarder", port, env);
-        service.wait_healthy("/readyz").await;
-        // Give the consumer a moment to be created before messages flow.
-        eventually(Duration::from_secs(20), "forwarder consuming", || async {
-            service.logs().contains("forwarder consuming").then_some(())
-        })
-        .await;
+        service.wait_healthy("/healthz").await;
         service
     }
 

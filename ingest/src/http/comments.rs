@@ -3,9 +3,9 @@
 //! message that opens a conversation) or publicly (a reply under it).
 //! Meta's errors map to the same codes as a reply's ([`super::send`]).
 
+use super::time::Timestamp;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
@@ -40,7 +40,7 @@ pub struct PublicReplyView {
     pub comment_id: String,
     /// The commenter's conversation, where the history lists the reply.
     pub conversation_id: String,
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
 }
 
 #[derive(ApiResponse)]
@@ -160,7 +160,7 @@ impl CommentsApi {
                 instagram_comment_id: reply.instagram_comment_id,
                 comment_id: comment_id.0.clone(),
                 conversation_id: reply.conversation_id,
-                created_at: reply.created_at,
+                created_at: reply.created_at.into(),
             })))
         })
         .await

@@ -20,6 +20,7 @@ use crate::store::DeadLetterFilter;
 
 /// Which dead letters to replay at once. Every field narrows the selection.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct ReplayMany {
     pub account_id: Option<String>,
     /// Dead-lettered at or after this time.

@@ -4,9 +4,9 @@
 //! reads never carry message content); `POST` sends a reply ([`super::send`]).
 //! Both are in one impl so the document has the path once.
 
+use super::time::Timestamp;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -35,9 +35,9 @@ pub struct Delivery {
     #[oai(nullable)]
     pub last_status_code: Option<i64>,
     #[oai(nullable)]
-    pub delivered_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<Timestamp>,
     #[oai(nullable)]
-    pub dead_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<Timestamp>,
     /// How many times an operator replayed it.
     pub replays: i64,
 }
@@ -62,15 +62,15 @@ pub struct Message {
     /// Meta's `mid`.
     pub instagram_message_id: String,
     /// Meta's event time.
-    pub timestamp: DateTime<Utc>,
+    pub timestamp: Timestamp,
     /// When ingest saved it.
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
     /// When the customer deleted (unsent) it.
     #[oai(nullable)]
-    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<Timestamp>,
     /// When the customer last edited it (`message.edited`).
     #[oai(nullable)]
-    pub edited_at: Option<DateTime<Utc>>,
+    pub edited_at: Option<Timestamp>,
     pub delivery: Delivery,
 }
 
@@ -87,17 +87,17 @@ impl From<MessageRow> for Message {
             recipient_id: r.recipient_id,
             message_type: r.message_type,
             instagram_message_id: r.instagram_message_id,
-            timestamp: r.sent_at,
-            created_at: r.created_at,
-            deleted_at: r.deleted_at,
-            edited_at: r.edited_at,
+            timestamp: r.sent_at.into(),
+            created_at: r.created_at.into(),
+            deleted_at: r.deleted_at.map(Into::into),
+            edited_at: r.edited_at.map(Into::into),
             delivery: Delivery {
                 status: r.delivery_status,
                 attempts: r.delivery_attempts,
                 last_error: r.last_error,
                 last_status_code: r.last_status_code,
-                delivered_at: r.delivered_at,
-                dead_at: r.dead_at,
+                delivered_at: r.delivered_at.map(Into::into),
+                dead_at: r.dead_at.map(Into::into),
                 replays: r.replays,
             },
         }

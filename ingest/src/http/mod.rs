@@ -19,6 +19,7 @@ pub mod profile;
 pub mod refused_events;
 pub mod rich;
 pub mod send;
+pub mod time;
 pub mod tokens;
 pub mod webhooks;
 

@@ -25,6 +25,7 @@ use crate::store::AccountRow;
 
 /// A question offered to a customer who opens a conversation.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct IceBreaker {
     /// 1 to 80 characters.
     #[oai(validator(min_length = 1, max_length = 80))]

@@ -5,9 +5,9 @@
 //! flow to the CRM like any other message, under the message id shown
 //! here), or discards them. Their text is never returned.
 
+use super::time::Timestamp;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -34,14 +34,14 @@ pub struct RefusedEvent {
     /// Meta's `mid`.
     pub instagram_message_id: String,
     /// Meta's event time.
-    pub timestamp: DateTime<Utc>,
+    pub timestamp: Timestamp,
     /// Refusals so far, Meta's redeliveries and attempts to save it again included.
     pub attempts: i64,
     /// The database's code for the last refusal: `postgres:<SQLSTATE>` or
     /// `sqlite:<result code>` (its message is not kept: it can quote the row).
     pub error_code: String,
-    pub first_refused_at: DateTime<Utc>,
-    pub set_aside_at: DateTime<Utc>,
+    pub first_refused_at: Timestamp,
+    pub set_aside_at: Timestamp,
 }
 
 impl RefusedEvent {
@@ -54,11 +54,11 @@ impl RefusedEvent {
             event: w.event,
             conversation_id: w.conversation_id,
             instagram_message_id: w.instagram_message_id,
-            timestamp: kept.sent_at,
+            timestamp: kept.sent_at.into(),
             attempts: row.attempts,
             error_code: row.error_code,
-            first_refused_at: row.first_refused_at,
-            set_aside_at: row.set_aside_at.unwrap_or(row.first_refused_at),
+            first_refused_at: row.first_refused_at.into(),
+            set_aside_at: row.set_aside_at.unwrap_or(row.first_refused_at).into(),
         })
     }
 }

@@ -11,6 +11,7 @@ use super::error::ApiError;
 /// A button under the text; tapping it sends its title as the customer's
 /// message, with `payload` (the CRM payload's `quick_reply.payload`).
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct OutgoingQuickReply {
     /// 1 to 20 characters (Meta's limit).
     #[oai(validator(min_length = 1, max_length = 20))]
@@ -54,6 +55,7 @@ pub enum Button {
 
 /// One card of a generic template: a title and at least one of the rest.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct TemplateElement {
     /// 1 to 80 characters.
     #[oai(validator(min_length = 1, max_length = 80))]

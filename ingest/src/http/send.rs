@@ -2,7 +2,7 @@
 //! The message goes out through Meta's Send API with the account's token,
 //! is recorded as outbound, and Meta's errors become codes a CRM can act on.
 
-use chrono::{DateTime, Utc};
+use super::time::Timestamp;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON as _, ToJSON as _};
 use poem_openapi::{ApiResponse, Enum, Object};
@@ -60,6 +60,7 @@ impl OutgoingAttachmentType {
 }
 
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct OutgoingAttachment {
     #[oai(rename = "type")]
     pub kind: OutgoingAttachmentType,
@@ -78,6 +79,7 @@ pub enum MessageTag {
 /// A reply: exactly one of `text` (with `quick_replies`, optionally),
 /// `attachment`, `template` and `sender_action`.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct SendMessage {
     /// The customer's Instagram-scoped id (`sender_id` of what they sent).
     #[oai(validator(pattern = r"^[0-9]{1,32}$"))]
@@ -112,7 +114,7 @@ pub struct SentMessage {
     pub instagram_message_id: String,
     pub recipient_id: String,
     pub conversation_id: String,
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
 }
 
 impl From<Sent> for SentMessage {
@@ -122,7 +124,7 @@ impl From<Sent> for SentMessage {
             instagram_message_id: s.instagram_message_id,
             recipient_id: s.recipient_id,
             conversation_id: s.conversation_id,
-            created_at: s.created_at,
+            created_at: s.created_at.into(),
         }
     }
 }

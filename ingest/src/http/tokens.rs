@@ -3,9 +3,10 @@
 //! Only operator tokens (`ROUTER_API_TOKENS`) manage them. A token is shown
 //! once, when created; the router keeps only its SHA-256.
 
+use super::time::Timestamp;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -21,6 +22,7 @@ use crate::store::TokenRow;
 
 /// What to call a new token.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct CreateToken {
     /// A name to tell it apart (who holds it, what for).
     #[oai(validator(min_length = 1, max_length = 100))]
@@ -34,7 +36,7 @@ pub struct ApiTokenView {
     pub id: String,
     pub account_id: String,
     pub name: String,
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
 }
 
 impl ApiTokenView {
@@ -43,7 +45,7 @@ impl ApiTokenView {
             id: row.id.clone(),
             account_id: row.account_id.clone(),
             name: row.name.clone(),
-            created_at: row.created_at,
+            created_at: row.created_at.into(),
         }
     }
 }

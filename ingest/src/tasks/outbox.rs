@@ -233,7 +233,6 @@ impl Publisher {
         let state = &self;
         let mut failures = 0u32;
         let mut backoff = Backoff::default();
-        let mut backlog_recorded: Option<std::time::Instant> = None;
         loop {
             // Stopping mid-publish is safe: rows stay until acknowledged, and a
             // republish is dropped by the stream's duplicate window.
@@ -259,12 +258,6 @@ impl Publisher {
                     }
                 }
             }
-            // At most once a second: a save wakes this loop for every webhook,
-            // and the backlog is a COUNT over the outbox.
-            if backlog_recorded.is_none_or(|at| at.elapsed() >= TICK) {
-                state.record_backlog().await;
-                backlog_recorded = Some(std::time::Instant::now());
-            }
             let go_on = if failures == 0 {
                 nap(&shutdown, TICK, &state.wakeup).await
             } else {
@@ -276,7 +269,22 @@ impl Publisher {
         }
     }
 
-    /// Outbox size and age, for `/metrics` and the stats summary.
+    /// Records the outbox's size and age every second until shutdown, from
+    /// the start and whether or not NATS answers: the backlog is what grows
+    /// while NATS is down, and the alert on it must see that.
+    pub async fn watch_backlog(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.record_backlog().await,
+            }
+        }
+    }
+
+    /// Outbox size and age, for `/metrics` and the stats summary (a COUNT
+    /// over the outbox, so once a second, not per save).
     async fn record_backlog(&self) {
         let state = self;
         if let Ok((count, oldest)) = state.messages.outbox_backlog().await {

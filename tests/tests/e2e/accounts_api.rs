@@ -581,3 +581,118 @@ router_tests::on_both_stores!(
     changes_to_an_account_reach_the_forwarder,
     secrets_are_encrypted_at_rest_in_the_database_and_the_bucket,
 );
+
+/// A field the API does not know is refused, named, and changes nothing: a
+/// typo never passes for a change that was made.
+#[tokio::test]
+async fn unknown_fields_are_refused_with_their_name_and_nothing_changes() {
+    let sys = System::start(Db::Sqlite).await;
+    let (account, _) = sys
+        .create_account("17841400000000411", "https://crm.example/hook")
+        .await;
+    let before = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
+    let cases = [
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            json!({ "name": "x", "instagram_account_id": "17841400000000412",
+                    "crm_webhook_url": "https://crm.example/hook", "evnets": [] }),
+            "evnets",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/accounts/{account}"),
+            json!({ "nmae": "typo" }),
+            "nmae",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/accounts/{account}/messages"),
+            json!({ "recipient_id": "42", "text": "hi", "tags": "HUMAN_AGENT" }),
+            "tags",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/accounts/{account}/messages"),
+            json!({ "recipient_id": "42", "attachment": { "type": "image", "url": "https://x.example/a.png", "caption": "c" } }),
+            "caption",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/accounts/{account}/tokens"),
+            json!({ "name": "crm", "scope": "all" }),
+            "scope",
+        ),
+        (
+            Method::POST,
+            "/api/v1/dead-letters/replay".to_owned(),
+            json!({ "account": account }),
+            "account",
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/accounts/{account}/ice-breakers"),
+            json!({ "ice_breakers": [{ "question": "q", "payload": "p", "locale": "fr" }] }),
+            "locale",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, answer) = sys.api_send(method, &path, Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{path}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{field}`")), "{message}");
+    }
+    let after = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
+    assert_eq!(before, after, "nothing changed");
+    let list = sys.api_get("/api/v1/accounts").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+/// Every time the API and the alerts write is RFC 3339 UTC with `Z`, to the
+/// millisecond, as the CRM payload's are with `Z`.
+#[tokio::test]
+async fn times_are_utc_with_z_to_the_millisecond_in_the_api_and_the_alerts() {
+    let form = |v: &Value| {
+        let s = v.as_str().unwrap_or_else(|| panic!("a time: {v}"));
+        let ok = s.len() == 24
+            && s.ends_with('Z')
+            && s.as_bytes()[19] == b'.'
+            && chrono::DateTime::parse_from_rfc3339(s).is_ok();
+        assert!(ok, "{s} is not like 2026-11-30T10:30:00.123Z");
+    };
+    let sys = System::start(Db::Sqlite).await;
+    let created = sys
+        .create_account_with(
+            json!({ "name": "Shop", "instagram_account_id": "17841400000000413",
+            "crm_webhook_url": "https://crm.example/hook", "instagram_access_token": "IGAA-t" }),
+        )
+        .await;
+    let account = created["id"].as_str().unwrap().to_owned();
+    form(&created["created_at"]);
+    form(&created["updated_at"]);
+    form(&created["credentials"]["token_updated_at"]);
+    let mut alerts = sys.alerts(format!("router.alerts.crm.{account}")).await;
+    let (status, paused) = sys
+        .api_send(
+            Method::POST,
+            &format!("/api/v1/accounts/{account}/deliveries/pause"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{paused}");
+    form(&paused["delivery_health"]["since"]);
+    form(&alerts.next().await["at"]);
+    let (status, token) = sys
+        .api_send(
+            Method::POST,
+            &format!("/api/v1/accounts/{account}/tokens"),
+            Some(json!({ "name": "crm" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    form(&token["created_at"]);
+}

@@ -78,6 +78,12 @@ fn every_required_setting_is_set_for_each_service() {
         db.starts_with("postgres://") && db.contains("@postgres:5432/"),
         "{db}"
     );
+    // The password is not in the URL, where `@`, `/` or `:` would break it.
+    assert!(!db.contains("PASSWORD"), "{db}");
+    assert_eq!(
+        ingest[&Yaml::String("PGPASSWORD".into())].as_str(),
+        Some("${POSTGRES_PASSWORD:?required: password of the router database user}")
+    );
     let addr = ingest[&Yaml::String("INGEST_ADDR".into())]
         .as_str()
         .unwrap();
@@ -158,13 +164,21 @@ fn data_is_on_volumes_and_services_are_health_checked_and_scaled() {
         .as_i64()
         .unwrap();
     assert!(replicas >= 2, "forwarders are replicated");
-    for service in ["ingest", "forwarder"] {
-        assert_eq!(
-            doc["services"][service]["build"].as_str(),
-            Some("."),
-            "{service} is built from the repository"
-        );
-    }
+    // One image, built once from the repository, runs as both services.
+    let ingest = &doc["services"]["ingest"];
+    let forwarder = &doc["services"]["forwarder"];
+    assert_eq!(
+        ingest["build"].as_str(),
+        Some("."),
+        "built from the repository"
+    );
+    assert!(
+        forwarder["build"].is_badvalue(),
+        "the forwarder is not built again"
+    );
+    let image = ingest["image"].as_str().expect("the built image is named");
+    assert_eq!(forwarder["image"].as_str(), Some(image));
+    assert_eq!(forwarder["pull_policy"].as_str(), Some("never"));
 }
 
 fn cluster_file() -> Yaml {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use router_tests::meta::{self, entry, payload, text_event};
 use router_tests::{API_TOKEN, CrmReceiver, Db, META_VERIFY_TOKEN, System, eventually};
+use serde_json::json;
 
 const BUSINESS: &str = "17841400000000001";
 const CUSTOMER: &str = "9988776655";
@@ -530,8 +531,19 @@ async fn messages_sent_while_nats_is_down_are_all_delivered_after_it_returns(db:
             "Meta still gets its 200 while NATS is down"
         );
     }
+    // Both services say so, in the same JSON shape.
     let ready = sys.http.get(sys.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready while NATS is down");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        (&body["nats"], &body["database"]),
+        (&json!("unavailable"), &json!("ok"))
+    );
+    let forwarder = format!("http://{}/readyz", sys.forwarder.addr);
+    let ready = sys.http.get(&forwarder).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body, json!({ "nats": "unavailable" }));
     tokio::time::sleep(Duration::from_secs(2)).await;
     sys.nats.resume().await;
 

@@ -100,3 +100,87 @@ async fn metrics_and_nats_stats_show_the_flow(db: Db) {
 }
 
 router_tests::on_both_stores!(metrics_and_nats_stats_show_the_flow,);
+
+/// Every metric is on `/metrics`, with its help text, from the start and
+/// with NATS unreachable from the start: the outbox backlog, which an alert
+/// watches, grows from the first message saved. The README's metrics table
+/// names each of them.
+#[tokio::test]
+async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
+    let readme = include_str!("../../../README.md");
+    // Nothing listens there.
+    let nats_url = format!("nats://127.0.0.1:{}", router_tests::free_port());
+    let database = router_tests::TestDatabase::create(Db::Sqlite).await;
+    let ingest = router_tests::Service::ingest_started(&nats_url, &database.url(), &[]).await;
+    let forwarder = router_tests::Service::forwarder_started(&nats_url, &[]).await;
+    let http = router_tests::http_client();
+    let metrics_of = |addr: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let ingest_metrics = ingest.setting("INGEST_METRICS_ADDR").unwrap().to_owned();
+    for (list, addr) in [
+        (ingest::http::metrics::METRICS, ingest_metrics.clone()),
+        (forwarder::health::METRICS, forwarder.addr.to_string()),
+    ] {
+        let text = metrics_of(addr).await;
+        for metric in list {
+            assert!(
+                readme.contains(&format!("`{}", metric.name)),
+                "the README lists {}",
+                metric.name
+            );
+            if matches!(metric.kind, shared::observe::Kind::Histogram) {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("# HELP {} {}", metric.name, metric.help)),
+                "{} has its help text:\n{text}",
+                metric.name
+            );
+        }
+    }
+
+    // A message saved while NATS has never answered shows in the backlog.
+    let resp = http
+        .post(format!("http://{}/api/v1/accounts", ingest.addr))
+        .bearer_auth(router_tests::API_TOKEN)
+        .json(
+            &serde_json::json!({ "name": "Shop", "instagram_account_id": BUSINESS,
+            "crm_webhook_url": "https://crm.example/hook" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let bytes =
+        serde_json::to_vec(&meta::text_message(BUSINESS, "1", "mid_no_nats", "hi")).unwrap();
+    let resp = http
+        .post(format!("http://{}/webhooks/instagram", ingest.addr))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            meta::sign(router_tests::META_APP_SECRET.as_bytes(), &bytes),
+        )
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    router_tests::eventually(Duration::from_secs(10), "the backlog exported", || async {
+        metrics_of(ingest_metrics.clone())
+            .await
+            .lines()
+            .any(|l| l == "router_ingest_outbox_backlog 1")
+            .then_some(())
+    })
+    .await;
+}

@@ -5,9 +5,9 @@
 //! forwarders through the account's routing and are announced on
 //! `<prefix>.alerts.crm.<account_id>`.
 
+use crate::http::time::Timestamp;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -56,17 +56,17 @@ pub struct DeliveryHealthView {
     pub paused_by: Option<PausedBy>,
     /// When the account entered this state; absent when it has always been healthy.
     #[oai(nullable)]
-    pub since: Option<DateTime<Utc>>,
+    pub since: Option<Timestamp>,
     /// Failed attempts in a row (timeouts, connection errors, 408, 5xx).
     pub consecutive_failures: u32,
     /// The last failure: `http_<status>`, `timeout`, `connect`, ...
     #[oai(nullable)]
     pub last_error: Option<String>,
     #[oai(nullable)]
-    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_error_at: Option<Timestamp>,
     /// Paused by the circuit breaker: when the next probe delivery is tried.
     #[oai(nullable)]
-    pub next_probe_at: Option<DateTime<Utc>>,
+    pub next_probe_at: Option<Timestamp>,
 }
 
 impl DeliveryHealthView {
@@ -94,11 +94,11 @@ impl DeliveryHealthView {
                 HealthState::Paused => HealthStateView::Paused,
             },
             paused_by: paused.then_some(PausedBy::CircuitBreaker),
-            since: Some(h.since),
+            since: Some(h.since.into()),
             consecutive_failures: h.consecutive_failures,
             last_error: h.last_error,
-            last_error_at: h.last_error_at,
-            next_probe_at: h.next_probe_at.filter(|_| paused),
+            last_error_at: h.last_error_at.map(Into::into),
+            next_probe_at: h.next_probe_at.filter(|_| paused).map(Into::into),
         }
     }
 }
@@ -125,7 +125,7 @@ fn health_view(
     if let Some(at) = row.deliveries_paused_at {
         view.state = HealthStateView::Paused;
         view.paused_by = Some(PausedBy::Operator);
-        view.since = Some(at);
+        view.since = Some(at.into());
         view.next_probe_at = None;
     }
     view
@@ -185,13 +185,14 @@ impl DeliveriesApi {
         let mut row = find_account(state, &auth, &account_id.0).await?;
         let stored = domain::deliveries::stored_health(state, &row.id).await;
         let before = health_view(stored.clone(), &row);
-        let paused_since = (before.state == HealthStateView::Paused).then_some(before.since);
+        let paused_since =
+            (before.state == HealthStateView::Paused).then_some(before.since.map(|t| t.0));
         let now = domain::deliveries::resume(state, &mut row, paused_since).await?;
         let mut health = health_view(stored, &row);
         if health.paused_by == Some(PausedBy::CircuitBreaker) {
             // The forwarder takes the resume a moment later; say what it will do.
             health = DeliveryHealthView {
-                since: Some(now),
+                since: Some(now.into()),
                 ..DeliveryHealthView::healthy()
             };
         }

@@ -4,6 +4,7 @@
 
 pub mod deliveries;
 
+use crate::http::time::Timestamp;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -62,9 +63,9 @@ pub struct Account {
     /// `webhook-signature` carries both signatures and `X-Hub-Signature-256`
     /// the previous secret's). `null` otherwise.
     #[oai(nullable)]
-    pub previous_secret_valid_until: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub previous_secret_valid_until: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 impl Account {
@@ -82,9 +83,11 @@ impl Account {
             max_in_flight: r.max_in_flight,
             delivery_health,
             credentials: CredentialsView::new(r),
-            previous_secret_valid_until: r.previous_secret(Utc::now()).map(|(_, until)| until),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
+            previous_secret_valid_until: r
+                .previous_secret(Utc::now())
+                .map(|(_, until)| until.into()),
+            created_at: r.created_at.into(),
+            updated_at: r.updated_at.into(),
         }
     }
 }
@@ -100,13 +103,13 @@ pub struct CredentialsView {
     /// When the token expires; `null` until known (given with the token as
     /// `instagram_access_token_expires_in`, or learnt from the first refresh).
     #[oai(nullable)]
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<Timestamp>,
     /// When the token was set or last refreshed.
     #[oai(nullable)]
-    pub token_updated_at: Option<DateTime<Utc>>,
+    pub token_updated_at: Option<Timestamp>,
     /// When a refresh was last tried (at most once a day).
     #[oai(nullable)]
-    pub last_refresh_attempt_at: Option<DateTime<Utc>>,
+    pub last_refresh_attempt_at: Option<Timestamp>,
     /// Why the state is not `valid`: `meta_190` (Meta refused the token),
     /// `expired`, `meta_<code>` (Meta refused the refresh), `timeout`,
     /// `unreachable`.
@@ -120,9 +123,12 @@ impl CredentialsView {
         let has_token = state != CredentialsState::Missing;
         Self {
             state,
-            expires_at: r.token_expires_at.filter(|_| has_token),
-            token_updated_at: r.token_set_at.filter(|_| has_token),
-            last_refresh_attempt_at: r.token_refresh_attempted_at.filter(|_| has_token),
+            expires_at: r.token_expires_at.filter(|_| has_token).map(Into::into),
+            token_updated_at: r.token_set_at.filter(|_| has_token).map(Into::into),
+            last_refresh_attempt_at: r
+                .token_refresh_attempted_at
+                .filter(|_| has_token)
+                .map(Into::into),
             error: r.credentials_error.clone().filter(|_| has_token),
         }
     }
@@ -158,6 +164,7 @@ pub struct RotateSecret {
 }
 
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct CreateAccount {
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
@@ -198,6 +205,7 @@ pub struct CreateAccount {
 
 /// Only the fields present are changed; `auto_reply_text: null` clears it.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct UpdateAccount {
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: Option<String>,
