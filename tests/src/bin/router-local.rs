@@ -6,6 +6,10 @@
 //! under `./data/nats` and stops it on exit. Every variable of ingest and
 //! forwarder applies; the three ingest needs get development defaults here
 //! (never in the services themselves), listed in the README.
+//!
+//! One runs per folder: it holds a lock on `./data/router-local.lock`, and a
+//! second one refuses at once. Every way out (ctrl-c, SIGTERM, SIGHUP, an
+//! error, a panic) stops the nats-server it started.
 
 use std::net::ToSocketAddrs as _;
 use std::process::{Child, Command, Stdio};
@@ -66,15 +70,76 @@ fn probe(url: &str) -> Probe {
     }
 }
 
+const HELP: &str = "\
+router-local: the whole router on this machine, for trying it out
+
+Usage: router-local [--help]
+
+Runs ingest and one forwarder in this process, with SQLite under ./data/.
+When no usable nats-server answers at NATS_URL (default nats://127.0.0.1:4222),
+it starts one (JetStream, storing under ./data/nats; on 127.0.0.1:4223 beside a
+server too old) and stops it on exit. One router-local runs per folder.
+
+Every setting of ingest and forwarder applies (see `ingest --help` and
+`forwarder --help`); these get development defaults here, and only here:
+  META_APP_SECRET=dev-app-secret
+  META_VERIFY_TOKEN=dev-verify-token
+  ROUTER_API_TOKENS=dev-api-token-change-me
+  CRM_ALLOW_PRIVATE_NETWORKS=true
+";
+
+/// The nats-server this router-local started: stopped (SIGTERM, then
+/// waited for) whenever this is dropped, on every way out of `main`,
+/// an error or a panic included.
+struct StartedNats(Child);
+
+impl Drop for StartedNats {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Holds `./data/router-local.lock` for the life of the process, or says
+/// that another router-local runs in this folder.
+fn lock_data_dir() -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all("data").map_err(|e| anyhow::anyhow!("cannot create ./data: {e}"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("data/router-local.lock")
+        .map_err(|e| anyhow::anyhow!("cannot open data/router-local.lock: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another router-local is running in this folder (it holds data/router-local.lock); stop it first"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock data/router-local.lock: {e}")
+        }
+    }
+}
+
+/// The last lines of the nats-server log, to say why it did not start.
+fn nats_log_tail() -> String {
+    let log = std::fs::read_to_string("data/nats/nats-server.log").unwrap_or_default();
+    let lines: Vec<&str> = log.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
 /// Starts nats-server on `port`, storing under ./data/nats.
-fn start_nats(port: u16) -> anyhow::Result<Child> {
+fn start_nats(port: u16) -> anyhow::Result<StartedNats> {
     let binary = router_tests::nats::nats_server_binary();
     std::fs::create_dir_all("data/nats")?;
     eprintln!(
         "router-local: starting {} on 127.0.0.1:{port} (log: data/nats/nats-server.log)",
         binary.display()
     );
-    let child = Command::new(&binary)
+    let mut child = Command::new(&binary)
         .args([
             "-a",
             "127.0.0.1",
@@ -89,16 +154,35 @@ fn start_nats(port: u16) -> anyhow::Result<Child> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("could not start {}: {e}", binary.display()))?;
     for _ in 0..100 {
-        if matches!(probe(&format!("nats://127.0.0.1:{port}")), Probe::Usable) {
-            return Ok(child);
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "{} exited ({status}) without serving on port {port}: {}",
+                binary.display(),
+                nats_log_tail()
+            );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        match probe(&format!("nats://127.0.0.1:{port}")) {
+            Probe::Usable => return Ok(StartedNats(child)),
+            Probe::TooOld(version) => {
+                drop(StartedNats(child));
+                anyhow::bail!(
+                    "{} is nats-server {version}; 2.11 or newer is needed (NATS_SERVER_BIN names another)",
+                    binary.display()
+                );
+            }
+            Probe::Nothing => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
-    anyhow::bail!("nats-server did not come up on port {port}")
+    drop(StartedNats(child));
+    anyhow::bail!(
+        "{} did not answer on port {port} within 10 s; stopped it. Its log: {}",
+        binary.display(),
+        nats_log_tail()
+    )
 }
 
 /// Makes sure a usable NATS answers; returns the server we started, if any.
-fn ensure_nats() -> anyhow::Result<Option<Child>> {
+fn ensure_nats() -> anyhow::Result<Option<StartedNats>> {
     let explicit = std::env::var("NATS_URL").ok();
     let url = explicit
         .clone()
@@ -136,6 +220,19 @@ fn ensure_nats() -> anyhow::Result<Option<Child>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{HELP}");
+            return Ok(());
+        }
+        Some(other) => {
+            eprint!("router-local: unknown argument {other}\n\n{HELP}");
+            std::process::exit(2);
+        }
+    }
+    // Before anything is started: a second router-local here stops now.
+    let _lock = lock_data_dir()?;
     shared::install_crypto_provider();
     for (key, value) in DEV_DEFAULTS {
         if std::env::var_os(key).is_none() {
@@ -159,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
         forwarder_config.forwarder_metrics_addr,
     )
     .await?;
-    let mut nats = ensure_nats()?;
+    // Stopped when dropped: on return, on an error below, on a panic.
+    let _nats = ensure_nats()?;
     // Again: NATS_URL now names the server started for us, if one was.
     let (ingest_config, forwarder_config) = configs();
     shared::telemetry::init_logging(ingest_config.common.log_format);
@@ -175,6 +273,15 @@ async fn main() -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::shutdown::on_signal(shutdown.clone()));
+    // A closed terminal (SIGHUP) stops it as ctrl-c does.
+    let hangup = shutdown.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        if hup.recv().await.is_some() {
+            eprintln!("router-local: hangup; stopping");
+            hangup.cancel();
+        }
+    });
     let (ingest_result, forwarder_result) = tokio::join!(
         async {
             let r = ingest::app::serve(ingest_config, ingest_listeners, shutdown.clone()).await;
@@ -187,13 +294,6 @@ async fn main() -> anyhow::Result<()> {
             r
         },
     );
-    if let Some(child) = nats.as_mut() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
-    }
     ingest_result?;
     forwarder_result
 }

@@ -15,6 +15,7 @@ mod inbound;
 mod instagram;
 mod observe;
 mod readme_examples;
+mod router_local;
 mod scale_out;
 mod security;
 mod store_batches;
