@@ -13,6 +13,7 @@ use shared::ids::{AccountId, MessageId};
 
 use super::ApiTags;
 use super::auth::ApiToken;
+use super::body::OptionalJson;
 use super::error::ApiError;
 use super::messages::{MessagePage, default_limit, page_of};
 use crate::domain::Core;
@@ -169,7 +170,7 @@ impl DeadLettersApi {
         &self,
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
-        body: Json<ReplayMany>,
+        body: OptionalJson<ReplayMany>,
     ) -> Result<ReplayResponse, ApiError> {
         let filter = filter_of(&auth, body.0.account_id, body.0.since, body.0.until)?;
         let rows = state

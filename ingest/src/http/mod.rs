@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod body;
 pub mod comments;
 pub mod dead_letters;
 pub mod error;

@@ -696,3 +696,39 @@ async fn times_are_utc_with_z_to_the_millisecond_in_the_api_and_the_alerts() {
     assert_eq!(status, 201, "{token}");
     form(&token["created_at"]);
 }
+
+/// The operations whose every field is optional take no body at all as
+/// `{}`; a body that is not JSON is still refused.
+#[tokio::test]
+async fn bodiless_rotation_and_bulk_replay_take_their_defaults() {
+    let sys = System::start(Db::Sqlite).await;
+    let (account, secret) = sys
+        .create_account("17841400000000414", "https://crm.example/hook")
+        .await;
+    let path = format!("/api/v1/accounts/{account}/rotate-secret");
+    let (status, rotated) = sys.api_send(Method::POST, &path, None).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["webhook_secret"], secret.as_str());
+    assert!(
+        rotated["previous_secret_valid_until"].is_string(),
+        "the default grace period: {rotated}"
+    );
+    let (status, replayed) = sys
+        .api_send(Method::POST, "/api/v1/dead-letters/replay", None)
+        .await;
+    assert_eq!((status, &replayed), (202, &json!({ "replayed": 0 })));
+    let resp = sys
+        .http
+        .post(sys.url("/api/v1/dead-letters/replay"))
+        .bearer_auth(API_TOKEN)
+        .header("content-type", "text/plain")
+        .body("everything please")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(resp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+}

@@ -21,6 +21,7 @@ use self::deliveries::{DeliveryHealthView, account_view, new_account_view};
 use crate::domain::Core;
 use crate::http::ApiTags;
 use crate::http::auth::ApiToken;
+use crate::http::body::OptionalJson;
 use crate::http::error::ApiError;
 use crate::http::send::within_text_limit;
 use crate::store::AccountRow;
@@ -602,7 +603,7 @@ impl AccountsApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
-        body: Json<RotateSecret>,
+        body: OptionalJson<RotateSecret>,
     ) -> Result<Json<RotatedSecret>, ApiError> {
         let mut row = find_account(state, &auth, &account_id.0).await?;
         let grace = body.0.grace_period_secs.unwrap_or(86_400);
