@@ -109,7 +109,7 @@ fn parse_nats_urls(s: &str) -> Result<String, String> {
 
 /// A URL as it may be shown: without the user and password it may hold,
 /// even when it does not parse.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])

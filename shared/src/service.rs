@@ -42,8 +42,8 @@ where
     match run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, on stderr with the other log lines.
             tracing::error!("{name} failed: {e:#}");
-            eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -735,10 +735,19 @@ impl Stores {
 /// Opens the store named by `DATABASE_URL`, applies its migrations, and
 /// seals account secrets with `key` when there is one.
 pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<Stores> {
+    // Names the database (never its password) in every failure, in one line.
+    let failed = |e: StoreError| {
+        anyhow::anyhow!(
+            "cannot open the database at DATABASE_URL={}: {e}",
+            shared::config::redact(database_url)
+        )
+    };
     if database_url.starts_with("sqlite:") {
-        Ok(Stores::new(SqliteStore::open(database_url).await?, key).await?)
+        let db = SqliteStore::open(database_url).await.map_err(failed)?;
+        Stores::new(db, key).await.map_err(failed)
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Stores::new(PgStore::open(database_url).await?, key).await?)
+        let db = PgStore::open(database_url).await.map_err(failed)?;
+        Stores::new(db, key).await.map_err(failed)
     } else {
         anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
     }

@@ -184,3 +184,51 @@ async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
     })
     .await;
 }
+
+/// A database ingest cannot open stops it at start with one line that names
+/// the database (never its password) and why.
+#[tokio::test]
+async fn a_database_ingest_cannot_open_stops_it_with_one_line_naming_it() {
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let under_a_file = format!("sqlite://{}/ingest.db", blocker.path().display());
+    let unreachable = "postgres://router:s3cret-pw@127.0.0.1:1/router".to_owned();
+    for (url, names) in [
+        (under_a_file.clone(), under_a_file.clone()),
+        (unreachable, "postgres://***@127.0.0.1:1/router".to_owned()),
+    ] {
+        let out = tokio::process::Command::new(router_tests::target_dir().join("ingest"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env(
+                "NATS_URL",
+                format!("nats://127.0.0.1:{}", router_tests::free_port()),
+            )
+            .env(
+                "INGEST_ADDR",
+                format!("127.0.0.1:{}", router_tests::free_port()),
+            )
+            .env(
+                "INGEST_METRICS_ADDR",
+                format!("127.0.0.1:{}", router_tests::free_port()),
+            )
+            .env("META_APP_SECRET", "s")
+            .env("META_VERIFY_TOKEN", "v")
+            .env("ROUTER_API_TOKENS", router_tests::API_TOKEN)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("cannot open the database"))
+            .collect();
+        assert_eq!(lines.len(), 1, "said once: {stderr}");
+        assert!(
+            lines[0].contains(&format!("DATABASE_URL={names}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+    }
+}
