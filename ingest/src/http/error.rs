@@ -11,7 +11,24 @@ use poem_openapi::{ApiResponse, Object};
 /// The body of every error response.
 #[derive(Debug, Object, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
-    /// Stable machine-readable code, e.g. `not_found`, `invalid_request`.
+    /// Stable machine-readable code. Every one the router answers, by status:
+    /// 400 `invalid_request`, `invalid_account_id`, `invalid_crm_webhook_url`,
+    /// `crm_webhook_url_not_public`, `invalid_webhook_secret`, `text_too_long`,
+    /// `text_empty`, `text_or_attachment_required`, `invalid_attachment_url`,
+    /// `quick_replies_need_text`, `invalid_template`, `invalid_url`,
+    /// `invalid_payload`, `unreadable_body`; 401 `unauthorized`, `missing_signature`,
+    /// `invalid_signature`; 403 `operator_token_required`, `forbidden`,
+    /// `verification_failed`; 404 `not_found`, `account_not_found`,
+    /// `dead_letter_not_found`, `refused_event_not_found`, `token_not_found`,
+    /// `comment_not_found`; 405 `method_not_allowed`; 409
+    /// `instagram_account_exists`, `still_refused`,
+    /// `idempotency_key_in_progress`, `private_reply_already_sent`; 413
+    /// `payload_too_large`; 415 `unsupported_media_type`; 422
+    /// `instagram_token_missing`, `outside_messaging_window`,
+    /// `idempotency_key_reused`, `private_reply_window_closed`; 429
+    /// `rate_limited`, `instagram_rate_limited`; 500 `internal_error`; 502
+    /// `instagram_auth_failed`, `instagram_error`, `instagram_unavailable`;
+    /// 503 `storage_unavailable`; 504 `instagram_timeout`.
     pub code: String,
     /// Human-readable explanation. Never contains secrets or message text.
     pub message: String,
