@@ -175,13 +175,13 @@ pub async fn ensure_streams(
         delivery_stream_config(subjects),
         alerts_stream_config(subjects),
     ] {
-        if let Ok(mut found) = js.get_stream(&config.name).await
-            && let Ok(info) = found.info().await
-            && info.config.num_replicas != replicas
+        // `get_stream` reads the stream's info; no second request for it.
+        if let Ok(found) = js.get_stream(&config.name).await
+            && found.cached_info().config.num_replicas != replicas
         {
             tracing::warn!(
                 stream = %config.name,
-                from = info.config.num_replicas,
+                from = found.cached_info().config.num_replicas,
                 to = replicas,
                 "stream replicas differ from ROUTER_STREAM_REPLICAS: changing them in place"
             );
@@ -216,11 +216,10 @@ pub async fn bucket(
                 .await?);
         }
     };
-    let stream = format!("KV_{}", config.bucket);
-    if let Ok(mut found) = js.get_stream(&stream).await
-        && let Ok(info) = found.info().await
-        && info.config.num_replicas != replicas
-    {
+    // The store read its stream's info when it was opened.
+    let info = store.stream.cached_info();
+    if info.config.num_replicas != replicas {
+        let stream = &store.stream_name;
         let from = info.config.num_replicas;
         let changed = stream::Config {
             num_replicas: replicas,

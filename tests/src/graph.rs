@@ -160,6 +160,11 @@ async fn answer_send(
         sends.len()
     };
     let answer = state.send_answers.lock().unwrap().pop_front();
+    answer_as_told(answer, ok(n)).await
+}
+
+/// Answers with the queued `answer`, or with `ok` when none was queued.
+async fn answer_as_told(answer: Option<SendAnswer>, ok: Value) -> Response {
     match answer {
         Some(SendAnswer::Error {
             status,
@@ -174,7 +179,7 @@ async fn answer_send(
         }
         None => {}
     }
-    Json(ok(n)).into_response()
+    Json(ok).into_response()
 }
 
 /// `GET /refresh_access_token?grant_type=ig_refresh_token&access_token=…`:
@@ -194,22 +199,12 @@ async fn refresh_token(
         refreshes.len()
     };
     let answer = state.refresh_answers.lock().unwrap().pop_front();
-    match answer {
-        Some(SendAnswer::Error {
-            status,
-            code,
-            subcode,
-            message,
-        }) => return meta_error(status, code, subcode, message),
-        Some(SendAnswer::Slow(d)) => tokio::time::sleep(d).await,
-        Some(SendAnswer::Huge(_)) | None => {}
-    }
-    Json(json!({
+    let refreshed = json!({
         "access_token": format!("IGAA-refreshed-{n}"),
         "token_type": "bearer",
         "expires_in": 5_184_000,
-    }))
-    .into_response()
+    });
+    answer_as_told(answer, refreshed).await
 }
 
 #[handler]

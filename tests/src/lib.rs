@@ -427,14 +427,7 @@ impl System {
     }
 
     async fn metrics_at(&self, addr: &str) -> String {
-        self.http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.http, addr).await
     }
 
     /// The stored message with this id, as the messages API lists it.
@@ -515,18 +508,7 @@ impl System {
         ingest: &Service,
         body: &serde_json::Value,
     ) -> reqwest::Response {
-        let bytes = serde_json::to_vec(body).unwrap();
-        self.http
-            .post(format!("http://{}/webhooks/instagram", ingest.addr))
-            .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                meta::sign(META_APP_SECRET.as_bytes(), &bytes),
-            )
-            .body(bytes)
-            .send()
-            .await
-            .unwrap()
+        post_meta_webhook(&self.http, ingest.addr, body).await
     }
 
     /// Starts another forwarder on the same NATS.
@@ -589,4 +571,35 @@ impl Alerts {
     pub fn pending(&mut self) -> Vec<serde_json::Value> {
         std::iter::from_fn(|| self.0.try_recv().ok()).collect()
     }
+}
+
+/// POSTs `body` to the webhook endpoint of the ingest at `ingest`, signed
+/// with Meta's app secret, as Meta would.
+pub async fn post_meta_webhook(
+    http: &reqwest::Client,
+    ingest: std::net::SocketAddr,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    http.post(format!("http://{ingest}/webhooks/instagram"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            meta::sign(META_APP_SECRET.as_bytes(), &bytes),
+        )
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The Prometheus text a service serves at `addr`.
+pub async fn metrics_at(http: &reqwest::Client, addr: &str) -> String {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -122,15 +122,19 @@ impl SenderAction {
     }
 }
 
-/// An http(s) URL for `field`, or 400 `invalid_url`.
-pub fn web_url(field: &str, url: &str) -> Result<String, ApiError> {
+/// `url` if it is an absolute http(s) URL, as Meta will fetch it.
+pub fn http_url(url: &str) -> Option<String> {
     url::Url::parse(url)
         .ok()
         .filter(|u| matches!(u.scheme(), "https" | "http"))
         .map(|u| u.to_string())
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_url", format!("{field} must be an http(s) URL"))
-        })
+}
+
+/// An http(s) URL for `field`, or 400 `invalid_url`.
+pub fn web_url(field: &str, url: &str) -> Result<String, ApiError> {
+    http_url(url).ok_or_else(|| {
+        ApiError::bad_request("invalid_url", format!("{field} must be an http(s) URL"))
+    })
 }
 
 /// Meta's `quick_replies` array.

@@ -265,18 +265,15 @@ fn outgoing(body: SendMessage) -> Result<Outgoing, ApiError> {
             }
         }
         (None, Some(a), None, None) => {
-            let url = url::Url::parse(&a.url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "https" | "http"))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_attachment_url",
-                        "attachment.url must be an http(s) URL",
-                    )
-                })?;
+            let url = rich::http_url(&a.url).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_attachment_url",
+                    "attachment.url must be an http(s) URL",
+                )
+            })?;
             Content::Media {
                 kind: a.kind.as_str(),
-                url: url.to_string(),
+                url,
             }
         }
         (None, None, Some(template), None) => {

@@ -9,10 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use router_tests::meta::{entry, payload, text_event};
-use router_tests::{
-    API_TOKEN, CrmReceiver, Db, META_APP_SECRET, NatsCluster, Service, TestDatabase, http_client,
-    meta,
-};
+use router_tests::{API_TOKEN, CrmReceiver, Db, NatsCluster, Service, TestDatabase, http_client};
 use serde_json::json;
 
 const BUSINESS: &str = "17841400000000301";
@@ -75,16 +72,14 @@ async fn a_cluster_loses_the_forwarders_server_and_then_the_stream_leader_and_no
                 )
             })
             .collect();
-        let bytes = serde_json::to_vec(&payload(vec![entry(BUSINESS, events)])).unwrap();
-        let request = http
-            .post(format!("http://{}/webhooks/instagram", ingest.addr))
-            .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                meta::sign(META_APP_SECRET.as_bytes(), &bytes),
-            )
-            .body(bytes);
-        async move { request.send().await.unwrap().status().as_u16() }
+        let body = payload(vec![entry(BUSINESS, events)]);
+        let (http, addr) = (&http, ingest.addr);
+        async move {
+            router_tests::post_meta_webhook(http, addr, &body)
+                .await
+                .status()
+                .as_u16()
+        }
     };
 
     let mut kills = Vec::new();

@@ -116,15 +116,7 @@ async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
     let http = router_tests::http_client();
     let metrics_of = |addr: String| {
         let http = http.clone();
-        async move {
-            http.get(format!("http://{addr}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        async move { router_tests::metrics_at(&http, &addr).await }
     };
     let ingest_metrics = ingest.setting("INGEST_METRICS_ADDR").unwrap().to_owned();
     for (list, addr) in [
@@ -161,19 +153,8 @@ async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let bytes =
-        serde_json::to_vec(&meta::text_message(BUSINESS, "1", "mid_no_nats", "hi")).unwrap();
-    let resp = http
-        .post(format!("http://{}/webhooks/instagram", ingest.addr))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature-256",
-            meta::sign(router_tests::META_APP_SECRET.as_bytes(), &bytes),
-        )
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let webhook = meta::text_message(BUSINESS, "1", "mid_no_nats", "hi");
+    let resp = router_tests::post_meta_webhook(&http, ingest.addr, &webhook).await;
     assert_eq!(resp.status(), 200);
     router_tests::eventually(Duration::from_secs(10), "the backlog exported", || async {
         metrics_of(ingest_metrics.clone())
