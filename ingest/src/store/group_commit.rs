@@ -299,4 +299,109 @@ mod tests {
             SaveOutcome::Duplicate
         );
     }
+
+    fn published(i: usize, conversation: &str) -> NewMessage {
+        let mut m = message(i, "acc_1");
+        m.conversation_id = conversation.into();
+        m.publish = true;
+        m.webhook = Some(
+            serde_json::from_value(serde_json::json!({
+                "event": "message.received",
+                "message_id": m.id,
+                "account_id": "acc_1",
+                "sender_id": "1",
+                "message": "hello",
+                "message_type": "text",
+                "timestamp": "2026-12-01T00:00:00Z",
+                "instagram_message_id": m.instagram_message_id,
+                "conversation_id": conversation,
+            }))
+            .unwrap(),
+        );
+        m
+    }
+
+    fn delivered(message_id: &str) -> DeliveryOutcome {
+        DeliveryOutcome {
+            message_id: message_id.into(),
+            account_id: "acc_1".into(),
+            outcome: shared::subjects::Outcome::Delivered,
+            inbound_sequence: 1,
+            attempt: 1,
+            status_code: Some(200),
+            error: None,
+            at: Utc::now(),
+        }
+    }
+
+    /// A turn is the new events, the outbox removals and the outcomes in
+    /// one transaction (on SQLite, one query after the counters); a
+    /// redelivered event in it sends the turn down the one-by-one path
+    /// without a gap in its conversation's numbers.
+    #[tokio::test]
+    async fn one_turn_saves_numbers_removes_and_records_and_a_redelivery_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let db = SqliteStore::open(&url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let first = [published(1, "conv_a"), published(2, "conv_b")];
+        let (saved, known) = db.write_together(&first, &[], &[]).await.unwrap().unwrap();
+        assert_eq!(
+            saved,
+            [1, 1].map(|n| SaveOutcome::Saved { sequence: Some(n) })
+        );
+        assert!(known.is_empty());
+
+        // msg_0001 was published (its outbox row goes) and delivered; an
+        // outcome for a message that is gone is recorded as unknown.
+        let second = [published(3, "conv_a"), published(4, "conv_a")];
+        let outcomes = [delivered("msg_0001"), delivered("msg_gone")];
+        let (saved, known) = db
+            .write_together(&second, &["msg_0001".to_owned()], &outcomes)
+            .await
+            .unwrap()
+            .unwrap();
+        let sequences: Vec<_> = saved
+            .iter()
+            .map(|s| match s {
+                SaveOutcome::Saved { sequence } => *sequence,
+                SaveOutcome::Duplicate => None,
+            })
+            .collect();
+        assert_eq!(sequences, vec![Some(2), Some(3)]);
+        assert_eq!(known, vec![true, false]);
+        let row = db.get_message("msg_0001").await.unwrap().unwrap();
+        assert_eq!(
+            row.delivery_status,
+            shared::model::DeliveryStatus::Delivered
+        );
+        assert_eq!(row.delivery_attempts, 1);
+        let outbox: Vec<String> = db
+            .pending_outbox(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message_id)
+            .collect();
+        assert!(!outbox.contains(&"msg_0001".to_owned()), "{outbox:?}");
+        assert!(outbox.contains(&"msg_0002".to_owned()), "{outbox:?}");
+
+        // A redelivery of message 4 beside a new event: nothing of the turn
+        // is written together, and the caller is told so.
+        let mut again = published(4, "conv_a");
+        again.id = "msg_again".into();
+        let third = [again, published(5, "conv_a")];
+        assert!(db.write_together(&third, &[], &[]).await.unwrap().is_none());
+        let saved = db.save_messages(&third).await.unwrap();
+        assert_eq!(
+            saved,
+            vec![
+                SaveOutcome::Duplicate,
+                SaveOutcome::Saved { sequence: Some(4) }
+            ]
+        );
+        assert!(db.get_message("msg_again").await.unwrap().is_none());
+    }
 }

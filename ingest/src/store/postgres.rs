@@ -12,12 +12,16 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{
-    MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, keep_prepared,
-    push_outcome_rows, runs_of_distinct_messages, storable_text,
+    MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation,
+    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
+    saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
 };
+
+/// A pooled connection idle this long is checked before it is used.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
     pool: PgPool,
@@ -28,6 +32,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings a connection each time it is taken from the pool:
+            // a round trip before every statement and every save. Only a
+            // connection idle long enough to have been cut (a restarted
+            // server, a proxy's timeout) is pinged; under load none is.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -65,6 +82,12 @@ impl PgStore {
         rows.sort_by(|a, b| (a.created_at, &a.message_id).cmp(&(b.created_at, &b.message_id)));
         Ok(rows)
     }
+}
+
+/// Whether a write turn's statements after the counters go as one query
+/// (PostgreSQL runs one statement per query with parameters).
+impl PgStore {
+    const ONE_QUERY_PER_TURN: bool = false;
 }
 
 impl_sql_store!(PgStore, Postgres);

@@ -81,6 +81,46 @@ pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option
 /// below both databases' limits.
 pub(super) const SAVE_CHUNK: usize = 256;
 
+/// A new event's row: the event, its sequence and its payload.
+pub(super) type MessageRowParts<'a> = (&'a super::NewMessage, Option<i64>, Option<&'a Vec<u8>>);
+
+/// New events' rows: each with its sequence and payload.
+pub(super) fn message_rows<'a>(
+    chunk: &'a [super::NewMessage],
+    sequences: &[Option<i64>],
+    payloads: &'a [Option<Vec<u8>>],
+) -> Vec<MessageRowParts<'a>> {
+    chunk
+        .iter()
+        .zip(sequences)
+        .zip(payloads)
+        .map(|((m, n), p)| (m, *n, p.as_ref()))
+        .collect()
+}
+
+/// The outbox rows of the new events that are published.
+pub(super) fn outbox_rows<'a>(
+    chunk: &'a [super::NewMessage],
+    sequences: &[Option<i64>],
+    payloads: &'a [Option<Vec<u8>>],
+) -> Vec<(&'a super::NewMessage, i64, &'a Vec<u8>)> {
+    chunk
+        .iter()
+        .zip(sequences)
+        .zip(payloads)
+        .filter_map(|((m, n), p)| Some((m, (*n)?, p.as_ref()?)))
+        .collect()
+}
+
+/// What saving new events answers: each one's sequence.
+pub(super) fn saved_outcomes(
+    sequences: &[Option<i64>],
+) -> impl Iterator<Item = super::SaveOutcome> + '_ {
+    sequences.iter().map(|n| super::SaveOutcome::Saved {
+        sequence: n.map(|n| n as u64),
+    })
+}
+
 /// Whether a multi-row statement of `rows` rows is kept prepared. Under
 /// light load every group is one to a few rows, the same few shapes again
 /// and again, and parsing them was a sixth of ingest's CPU; a larger group's
@@ -331,10 +371,26 @@ impl $store {
     /// its payload; a redelivered event is skipped. Returns how many were new.
     async fn insert_messages(
         tx: &mut WriteTx<$db>,
-        rows: &[(&NewMessage, Option<i64>, Option<&Vec<u8>>)],
+        rows: &[MessageRowParts<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, sqlx::Error> {
-        let mut insert = sqlx::QueryBuilder::new(
+        let mut insert = sqlx::QueryBuilder::new("");
+        Self::push_messages(&mut insert, rows, now);
+        let done = insert
+            .build()
+            .persistent(keep_prepared(rows.len()))
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    /// The statement that inserts message rows, skipping redelivered events.
+    fn push_messages(
+        insert: &mut sqlx::QueryBuilder<$db>,
+        rows: &[MessageRowParts<'_>],
+        now: DateTime<Utc>,
+    ) {
+        insert.push(
             "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
                 conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
                 created_at, subject, payload, delivery_status, sequence) ",
@@ -365,12 +421,40 @@ impl $store {
                 .push_bind(*sequence);
         });
         insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
-        let done = insert
-            .build()
-            .persistent(keep_prepared(rows.len()))
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() as usize)
+    }
+
+    /// The statement that puts published messages in the outbox; one that
+    /// was not inserted (a redelivery) is left out.
+    fn push_outbox(
+        outbox: &mut sqlx::QueryBuilder<$db>,
+        published: &[(&NewMessage, i64, &Vec<u8>)],
+        now: DateTime<Utc>,
+    ) {
+        outbox.push(
+            "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
+                account_id, conversation_id, sequence) SELECT * FROM (",
+        );
+        outbox.push_values(published, |mut row, (m, sequence, payload)| {
+            row.push_bind(&m.id)
+                .push_bind(&m.subject)
+                .push_bind(*payload)
+                .push_bind(now)
+                .push_bind(m.hold_until)
+                .push_bind(&m.account_id)
+                .push_bind(&m.conversation_id)
+                .push_bind(*sequence);
+        });
+        outbox.push(") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.column1)");
+    }
+
+    /// The statement that deletes published messages' outbox rows.
+    fn push_removal(delete: &mut sqlx::QueryBuilder<$db>, message_ids: &[String]) {
+        delete.push("DELETE FROM outbox WHERE message_id IN (");
+        let mut ids = delete.separated(", ");
+        for id in message_ids {
+            ids.push_bind(id);
+        }
+        delete.push(")");
     }
 
     /// Saves events with three statements per [`SAVE_CHUNK`] of them (the
@@ -400,140 +484,123 @@ impl $store {
         let now = Utc::now();
         let mut outcomes = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(SAVE_CHUNK) {
-            // Each conversation's counter moves once, by its number of
-            // published events; they take the numbers in their order here.
-            // A conversation's row also keeps when the customer last wrote
-            // (for the reply windows), from the events that open a window.
-            let mut conversations: Vec<(&str, &str, i64, Option<DateTime<Utc>>)> = Vec::new();
-            let mut which = std::collections::HashMap::new();
-            let places: Vec<Option<usize>> = chunk
-                .iter()
-                .map(|m| {
-                    let opens = m.opens_reply_window();
-                    if !(m.publish || opens) {
-                        return None;
-                    }
-                    let key = (m.account_id.as_str(), m.conversation_id.as_str());
-                    let i = *which.entry(key).or_insert_with(|| {
-                        conversations.push((key.0, key.1, 0, None));
-                        conversations.len() - 1
-                    });
-                    let c = &mut conversations[i];
-                    if opens {
-                        c.3 = c.3.max(Some(m.sent_at));
-                    }
-                    m.publish.then(|| {
-                        c.2 += 1;
-                        i
-                    })
-                })
-                .collect();
-            let mut next = vec![0i64; conversations.len()];
-            let mut wrote = vec![None; conversations.len()];
-            if !conversations.is_empty() {
-                let mut counters = sqlx::QueryBuilder::new(
-                    "INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
-                );
-                counters.push_values(
-                    &conversations,
-                    |mut row, (account, conversation, count, wrote_at)| {
-                        row.push_bind(*account)
-                            .push_bind(*conversation)
-                            .push_bind(*count)
-                            .push_bind(*wrote_at);
-                    },
-                );
-                counters.push(
-                    " ON CONFLICT (account_id, conversation_id)
-                     DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
-                         customer_wrote_at = CASE
-                             WHEN conversations.customer_wrote_at IS NULL
-                               OR conversations.customer_wrote_at < excluded.customer_wrote_at
-                             THEN excluded.customer_wrote_at ELSE conversations.customer_wrote_at END
-                     RETURNING account_id, conversation_id, last_sequence, customer_wrote_at",
-                );
-                let lasts: Vec<(String, String, i64, Option<DateTime<Utc>>)> = counters
-                    .build_query_as()
-                    .persistent(keep_prepared(conversations.len()))
-                    .fetch_all(&mut **tx)
-                    .await?;
-                for (account, conversation, last, wrote_at) in lasts {
-                    let i = which[&(account.as_str(), conversation.as_str())];
-                    next[i] = last - conversations[i].2 + 1;
-                    wrote[i] = wrote_at;
-                }
-            }
-            let sequences: Vec<Option<i64>> = places
-                .iter()
-                .map(|place| {
-                    place.map(|i| {
-                        next[i] += 1;
-                        next[i] - 1
-                    })
-                })
-                .collect();
-            let payloads: Vec<Option<Vec<u8>>> = chunk
-                .iter()
-                .zip(&sequences)
-                .map(|(m, n)| {
-                    let key = (m.account_id.as_str(), m.conversation_id.as_str());
-                    let wrote_at = which.get(&key).and_then(|&i| wrote[i]);
-                    m.payload(n.map(|n| n as u64), wrote_at)
-                })
-                .collect();
-            let rows: Vec<_> = chunk
-                .iter()
-                .zip(&sequences)
-                .zip(&payloads)
-                .map(|((m, n), p)| (m, *n, p.as_ref()))
-                .collect();
+            let (sequences, payloads) = Self::number_in(tx, chunk).await?;
+            let rows = message_rows(chunk, &sequences, &payloads);
             let inserted = Self::insert_messages(tx, &rows, now).await?;
             if inserted < chunk.len() {
                 return Ok(None);
             }
-            let published: Vec<_> = chunk
-                .iter()
-                .zip(&sequences)
-                .zip(&payloads)
-                .filter_map(|((m, n), p)| Some((m, (*n)?, p.as_ref()?)))
-                .collect();
+            let published = outbox_rows(chunk, &sequences, &payloads);
             if !published.is_empty() {
-                let mut outbox = sqlx::QueryBuilder::new(
-                    "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
-                        account_id, conversation_id, sequence) ",
-                );
-                outbox.push_values(&published, |mut row, (m, sequence, payload)| {
-                    row.push_bind(&m.id)
-                        .push_bind(&m.subject)
-                        .push_bind(*payload)
-                        .push_bind(now)
-                        .push_bind(m.hold_until)
-                        .push_bind(&m.account_id)
-                        .push_bind(&m.conversation_id)
-                        .push_bind(*sequence);
-                });
+                let mut outbox = sqlx::QueryBuilder::new("");
+                Self::push_outbox(&mut outbox, &published, now);
                 outbox
                     .build()
                     .persistent(keep_prepared(published.len()))
                     .execute(&mut **tx)
                     .await?;
             }
-            outcomes.extend(sequences.iter().map(|n| SaveOutcome::Saved {
-                sequence: n.map(|n| n as u64),
-            }));
+            outcomes.extend(saved_outcomes(&sequences));
         }
         Ok(Some(outcomes))
+    }
+
+    /// Numbers new events in their conversations, with one statement for
+    /// all of them, and builds their payloads: each event's sequence (when
+    /// it is published) and payload (when it has one).
+    async fn number_in(
+        tx: &mut WriteTx<$db>,
+        chunk: &[NewMessage],
+    ) -> Result<(Vec<Option<i64>>, Vec<Option<Vec<u8>>>), StoreError> {
+        // Each conversation's counter moves once, by its number of
+        // published events; they take the numbers in their order here.
+        // A conversation's row also keeps when the customer last wrote
+        // (for the reply windows), from the events that open a window.
+        let mut conversations: Vec<(&str, &str, i64, Option<DateTime<Utc>>)> = Vec::new();
+        let mut which = std::collections::HashMap::new();
+        let places: Vec<Option<usize>> = chunk
+            .iter()
+            .map(|m| {
+                let opens = m.opens_reply_window();
+                if !(m.publish || opens) {
+                    return None;
+                }
+                let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                let i = *which.entry(key).or_insert_with(|| {
+                    conversations.push((key.0, key.1, 0, None));
+                    conversations.len() - 1
+                });
+                let c = &mut conversations[i];
+                if opens {
+                    c.3 = c.3.max(Some(m.sent_at));
+                }
+                m.publish.then(|| {
+                    c.2 += 1;
+                    i
+                })
+            })
+            .collect();
+        let mut next = vec![0i64; conversations.len()];
+        let mut wrote = vec![None; conversations.len()];
+        if !conversations.is_empty() {
+            let mut counters = sqlx::QueryBuilder::new(
+                "INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
+            );
+            counters.push_values(
+                &conversations,
+                |mut row, (account, conversation, count, wrote_at)| {
+                    row.push_bind(*account)
+                        .push_bind(*conversation)
+                        .push_bind(*count)
+                        .push_bind(*wrote_at);
+                },
+            );
+            counters.push(
+                " ON CONFLICT (account_id, conversation_id)
+                 DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
+                     customer_wrote_at = CASE
+                         WHEN conversations.customer_wrote_at IS NULL
+                           OR conversations.customer_wrote_at < excluded.customer_wrote_at
+                         THEN excluded.customer_wrote_at ELSE conversations.customer_wrote_at END
+                 RETURNING account_id, conversation_id, last_sequence, customer_wrote_at",
+            );
+            let lasts: Vec<(String, String, i64, Option<DateTime<Utc>>)> = counters
+                .build_query_as()
+                .persistent(keep_prepared(conversations.len()))
+                .fetch_all(&mut **tx)
+                .await?;
+            for (account, conversation, last, wrote_at) in lasts {
+                let i = which[&(account.as_str(), conversation.as_str())];
+                next[i] = last - conversations[i].2 + 1;
+                wrote[i] = wrote_at;
+            }
+        }
+        let sequences: Vec<Option<i64>> = places
+            .iter()
+            .map(|place| {
+                place.map(|i| {
+                    next[i] += 1;
+                    next[i] - 1
+                })
+            })
+            .collect();
+        let payloads: Vec<Option<Vec<u8>>> = chunk
+            .iter()
+            .zip(&sequences)
+            .map(|(m, n)| {
+                let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                let wrote_at = which.get(&key).and_then(|&i| wrote[i]);
+                m.payload(n.map(|n| n as u64), wrote_at)
+            })
+            .collect();
+        Ok((sequences, payloads))
     }
 
     /// Deletes the outbox rows of published messages.
     async fn remove_in(tx: &mut WriteTx<$db>, message_ids: &[String]) -> Result<(), StoreError> {
         for chunk in message_ids.chunks(SAVE_CHUNK) {
-            let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
-            let mut ids = delete.separated(", ");
-            for id in chunk {
-                ids.push_bind(id);
-            }
-            delete.push(")");
+            let mut delete = sqlx::QueryBuilder::new("");
+            Self::push_removal(&mut delete, chunk);
             delete
                 .build()
                 .persistent(keep_prepared(chunk.len()))
@@ -541,6 +608,79 @@ impl $store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// [`MessageStore::write_together`] in three trips to the database: its
+    /// transaction, the conversations' counters (the payloads need their
+    /// numbers), then every other statement of the turn as one query, and
+    /// the commit. Only SQLite runs several statements in one query; at a
+    /// few hundred messages a second, each trip to its thread (a wake-up on
+    /// each side) cost more than the statement's own work.
+    async fn write_in_one_trip(
+        &self,
+        messages: &[NewMessage],
+        published: &[String],
+        outcomes: &[DeliveryOutcome],
+    ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.begin_write().await?;
+        let mut numbered = Vec::new();
+        for chunk in messages.chunks(SAVE_CHUNK) {
+            numbered.push(Self::number_in(&mut tx, chunk).await?);
+        }
+        let mut turn = sqlx::QueryBuilder::new("");
+        let mut statements = 0;
+        let mut next = |turn: &mut sqlx::QueryBuilder<$db>| {
+            if statements > 0 {
+                turn.push(";\n");
+            }
+            statements += 1;
+        };
+        let mut saved = Vec::with_capacity(messages.len());
+        for (chunk, (sequences, payloads)) in messages.chunks(SAVE_CHUNK).zip(&numbered) {
+            next(&mut turn);
+            Self::push_messages(&mut turn, &message_rows(chunk, sequences, payloads), now);
+            turn.push(" RETURNING 'saved', id");
+            // A redelivered event has no new row (nor outbox row): the
+            // turn is rolled back and the caller saves each event on its own.
+            let to_publish = outbox_rows(chunk, sequences, payloads);
+            if !to_publish.is_empty() {
+                next(&mut turn);
+                Self::push_outbox(&mut turn, &to_publish, now);
+            }
+            saved.extend(saved_outcomes(sequences));
+        }
+        for chunk in published.chunks(SAVE_CHUNK) {
+            next(&mut turn);
+            Self::push_removal(&mut turn, chunk);
+        }
+        for run in runs_of_distinct_messages(outcomes) {
+            next(&mut turn);
+            Self::push_attempts(&mut turn, run);
+            next(&mut turn);
+            Self::push_states(&mut turn, run);
+            turn.push(" RETURNING 'known', messages.id");
+        }
+        let largest = messages.len().max(published.len()).max(outcomes.len());
+        let rows: Vec<(String, String)> = turn
+            .build_query_as()
+            .persistent(keep_prepared(largest))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.iter().filter(|(kind, _)| kind == "saved").count() < messages.len() {
+            return Ok(None);
+        }
+        let known: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter(|(kind, _)| kind == "known")
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let known = outcomes
+            .iter()
+            .map(|o| known.contains(o.message_id.as_str()))
+            .collect();
+        tx.commit().await?;
+        Ok(Some((saved, known)))
     }
 }
 
@@ -805,6 +945,9 @@ impl $crate::store::MessageStore for $store {
         published: &[String],
         outcomes: &[DeliveryOutcome],
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
+        if Self::ONE_QUERY_PER_TURN {
+            return self.write_in_one_trip(messages, published, outcomes).await;
+        }
         let mut tx = self.begin_write().await?;
         let saved = if messages.is_empty() {
             Vec::new()
@@ -1292,35 +1435,16 @@ impl $store {
     ) -> Result<Vec<bool>, StoreError> {
         let mut known_messages = Vec::with_capacity(outcomes.len());
         for chunk in runs_of_distinct_messages(outcomes) {
-            let mut attempts = sqlx::QueryBuilder::new(
-                "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
-                 SELECT v.message_id, v.inbound_seq, v.attempt, v.outcome, v.status_code, v.error, v.at FROM (",
-            );
-            push_outcome_rows(&mut attempts, chunk);
-            attempts.push(
-                ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
-                 ON CONFLICT DO NOTHING",
-            );
+            let mut attempts = sqlx::QueryBuilder::new("");
+            Self::push_attempts(&mut attempts, chunk);
             attempts
                 .build()
                 .persistent(keep_prepared(chunk.len()))
                 .execute(&mut **tx)
                 .await?;
-            let mut states = sqlx::QueryBuilder::new(
-                "UPDATE messages SET
-                    delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
-                    delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.outcome ELSE delivery_status END,
-                    last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome <> 'delivered' THEN v.error ELSE last_error END,
-                    last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.status_code ELSE last_status_code END,
-                    delivered_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome = 'delivered' THEN v.at ELSE delivered_at END,
-                    dead_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN (CASE WHEN v.outcome = 'dead' THEN v.at ELSE NULL END)
-                        ELSE dead_at END,
-                    last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.inbound_seq ELSE last_inbound_seq END,
-                    last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.attempt ELSE last_attempt END
-                 FROM (",
-            );
-            push_outcome_rows(&mut states, chunk);
-            states.push(") AS v WHERE messages.id = v.message_id RETURNING messages.id");
+            let mut states = sqlx::QueryBuilder::new("");
+            Self::push_states(&mut states, chunk);
+            states.push(" RETURNING messages.id");
             let updated: std::collections::HashSet<String> = states
                 .build_query_scalar()
                 .persistent(keep_prepared(chunk.len()))
@@ -1331,6 +1455,41 @@ impl $store {
             known_messages.extend(chunk.iter().map(|o| updated.contains(&o.message_id)));
         }
         Ok(known_messages)
+    }
+
+    /// The statement that adds outcomes as attempts, unless their message
+    /// is gone (its account was deleted).
+    fn push_attempts(attempts: &mut sqlx::QueryBuilder<$db>, run: &[DeliveryOutcome]) {
+        attempts.push(
+            "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
+             SELECT v.message_id, v.inbound_seq, v.attempt, v.outcome, v.status_code, v.error, v.at FROM (",
+        );
+        push_outcome_rows(attempts, run);
+        attempts.push(
+            ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
+             ON CONFLICT DO NOTHING",
+        );
+    }
+
+    /// The statement that updates messages from outcomes of different
+    /// messages: the attempt count always, the state when the outcome is
+    /// newer than the one recorded.
+    fn push_states(states: &mut sqlx::QueryBuilder<$db>, run: &[DeliveryOutcome]) {
+        states.push(
+            "UPDATE messages SET
+                delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
+                delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.outcome ELSE delivery_status END,
+                last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome <> 'delivered' THEN v.error ELSE last_error END,
+                last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.status_code ELSE last_status_code END,
+                delivered_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome = 'delivered' THEN v.at ELSE delivered_at END,
+                dead_at = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN (CASE WHEN v.outcome = 'dead' THEN v.at ELSE NULL END)
+                    ELSE dead_at END,
+                last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.inbound_seq ELSE last_inbound_seq END,
+                last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.attempt ELSE last_attempt END
+             FROM (",
+        );
+        push_outcome_rows(states, run);
+        states.push(") AS v WHERE messages.id = v.message_id");
     }
 }
     };

@@ -13,8 +13,9 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::sql::{
-    MESSAGE_COLUMNS, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation, keep_prepared,
-    push_outcome_rows, runs_of_distinct_messages, storable_text,
+    MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation,
+    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
+    saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -42,9 +43,12 @@ impl SqliteStore {
         // One connection writes (one write transaction at a time anyway);
         // two read. Each keeps its own page cache (up to 2 MiB) and prepared
         // statements: with eight, ingest's peak memory under load was 11 MiB
-        // higher, for no throughput.
+        // higher, for no throughput. A file cannot hang up: no ping before
+        // each use (one more trip to SQLite's thread for every statement
+        // run on the pool, and for every save).
         let pool = SqlitePoolOptions::new()
             .max_connections(3)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -80,6 +84,12 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Whether a write turn's statements after the counters go as one query
+/// (SQLite runs a query of several statements).
+impl SqliteStore {
+    const ONE_QUERY_PER_TURN: bool = true;
 }
 
 impl_sql_store!(SqliteStore, Sqlite);
