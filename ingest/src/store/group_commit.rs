@@ -335,14 +335,46 @@ mod tests {
     }
 
     /// A turn is the new events, the outbox removals and the outcomes in
-    /// one transaction (on SQLite, one query after the counters); a
-    /// redelivered event in it sends the turn down the one-by-one path
-    /// without a gap in its conversation's numbers.
+    /// one transaction, one query after the counters; a redelivered event
+    /// in it sends the turn down the one-by-one path without a gap in its
+    /// conversation's numbers.
     #[tokio::test]
     async fn one_turn_saves_numbers_removes_and_records_and_a_redelivery_leaves_no_gap() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = SqliteStore::open(&url).await.unwrap();
+        one_turn(SqliteStore::open(&url).await.unwrap()).await;
+    }
+
+    /// The same on PostgreSQL, where the turn is one statement of CTEs;
+    /// run when `TEST_DATABASE_URL` names a server (as the suite's
+    /// PostgreSQL half is).
+    #[tokio::test]
+    async fn one_turn_on_postgresql() {
+        let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
+            eprintln!("TEST_DATABASE_URL is not set: not run on PostgreSQL");
+            return;
+        };
+        let name = format!("ingest_unit_{}", rand::random::<u64>());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&name);
+        let db = crate::store::PgStore::open(url.as_str()).await.unwrap();
+        one_turn(db).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
+    async fn one_turn(db: impl MessageStore + AccountStore) {
         db.insert_account(&AccountRow::example("acc_1", "1"))
             .await
             .unwrap();
@@ -387,6 +419,25 @@ mod tests {
             .collect();
         assert!(!outbox.contains(&"msg_0001".to_owned()), "{outbox:?}");
         assert!(outbox.contains(&"msg_0002".to_owned()), "{outbox:?}");
+
+        // Two outcomes of one message in a turn apply in their order.
+        let mut retrying = delivered("msg_0002");
+        retrying.outcome = shared::subjects::Outcome::Retrying;
+        retrying.status_code = Some(500);
+        let mut then = delivered("msg_0002");
+        then.attempt = 2;
+        let (_, known) = db
+            .write_together(&[], &[], &[retrying, then])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(known, vec![true, true]);
+        let row = db.get_message("msg_0002").await.unwrap().unwrap();
+        assert_eq!(
+            row.delivery_status,
+            shared::model::DeliveryStatus::Delivered
+        );
+        assert_eq!(row.delivery_attempts, 2);
 
         // A redelivery of message 4 beside a new event: nothing of the turn
         // is written together, and the caller is told so.

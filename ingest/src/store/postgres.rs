@@ -12,9 +12,9 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{
-    MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation,
-    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
-    saved_outcomes, storable_text,
+    INSERTED, MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx,
+    is_unique_violation, keep_prepared, message_rows, outbox_rows, push_outcome_rows,
+    runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -84,10 +84,8 @@ impl PgStore {
     }
 }
 
-/// Whether a write turn's statements after the counters go as one query
-/// (PostgreSQL runs one statement per query with parameters).
 impl PgStore {
-    const ONE_QUERY_PER_TURN: bool = false;
+    const TURN_QUERY: TurnQuery = TurnQuery::Ctes;
 }
 
 impl_sql_store!(PgStore, Postgres);

@@ -6,7 +6,9 @@
 //! - `begin_write()`: the transaction every read-then-write runs in
 //!   (SQLite: one writer at a time, in the process, and `BEGIN IMMEDIATE`);
 //! - `lease_outbox(limit)`: the outbox read (PostgreSQL leases rows with
-//!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one).
+//!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one);
+//! - `TURN_QUERY`: how a write turn's statements go as one query
+//!   ([`TurnQuery`]: several statements on SQLite, CTEs on PostgreSQL).
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
@@ -80,6 +82,110 @@ pub(super) type ReplayRow = Option<(String, Vec<u8>, i64, String, String, Option
 /// The most events in one multi-row statement: 18 parameters each stays far
 /// below both databases' limits.
 pub(super) const SAVE_CHUNK: usize = 256;
+
+/// The outbox's condition for a message row inserted by an earlier
+/// statement of the same transaction.
+pub(super) const INSERTED: &str = "EXISTS (SELECT 1 FROM messages WHERE id = v.column1)";
+
+/// How a backend sends a write turn's statements after the counters as one
+/// query: one trip to the database instead of one per statement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum TurnQuery {
+    /// Several statements, run one after the other (SQLite).
+    Statements,
+    /// One statement of data-modifying CTEs (PostgreSQL runs one statement
+    /// per query with parameters). Every part sees the tables as they were
+    /// before the statement, so a part that needs another part's rows reads
+    /// that part's `RETURNING`, and no row may be changed by two parts.
+    Ctes,
+}
+
+/// A write turn being written as one query; each part that returns rows
+/// returns `(kind, id)`.
+pub(super) struct Turn<DB: sqlx::Database> {
+    pub(super) query: sqlx::QueryBuilder<DB>,
+    form: TurnQuery,
+    parts: usize,
+    /// The CTEs whose rows the statement returns.
+    returning: Vec<String>,
+}
+
+impl<DB: sqlx::Database> Turn<DB>
+where
+    DB::Arguments: Default,
+{
+    pub(super) fn new(form: TurnQuery) -> Self {
+        let start = match form {
+            TurnQuery::Statements => "",
+            TurnQuery::Ctes => "WITH ",
+        };
+        Self {
+            query: sqlx::QueryBuilder::new(start),
+            form,
+            parts: 0,
+            returning: Vec::new(),
+        }
+    }
+
+    /// Starts the next part; its name is how later parts read its rows.
+    pub(super) fn part(&mut self) -> String {
+        let name = format!("part{}", self.parts);
+        match self.form {
+            TurnQuery::Statements if self.parts > 0 => {
+                self.query.push(";\n");
+            }
+            TurnQuery::Statements => {}
+            TurnQuery::Ctes => {
+                if self.parts > 0 {
+                    self.query.push(",\n");
+                }
+                self.query.push(format!("{name} AS ("));
+            }
+        }
+        self.parts += 1;
+        name
+    }
+
+    /// Ends a part whose rows, if any (`returning`), only later parts read.
+    pub(super) fn end(&mut self, returning: Option<&str>) {
+        if let Some(returning) = returning {
+            self.query.push(" RETURNING ").push(returning);
+        }
+        if self.form == TurnQuery::Ctes {
+            self.query.push(")");
+        }
+    }
+
+    /// Ends the part `name`, whose rows the caller reads as `(kind, id)`.
+    pub(super) fn end_returning(&mut self, name: String, returning: &str) {
+        self.end(Some(returning));
+        if self.form == TurnQuery::Ctes {
+            self.returning.push(name);
+        }
+    }
+
+    /// Whether the parts see each other's writes.
+    pub(super) fn in_order(&self) -> bool {
+        self.form == TurnQuery::Statements
+    }
+
+    /// The query, ready to run.
+    pub(super) fn finish(&mut self) -> &mut sqlx::QueryBuilder<DB> {
+        if self.form == TurnQuery::Ctes {
+            let select: Vec<String> = self
+                .returning
+                .iter()
+                .map(|name| format!("SELECT kind, id FROM {name}"))
+                .collect();
+            if select.is_empty() {
+                self.query.push("\nSELECT '' AS kind, '' AS id WHERE false");
+            } else {
+                self.query.push("\n").push(select.join(" UNION ALL "));
+            }
+        }
+        &mut self.query
+    }
+}
 
 /// A new event's row: the event, its sequence and its payload.
 pub(super) type MessageRowParts<'a> = (&'a super::NewMessage, Option<i64>, Option<&'a Vec<u8>>);
@@ -423,12 +529,14 @@ impl $store {
         insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
     }
 
-    /// The statement that puts published messages in the outbox; one that
-    /// was not inserted (a redelivery) is left out.
+    /// The statement that puts published messages in the outbox; one whose
+    /// row was not inserted (a redelivery) is left out, by `saved_rows`, a
+    /// condition on `v.column1`, the message id.
     fn push_outbox(
         outbox: &mut sqlx::QueryBuilder<$db>,
         published: &[(&NewMessage, i64, &Vec<u8>)],
         now: DateTime<Utc>,
+        saved_rows: &str,
     ) {
         outbox.push(
             "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
@@ -444,7 +552,7 @@ impl $store {
                 .push_bind(&m.conversation_id)
                 .push_bind(*sequence);
         });
-        outbox.push(") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.column1)");
+        outbox.push(") AS v WHERE ").push(saved_rows);
     }
 
     /// The statement that deletes published messages' outbox rows.
@@ -493,7 +601,7 @@ impl $store {
             let published = outbox_rows(chunk, &sequences, &payloads);
             if !published.is_empty() {
                 let mut outbox = sqlx::QueryBuilder::new("");
-                Self::push_outbox(&mut outbox, &published, now);
+                Self::push_outbox(&mut outbox, &published, now, INSERTED);
                 outbox
                     .build()
                     .persistent(keep_prepared(published.len()))
@@ -610,13 +718,12 @@ impl $store {
         Ok(())
     }
 
-    /// [`MessageStore::write_together`] in three trips to the database: its
+    /// [`MessageStore::write_together`] in four trips to the database: its
     /// transaction, the conversations' counters (the payloads need their
-    /// numbers), then every other statement of the turn as one query, and
-    /// the commit. Only SQLite runs several statements in one query; at a
-    /// few hundred messages a second, each trip to its thread (a wake-up on
-    /// each side) cost more than the statement's own work.
-    async fn write_in_one_trip(
+    /// numbers), every other write of the turn as one query ([`TurnQuery`]),
+    /// and the commit. At a few hundred messages a second, each trip (a
+    /// wake-up on each side) cost more than the statement's own work.
+    async fn write_in_one_query(
         &self,
         messages: &[NewMessage],
         published: &[String],
@@ -628,41 +735,44 @@ impl $store {
         for chunk in messages.chunks(SAVE_CHUNK) {
             numbered.push(Self::number_in(&mut tx, chunk).await?);
         }
-        let mut turn = sqlx::QueryBuilder::new("");
-        let mut statements = 0;
-        let mut next = |turn: &mut sqlx::QueryBuilder<$db>| {
-            if statements > 0 {
-                turn.push(";\n");
-            }
-            statements += 1;
-        };
+        let mut turn = Turn::<$db>::new(Self::TURN_QUERY);
         let mut saved = Vec::with_capacity(messages.len());
         for (chunk, (sequences, payloads)) in messages.chunks(SAVE_CHUNK).zip(&numbered) {
-            next(&mut turn);
-            Self::push_messages(&mut turn, &message_rows(chunk, sequences, payloads), now);
-            turn.push(" RETURNING 'saved', id");
-            // A redelivered event has no new row (nor outbox row): the
-            // turn is rolled back and the caller saves each event on its own.
+            let rows = turn.part();
+            Self::push_messages(&mut turn.query, &message_rows(chunk, sequences, payloads), now);
+            turn.end_returning(rows.clone(), "'saved' AS kind, id");
+            // A redelivered event has no new row, so no outbox row: the turn
+            // is rolled back and the caller saves each event on its own.
             let to_publish = outbox_rows(chunk, sequences, payloads);
             if !to_publish.is_empty() {
-                next(&mut turn);
-                Self::push_outbox(&mut turn, &to_publish, now);
+                let inserted = if turn.in_order() {
+                    INSERTED.to_owned()
+                } else {
+                    format!("v.column1 IN (SELECT id FROM {rows})")
+                };
+                turn.part();
+                Self::push_outbox(&mut turn.query, &to_publish, now, &inserted);
+                turn.end(None);
             }
             saved.extend(saved_outcomes(sequences));
         }
         for chunk in published.chunks(SAVE_CHUNK) {
-            next(&mut turn);
-            Self::push_removal(&mut turn, chunk);
+            turn.part();
+            Self::push_removal(&mut turn.query, chunk);
+            turn.end(None);
         }
         for run in runs_of_distinct_messages(outcomes) {
-            next(&mut turn);
-            Self::push_attempts(&mut turn, run);
-            next(&mut turn);
-            Self::push_states(&mut turn, run);
-            turn.push(" RETURNING 'known', messages.id");
+            let attempts = turn.part();
+            Self::push_attempts(&mut turn.query, run);
+            let counted_apart = !turn.in_order();
+            turn.end(counted_apart.then_some("message_id"));
+            let part = turn.part();
+            Self::push_states(&mut turn.query, run, counted_apart.then_some(attempts.as_str()));
+            turn.end_returning(part, "'known' AS kind, messages.id");
         }
         let largest = messages.len().max(published.len()).max(outcomes.len());
         let rows: Vec<(String, String)> = turn
+            .finish()
             .build_query_as()
             .persistent(keep_prepared(largest))
             .fetch_all(&mut *tx)
@@ -945,8 +1055,12 @@ impl $crate::store::MessageStore for $store {
         published: &[String],
         outcomes: &[DeliveryOutcome],
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
-        if Self::ONE_QUERY_PER_TURN {
-            return self.write_in_one_trip(messages, published, outcomes).await;
+        // A message's outcomes in two runs would change its row twice in
+        // one statement of CTEs; such a turn goes statement by statement.
+        if Self::TURN_QUERY == TurnQuery::Statements
+            || runs_of_distinct_messages(outcomes).len() <= 1
+        {
+            return self.write_in_one_query(messages, published, outcomes).await;
         }
         let mut tx = self.begin_write().await?;
         let saved = if messages.is_empty() {
@@ -1443,7 +1557,7 @@ impl $store {
                 .execute(&mut **tx)
                 .await?;
             let mut states = sqlx::QueryBuilder::new("");
-            Self::push_states(&mut states, chunk);
+            Self::push_states(&mut states, chunk, None);
             states.push(" RETURNING messages.id");
             let updated: std::collections::HashSet<String> = states
                 .build_query_scalar()
@@ -1473,11 +1587,24 @@ impl $store {
 
     /// The statement that updates messages from outcomes of different
     /// messages: the attempt count always, the state when the outcome is
-    /// newer than the one recorded.
-    fn push_states(states: &mut sqlx::QueryBuilder<$db>, run: &[DeliveryOutcome]) {
+    /// newer than the one recorded. `new_attempts` names the part that
+    /// added the attempts, when this statement cannot see them.
+    fn push_states(
+        states: &mut sqlx::QueryBuilder<$db>,
+        run: &[DeliveryOutcome],
+        new_attempts: Option<&str>,
+    ) {
         states.push(
             "UPDATE messages SET
-                delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id),
+                delivery_attempts = (SELECT COUNT(*) FROM delivery_attempts WHERE message_id = messages.id)",
+        );
+        if let Some(new) = new_attempts {
+            states.push(format!(
+                " + (SELECT COUNT(*) FROM {new} WHERE {new}.message_id = messages.id)"
+            ));
+        }
+        states.push(
+            ",
                 delivery_status = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.outcome ELSE delivery_status END,
                 last_error = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) AND v.outcome <> 'delivered' THEN v.error ELSE last_error END,
                 last_status_code = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.status_code ELSE last_status_code END,

@@ -13,9 +13,9 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::sql::{
-    MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, WriteTx, is_unique_violation,
-    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
-    saved_outcomes, storable_text,
+    INSERTED, MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx,
+    is_unique_violation, keep_prepared, message_rows, outbox_rows, push_outcome_rows,
+    runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -86,10 +86,8 @@ impl SqliteStore {
     }
 }
 
-/// Whether a write turn's statements after the counters go as one query
-/// (SQLite runs a query of several statements).
 impl SqliteStore {
-    const ONE_QUERY_PER_TURN: bool = true;
+    const TURN_QUERY: TurnQuery = TurnQuery::Statements;
 }
 
 impl_sql_store!(SqliteStore, Sqlite);
