@@ -22,7 +22,8 @@ pub struct IngestConfig {
         long,
         env = "DATABASE_URL",
         hide_env_values = true,
-        default_value = "sqlite://data/ingest.db"
+        default_value = "sqlite://data/ingest.db",
+        value_parser = parse_database_url
     )]
     pub database_url: String,
 
@@ -212,6 +213,26 @@ fn parse_tokens(s: &str) -> Result<ApiTokens, String> {
         return Err("every token must be at least 16 characters".into());
     }
     Ok(ApiTokens(tokens))
+}
+
+/// `DATABASE_URL`, read as sqlx will read it, so a malformed one stops
+/// ingest at start with a line naming the setting (never its password).
+fn parse_database_url(s: &str) -> Result<String, String> {
+    use std::str::FromStr as _;
+    let parsed = if s.starts_with("sqlite:") {
+        sqlx::sqlite::SqliteConnectOptions::from_str(s).map(drop)
+    } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        sqlx::postgres::PgConnectOptions::from_str(s).map(drop)
+    } else {
+        return Err("must start with sqlite:, postgres:// or postgresql://".into());
+    };
+    parsed.map(|()| s.to_owned()).map_err(|e| {
+        format!(
+            "`{}` is not a database URL ({})",
+            shared::config::redact(s),
+            e.to_string().replace(s, "<DATABASE_URL>")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -63,6 +63,21 @@ fn an_invalid_setting_is_named_and_no_value_is_echoed() {
         ),
         ("ROUTER_ENCRYPTION_KEY", "c2VjcmV0LWtleQ==", "32 bytes"),
         ("LOG_FORMAT", "xml-please", "expected one of text, json"),
+        (
+            "DATABASE_URL",
+            "mysql://router:hunter2-db@db/router",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://router:hunter2-db@db:notaport/router",
+            "`postgres://***@db:notaport/router` is not a database URL",
+        ),
+        (
+            "NATS_URL",
+            "nats://ingest:hunter2-nats@nats:port",
+            "is not a NATS URL",
+        ),
     ] {
         let out = ingest()
             .env("META_APP_SECRET", "s3cr3t-app-secret")
@@ -76,7 +91,13 @@ fn an_invalid_setting_is_named_and_no_value_is_echoed() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains(setting), "{err}");
         assert!(err.contains(reason), "{err}");
-        for secret in ["s3cr3t-app-secret", "tok-SHORT1", valid_token, value] {
+        for secret in [
+            "s3cr3t-app-secret",
+            "tok-SHORT1",
+            valid_token,
+            value,
+            "hunter2",
+        ] {
             assert!(!err.contains(secret), "{setting}: {err}");
         }
     }

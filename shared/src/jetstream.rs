@@ -2,6 +2,8 @@
 //! that whichever starts first creates the streams and the bucket with the
 //! settings the README documents; a later start updates them to the same.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
@@ -396,6 +398,14 @@ pub async fn connect(
             .require_tls(true);
     }
     let client = options
+        .event_callback(|event| async move { log_event(event) })
+        .reconnect_to_server_callback({
+            let warned = Arc::new(std::sync::Mutex::new(HashMap::new()));
+            move |servers, _| {
+                warn_unreachable(&servers, &warned);
+                std::future::ready(None)
+            }
+        })
         .name(name)
         .custom_inbox_prefix(format!("_INBOX_{name}"))
         .retry_on_initial_connect()
@@ -404,6 +414,66 @@ pub async fn connect(
         .connect(nats_urls(url))
         .await?;
     Ok(client)
+}
+
+/// How often a NATS server that stays unreachable is reported again.
+const UNREACHABLE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Called before each connection attempt with every server's last error:
+/// a server that just failed is reported at WARN with its address (never
+/// its credentials) and the cause, then at most once a minute while it
+/// stays unreachable. async-nats itself only says "IO error" at INFO.
+fn warn_unreachable(
+    servers: &[async_nats::Server],
+    warned: &std::sync::Mutex<HashMap<String, (usize, std::time::Instant)>>,
+) {
+    let mut warned = warned.lock().unwrap_or_else(|e| e.into_inner());
+    for server in servers {
+        let address = crate::config::redact(server.addr.as_url_str());
+        let Some(cause) = server
+            .last_error
+            .as_deref()
+            .filter(|_| server.failed_attempts > 0)
+        else {
+            warned.remove(&address);
+            continue;
+        };
+        let due = match warned.get(&address) {
+            None => true,
+            Some((attempts, at)) => {
+                server.failed_attempts < *attempts || at.elapsed() >= UNREACHABLE_REPORT_EVERY
+            }
+        };
+        if due {
+            tracing::warn!(
+                server = %address,
+                failed_attempts = server.failed_attempts,
+                cause = %cause,
+                "cannot connect to NATS; retrying"
+            );
+            warned.insert(address, (server.failed_attempts, std::time::Instant::now()));
+        } else if let Some(entry) = warned.get_mut(&address) {
+            entry.0 = server.failed_attempts;
+        }
+    }
+}
+
+/// async-nats's connection events, at the level an operator needs.
+fn log_event(event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("lost the NATS connection; reconnecting"),
+        Event::LameDuckMode => {
+            tracing::warn!("the NATS server is shutting down (lame duck mode); moving to another")
+        }
+        Event::SlowConsumer(sid) => tracing::warn!(subscription = sid, "slow NATS consumer"),
+        Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+        // Each failed attempt; the server and cause come from
+        // `warn_unreachable`, which knows which server it was.
+        Event::ClientError(e) => tracing::debug!(error = %e, "NATS client error"),
+        Event::Draining | Event::Closed => tracing::info!(%event, "NATS connection"),
+    }
 }
 
 /// The servers of `NATS_URL`: one, or several comma-separated (a cluster).

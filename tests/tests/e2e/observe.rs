@@ -104,12 +104,14 @@ router_tests::on_both_stores!(metrics_and_nats_stats_show_the_flow,);
 /// Every metric is on `/metrics`, with its help text, from the start and
 /// with NATS unreachable from the start: the outbox backlog, which an alert
 /// watches, grows from the first message saved. The README's metrics table
-/// names each of them.
+/// names each of them. Both services log at WARN which NATS server they
+/// cannot reach and why.
 #[tokio::test]
 async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
     let readme = include_str!("../../../README.md");
     // Nothing listens there.
-    let nats_url = format!("nats://127.0.0.1:{}", router_tests::free_port());
+    let port = router_tests::free_port();
+    let nats_url = format!("nats://router:s3cret-nats@127.0.0.1:{port}");
     let database = router_tests::TestDatabase::create(Db::Sqlite).await;
     let ingest = router_tests::Service::ingest_started(&nats_url, &database.url(), &[]).await;
     let forwarder = router_tests::Service::forwarder_started(&nats_url, &[]).await;
@@ -139,6 +141,29 @@ async fn every_metric_is_exported_with_help_from_the_start_even_without_nats() {
                 metric.name
             );
         }
+    }
+
+    // Each service says, at WARN, which server it cannot reach and why,
+    // without the password.
+    for service in [&ingest, &forwarder] {
+        router_tests::eventually(Duration::from_secs(15), "the NATS warning", || async {
+            service
+                .logs()
+                .lines()
+                .any(|l| {
+                    l.contains("WARN")
+                        && l.contains("cannot connect to NATS")
+                        && l.contains(&format!("nats://***@127.0.0.1:{port}"))
+                        && l.contains("Connection refused")
+                })
+                .then_some(())
+        })
+        .await;
+        assert!(
+            !service.logs().contains("s3cret-nats"),
+            "{}",
+            service.logs()
+        );
     }
 
     // A message saved while NATS has never answered shows in the backlog.
