@@ -4,6 +4,7 @@
 //! Meta's errors map to the same codes as a reply's ([`super::send`]).
 
 use super::time::Timestamp;
+use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -103,7 +104,7 @@ impl CommentsApi {
             validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CommentAnswer>,
+        body: JsonBody<CommentAnswer>,
     ) -> Result<PrivateReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;
         within_text_limit("text", &body.0.text)?;
@@ -144,7 +145,7 @@ impl CommentsApi {
             validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CommentAnswer>,
+        body: JsonBody<CommentAnswer>,
     ) -> Result<PublicReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;
         within_text_limit("text", &body.0.text)?;

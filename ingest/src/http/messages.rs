@@ -5,6 +5,7 @@
 //! Both are in one impl so the document has the path once.
 
 use super::time::Timestamp;
+use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -193,7 +194,7 @@ impl MessagesApi {
             validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<SendMessage>,
+        body: JsonBody<SendMessage>,
     ) -> Result<SendResponse, ApiError> {
         send_reply(&auth, state, &account_id.0, idempotency_key.0, body).await
     }

@@ -5,6 +5,7 @@
 //! with the ice breaker's `payload`. Meta's limits are refused before Meta
 //! is called; Meta's errors map as a reply's ([`super::send`]).
 
+use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -136,7 +137,7 @@ impl ProfileApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
-        body: Json<IceBreakers>,
+        body: JsonBody<IceBreakers>,
     ) -> Result<Json<IceBreakers>, ApiError> {
         let account = find_account(state, &auth, &account_id.0).await?;
         let value = (!body.ice_breakers.is_empty()).then(|| {
@@ -148,7 +149,7 @@ impl ProfileApi {
             json!([{ "call_to_actions": questions, "locale": "default" }])
         });
         set_profile(state, &account, "ice_breakers", value).await?;
-        Ok(body)
+        Ok(Json(body.0))
     }
 
     /// Set the account's persistent menu
@@ -166,7 +167,7 @@ impl ProfileApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
-        body: Json<PersistentMenu>,
+        body: JsonBody<PersistentMenu>,
     ) -> Result<Json<PersistentMenu>, ApiError> {
         let account = find_account(state, &auth, &account_id.0).await?;
         let mut actions = Vec::with_capacity(body.items.len());
@@ -190,6 +191,6 @@ impl ProfileApi {
             }])
         });
         set_profile(state, &account, "persistent_menu", value).await?;
-        Ok(body)
+        Ok(Json(body.0))
     }
 }

@@ -3,6 +3,7 @@
 //! is recorded as outbound, and Meta's errors become codes a CRM can act on.
 
 use super::time::Timestamp;
+use crate::http::body::JsonBody;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON as _, ToJSON as _};
 use poem_openapi::{ApiResponse, Enum, Object};
@@ -188,7 +189,7 @@ pub async fn send_reply(
     state: &Core,
     account_id: &str,
     idempotency_key: Option<String>,
-    body: Json<SendMessage>,
+    body: JsonBody<SendMessage>,
 ) -> Result<SendResponse, ApiError> {
     // Another account's path is 404 before anything about the body is said.
     auth.reach(account_id)?;

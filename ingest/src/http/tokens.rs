@@ -4,6 +4,7 @@
 //! once, when created; the router keeps only its SHA-256.
 
 use super::time::Timestamp;
+use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -101,7 +102,7 @@ impl TokensApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
-        body: Json<CreateToken>,
+        body: JsonBody<CreateToken>,
     ) -> Result<CreateTokenResponse, ApiError> {
         let account = find_account(state, &auth, &account_id.0).await?;
         auth.operator()?;

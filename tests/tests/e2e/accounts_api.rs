@@ -615,7 +615,7 @@ async fn unknown_fields_are_refused_with_their_name_and_nothing_changes() {
             Method::POST,
             format!("/api/v1/accounts/{account}/messages"),
             json!({ "recipient_id": "42", "attachment": { "type": "image", "url": "https://x.example/a.png", "caption": "c" } }),
-            "caption",
+            "attachment.caption",
         ),
         (
             Method::POST,
@@ -633,7 +633,22 @@ async fn unknown_fields_are_refused_with_their_name_and_nothing_changes() {
             Method::PUT,
             format!("/api/v1/accounts/{account}/ice-breakers"),
             json!({ "ice_breakers": [{ "question": "q", "payload": "p", "locale": "fr" }] }),
-            "locale",
+            "ice_breakers[0].locale",
+        ),
+        // Inside `type`-tagged objects too.
+        (
+            Method::POST,
+            format!("/api/v1/accounts/{account}/messages"),
+            json!({ "recipient_id": "42", "template": { "type": "button", "text": "t",
+                    "buttons": [{ "type": "web_url", "title": "Open", "url": "https://shop.example/",
+                                  "webview_height": "tall" }] } }),
+            "template.buttons[0].webview_height",
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/accounts/{account}/persistent-menu"),
+            json!({ "items": [{ "type": "postback", "title": "Help", "payload": "HELP", "icon": "?" }] }),
+            "items[0].icon",
         ),
     ];
     for (method, path, body, field) in cases {
@@ -645,6 +660,111 @@ async fn unknown_fields_are_refused_with_their_name_and_nothing_changes() {
         );
         let message = answer["message"].as_str().unwrap();
         assert!(message.contains(&format!("`{field}`")), "{message}");
+    }
+    let after = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
+    assert_eq!(before, after, "nothing changed");
+    let list = sys.api_get("/api/v1/accounts").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+/// A body that breaks its schema is refused with a message naming the field
+/// (its path, inside lists and tagged objects) and the rule it breaks; a
+/// JSON type is never converted; and nothing is changed.
+#[tokio::test]
+async fn validation_errors_name_the_field_and_the_rule() {
+    let sys = System::start(Db::Sqlite).await;
+    let (account, _) = sys
+        .create_account("17841400000000414", "https://crm.example/hook")
+        .await;
+    let before = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
+    let create = |extra: Value| {
+        let mut body = json!({ "name": "x", "instagram_account_id": "17841400000000415",
+            "crm_webhook_url": "https://crm.example/hook" });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let send = format!("/api/v1/accounts/{account}/messages");
+    let cases = [
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            json!({ "instagram_account_id": "17841400000000415",
+                    "crm_webhook_url": "https://crm.example/hook" }),
+            "field `name` is required",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            create(json!({ "name": null })),
+            "field `name` is required",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            create(json!({ "name": 5 })),
+            "field `name` must be a string, not a number",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            create(json!({ "events": ["message.received", "message.nope"] })),
+            "field `events[1]` must be one of message.received,",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts".to_owned(),
+            create(json!({ "name": "" })),
+            "field `name` verification failed. minLength(1)",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/accounts/{account}"),
+            json!({ "max_in_flight": "ten" }),
+            "field `max_in_flight` must be an integer, not a string",
+        ),
+        (
+            Method::POST,
+            send.clone(),
+            json!({ "recipient_id": "42", "text": "hi", "quick_replies": [{ "payload": "A" }] }),
+            "field `quick_replies[0].title` is required",
+        ),
+        (
+            Method::POST,
+            send.clone(),
+            json!({ "recipient_id": "42", "template": { "text": "t", "buttons": [] } }),
+            "field `template.type` is required (generic, button)",
+        ),
+        (
+            Method::POST,
+            send.clone(),
+            json!({ "recipient_id": "42", "template": { "type": "carousel" } }),
+            "field `template.type` must be one of generic, button",
+        ),
+        (
+            Method::POST,
+            send.clone(),
+            json!({ "recipient_id": "42", "template": { "type": "button", "text": "t",
+                    "buttons": [{ "type": "postback", "title": true, "payload": "P" }] } }),
+            "field `template.buttons[0].title` must be a string, not a boolean",
+        ),
+        (
+            Method::POST,
+            send,
+            json!([{ "recipient_id": "42" }]),
+            "the body must be an object, not an array",
+        ),
+    ];
+    for (method, path, body, expected) in cases {
+        let (status, answer) = sys.api_send(method, &path, Some(body.clone())).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{path} {body}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
     }
     let after = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
     assert_eq!(before, after, "nothing changed");

@@ -4,6 +4,7 @@
 
 pub mod deliveries;
 
+use crate::http::body::JsonBody;
 use crate::http::time::Timestamp;
 use std::sync::Arc;
 
@@ -388,7 +389,7 @@ impl AccountsApi {
         &self,
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
-        body: Json<CreateAccount>,
+        body: JsonBody<CreateAccount>,
     ) -> Result<CreateAccountResponse, ApiError> {
         auth.operator()?;
         let body = body.0;
@@ -519,7 +520,7 @@ impl AccountsApi {
         auth: ApiToken,
         Data(state): Data<&Arc<Core>>,
         account_id: Path<String>,
-        body: Json<UpdateAccount>,
+        body: JsonBody<UpdateAccount>,
     ) -> Result<Json<Account>, ApiError> {
         let body = body.0;
         let mut row = find_account(state, &auth, &account_id.0).await?;
