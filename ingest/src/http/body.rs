@@ -36,26 +36,7 @@ impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for OptionalJson<T> {
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let bytes = body.take()?.into_bytes().await?;
-        let value = if bytes.iter().all(u8::is_ascii_whitespace) {
-            serde_json::json!({})
-        } else {
-            let json = request
-                .content_type()
-                .is_some_and(|t| t.starts_with("application/json"));
-            if !json {
-                return Err(poem::Error::from_string(
-                    "the body must be JSON, sent with Content-Type: application/json",
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ));
-            }
-            serde_json::from_slice(&bytes).map_err(|e| {
-                poem::Error::from_string(
-                    format!("parse request payload error: {e}"),
-                    StatusCode::BAD_REQUEST,
-                )
-            })?
-        };
+        let value = read_json(request, body, Some(serde_json::json!({}))).await?;
         parse_checked::<T>(value).map(Self)
     }
 }
@@ -93,24 +74,40 @@ impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let json = request
-            .content_type()
-            .is_some_and(|t| t.starts_with("application/json"));
-        if !json {
-            return Err(poem::Error::from_string(
-                "the body must be JSON, sent with Content-Type: application/json",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ));
-        }
-        let bytes = body.take()?.into_bytes().await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            poem::Error::from_string(
-                format!("the body is not JSON: {e}"),
-                StatusCode::BAD_REQUEST,
-            )
-        })?;
+        let value = read_json(request, body, None).await?;
         parse_checked::<T>(value).map(Self)
     }
+}
+
+/// A request body as JSON: `Content-Type: application/json` (415 otherwise)
+/// and valid JSON (400). An empty body reads as `empty` when the operation
+/// allows one.
+async fn read_json(
+    request: &Request,
+    body: &mut RequestBody,
+    empty: Option<serde_json::Value>,
+) -> poem::Result<serde_json::Value> {
+    let bytes = body.take()?.into_bytes().await?;
+    if let Some(empty) = empty
+        && bytes.iter().all(u8::is_ascii_whitespace)
+    {
+        return Ok(empty);
+    }
+    let json = request
+        .content_type()
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return Err(poem::Error::from_string(
+            "the body must be JSON, sent with Content-Type: application/json",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        poem::Error::from_string(
+            format!("the body is not JSON: {e}"),
+            StatusCode::BAD_REQUEST,
+        )
+    })
 }
 
 /// Checks a body against `T`'s schema (naming what breaks it), then parses it.
