@@ -215,16 +215,33 @@ fn parse_tokens(s: &str) -> Result<ApiTokens, String> {
     Ok(ApiTokens(tokens))
 }
 
+/// The database a `DATABASE_URL` names, by its scheme.
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(database_url: &str) -> Result<Self, &'static str> {
+        if database_url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+        {
+            Ok(Self::Postgres)
+        } else {
+            Err("must start with sqlite:, postgres:// or postgresql://")
+        }
+    }
+}
+
 /// `DATABASE_URL`, read as sqlx will read it, so a malformed one stops
 /// ingest at start with a line naming the setting (never its password).
 fn parse_database_url(s: &str) -> Result<String, String> {
     use std::str::FromStr as _;
-    let parsed = if s.starts_with("sqlite:") {
-        sqlx::sqlite::SqliteConnectOptions::from_str(s).map(drop)
-    } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        sqlx::postgres::PgConnectOptions::from_str(s).map(drop)
-    } else {
-        return Err("must start with sqlite:, postgres:// or postgresql://".into());
+    let parsed = match Backend::of(s)? {
+        Backend::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(s).map(drop),
+        Backend::Postgres => sqlx::postgres::PgConnectOptions::from_str(s).map(drop),
     };
     parsed.map(|()| s.to_owned()).map_err(|e| {
         format!(

@@ -1,7 +1,9 @@
-//! A JSON request body that may be left out: no body at all reads as `{}`,
-//! for operations whose every field is optional (a bulk replay's filter, a
-//! rotation's grace period). A body that is there is JSON as anywhere else:
-//! `Content-Type: application/json` (415 otherwise) and a valid object (400).
+//! JSON request bodies, checked against their own schema before they are
+//! parsed, so that a refusal names the field and the rule. A body that may
+//! be left out ([`OptionalJson`]) reads as `{}` when there is none, for
+//! operations whose every field is optional (a bulk replay's filter, a
+//! rotation's grace period). A body that is there is
+//! `Content-Type: application/json` (415 otherwise) and valid JSON (400).
 
 use poem::http::StatusCode;
 use poem::{Request, RequestBody};
@@ -9,47 +11,19 @@ use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaR
 use poem_openapi::types::{ParseFromJSON, Type};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
-pub struct OptionalJson<T>(pub T);
-
-impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for OptionalJson<T> {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
-    }
-
-    fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: Some("Optional: no body is the same as `{}`."),
-            content: vec![MetaMediaType {
-                content_type: "application/json; charset=utf-8",
-                schema: T::schema_ref(),
-            }],
-            required: false,
-        })
-    }
-
-    async fn from_request(
-        request: &'a Request,
-        body: &mut RequestBody,
-        _param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let value = read_json(request, body, Some(serde_json::json!({}))).await?;
-        parse_checked::<T>(value).map(Self)
-    }
-}
-
-/// A required JSON request body, like poem-openapi's `Json`, checked against
-/// its own schema first so that a refusal names the field and the rule:
+/// A JSON request body, like poem-openapi's `Json`, checked against its own
+/// schema first so that a refusal names the field and the rule:
 /// `field `quick_replies[0].title` must be a string, not null`, where
 /// poem-openapi would only say which type it was parsing. Unknown fields are
 /// refused at every depth, in a tagged object (`"type": "web_url"`) too, and
-/// a JSON type is never converted (a number is not a string).
-pub struct JsonBody<T>(pub T);
+/// a JSON type is never converted (a number is not a string). `OPTIONAL`:
+/// no body at all is the same as `{}`.
+pub struct JsonBody<T, const OPTIONAL: bool = false>(pub T);
 
-impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
+/// A JSON request body that may be left out (no body is `{}`).
+pub type OptionalJson<T> = JsonBody<T, true>;
+
+impl<'a, T: Type + ParseFromJSON, const OPTIONAL: bool> ApiExtractor<'a> for JsonBody<T, OPTIONAL> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();
     type ParamRawType = ();
@@ -60,12 +34,12 @@ impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
 
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
-            description: None,
+            description: OPTIONAL.then_some("Optional: no body is the same as `{}`."),
             content: vec![MetaMediaType {
                 content_type: "application/json; charset=utf-8",
                 schema: T::schema_ref(),
             }],
-            required: true,
+            required: !OPTIONAL,
         })
     }
 
@@ -74,7 +48,8 @@ impl<'a, T: Type + ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let value = read_json(request, body, None).await?;
+        let empty = OPTIONAL.then(|| serde_json::json!({}));
+        let value = read_json(request, body, empty).await?;
         parse_checked::<T>(value).map(Self)
     }
 }
@@ -314,7 +289,7 @@ fn field(path: &str) -> String {
     }
 }
 
-impl<T> std::ops::Deref for JsonBody<T> {
+impl<T, const OPTIONAL: bool> std::ops::Deref for JsonBody<T, OPTIONAL> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.0

@@ -742,13 +742,16 @@ pub async fn open(database_url: &str, key: Option<SecretBox>) -> anyhow::Result<
             shared::config::redact(database_url)
         )
     };
-    if database_url.starts_with("sqlite:") {
-        let db = SqliteStore::open(database_url).await.map_err(failed)?;
-        Stores::new(db, key).await.map_err(failed)
-    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        let db = PgStore::open(database_url).await.map_err(failed)?;
-        Stores::new(db, key).await.map_err(failed)
-    } else {
-        anyhow::bail!("DATABASE_URL must start with sqlite:, postgres:// or postgresql://")
+    match crate::config::Backend::of(database_url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL {e}"))?
+    {
+        crate::config::Backend::Sqlite => {
+            let db = SqliteStore::open(database_url).await.map_err(failed)?;
+            Stores::new(db, key).await.map_err(failed)
+        }
+        crate::config::Backend::Postgres => {
+            let db = PgStore::open(database_url).await.map_err(failed)?;
+            Stores::new(db, key).await.map_err(failed)
+        }
     }
 }

@@ -110,6 +110,10 @@ pub(super) struct Turn<DB: sqlx::Database> {
     returning: Vec<String>,
 }
 
+fn part_name(n: usize) -> String {
+    format!("part{n}")
+}
+
 impl<DB: sqlx::Database> Turn<DB>
 where
     DB::Arguments: Default,
@@ -129,7 +133,7 @@ where
 
     /// Starts the next part; its name is how later parts read its rows.
     pub(super) fn part(&mut self) -> String {
-        let name = format!("part{}", self.parts);
+        let name = part_name(self.parts);
         match self.form {
             TurnQuery::Statements if self.parts > 0 => {
                 self.query.push(";\n");
@@ -156,11 +160,12 @@ where
         }
     }
 
-    /// Ends the part `name`, whose rows the caller reads as `(kind, id)`.
-    pub(super) fn end_returning(&mut self, name: String, returning: &str) {
+    /// Ends the part being written, whose rows the caller reads as
+    /// `(kind, id)`.
+    pub(super) fn end_returning(&mut self, returning: &str) {
         self.end(Some(returning));
         if self.form == TurnQuery::Ctes {
-            self.returning.push(name);
+            self.returning.push(part_name(self.parts - 1));
         }
     }
 
@@ -728,6 +733,7 @@ impl $store {
         messages: &[NewMessage],
         published: &[String],
         outcomes: &[DeliveryOutcome],
+        runs: &[&[DeliveryOutcome]],
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
         let now = Utc::now();
         let mut tx = self.begin_write().await?;
@@ -740,7 +746,7 @@ impl $store {
         for (chunk, (sequences, payloads)) in messages.chunks(SAVE_CHUNK).zip(&numbered) {
             let rows = turn.part();
             Self::push_messages(&mut turn.query, &message_rows(chunk, sequences, payloads), now);
-            turn.end_returning(rows.clone(), "'saved' AS kind, id");
+            turn.end_returning("'saved' AS kind, id");
             // A redelivered event has no new row, so no outbox row: the turn
             // is rolled back and the caller saves each event on its own.
             let to_publish = outbox_rows(chunk, sequences, payloads);
@@ -761,14 +767,14 @@ impl $store {
             Self::push_removal(&mut turn.query, chunk);
             turn.end(None);
         }
-        for run in runs_of_distinct_messages(outcomes) {
+        for run in runs {
             let attempts = turn.part();
             Self::push_attempts(&mut turn.query, run);
             let counted_apart = !turn.in_order();
             turn.end(counted_apart.then_some("message_id"));
-            let part = turn.part();
+            turn.part();
             Self::push_states(&mut turn.query, run, counted_apart.then_some(attempts.as_str()));
-            turn.end_returning(part, "'known' AS kind, messages.id");
+            turn.end_returning("'known' AS kind, messages.id");
         }
         let largest = messages.len().max(published.len()).max(outcomes.len());
         let rows: Vec<(String, String)> = turn
@@ -1057,10 +1063,11 @@ impl $crate::store::MessageStore for $store {
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
         // A message's outcomes in two runs would change its row twice in
         // one statement of CTEs; such a turn goes statement by statement.
-        if Self::TURN_QUERY == TurnQuery::Statements
-            || runs_of_distinct_messages(outcomes).len() <= 1
-        {
-            return self.write_in_one_query(messages, published, outcomes).await;
+        let runs = runs_of_distinct_messages(outcomes);
+        if Self::TURN_QUERY == TurnQuery::Statements || runs.len() <= 1 {
+            return self
+                .write_in_one_query(messages, published, outcomes, &runs)
+                .await;
         }
         let mut tx = self.begin_write().await?;
         let saved = if messages.is_empty() {

@@ -651,15 +651,28 @@ async fn unknown_fields_are_refused_with_their_name_and_nothing_changes() {
             "items[0].icon",
         ),
     ];
-    for (method, path, body, field) in cases {
-        let (status, answer) = sys.api_send(method, &path, Some(body)).await;
+    let cases = cases.map(|(method, path, body, field)| (method, path, body, format!("`{field}`")));
+    all_refused_and_nothing_changed(&sys, &account, before, cases).await;
+}
+
+/// Sends each body, checks that it is refused with 400 `invalid_request`
+/// and a message holding its expected text, then that the account (as it
+/// was `before`) and the list of accounts are unchanged.
+async fn all_refused_and_nothing_changed(
+    sys: &System,
+    account: &str,
+    before: Value,
+    cases: impl IntoIterator<Item = (Method, String, Value, impl AsRef<str>)>,
+) {
+    for (method, path, body, expected) in cases {
+        let (status, answer) = sys.api_send(method, &path, Some(body.clone())).await;
         assert_eq!(
             (status, answer["code"].as_str()),
             (400, Some("invalid_request")),
-            "{path}: {answer}"
+            "{path} {body}: {answer}"
         );
         let message = answer["message"].as_str().unwrap();
-        assert!(message.contains(&format!("`{field}`")), "{message}");
+        assert!(message.contains(expected.as_ref()), "{body}: {message}");
     }
     let after = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
     assert_eq!(before, after, "nothing changed");
@@ -756,20 +769,7 @@ async fn validation_errors_name_the_field_and_the_rule() {
             "the body must be an object, not an array",
         ),
     ];
-    for (method, path, body, expected) in cases {
-        let (status, answer) = sys.api_send(method, &path, Some(body.clone())).await;
-        assert_eq!(
-            (status, answer["code"].as_str()),
-            (400, Some("invalid_request")),
-            "{path} {body}: {answer}"
-        );
-        let message = answer["message"].as_str().unwrap();
-        assert!(message.contains(expected), "{body}: {message}");
-    }
-    let after = sys.api_get(&format!("/api/v1/accounts/{account}")).await;
-    assert_eq!(before, after, "nothing changed");
-    let list = sys.api_get("/api/v1/accounts").await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    all_refused_and_nothing_changed(&sys, &account, before, cases).await;
 }
 
 /// Every time the API and the alerts write is RFC 3339 UTC with `Z`, to the
