@@ -76,9 +76,12 @@ pub struct CommonConfig {
 
     /// The most deliveries in flight an account may ask for (`max_in_flight`
     /// in the account API): ingest refuses more, forwarders never go above it.
-    #[arg(long, env = "ROUTER_ACCOUNT_IN_FLIGHT_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "ROUTER_ACCOUNT_IN_FLIGHT_MAX", default_value_t = ACCOUNT_IN_FLIGHT_MAX, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub router_account_in_flight_max: u32,
 }
+
+/// `ROUTER_ACCOUNT_IN_FLIGHT_MAX` when not set.
+pub const ACCOUNT_IN_FLIGHT_MAX: u32 = 64;
 
 impl CommonConfig {
     /// The keys secrets are sealed and opened with, `None` for plaintext.

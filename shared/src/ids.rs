@@ -12,6 +12,10 @@ macro_rules! prefixed_id {
         impl $name {
             pub const PREFIX: &'static str = $prefix;
 
+            /// What [`Self::parse`] accepts, as a regular expression for the
+            /// OpenAPI document.
+            pub const PATTERN: &'static str = concat!("^", $prefix, "[A-Za-z0-9_-]{1,64}$");
+
             /// A new id, unique and increasing with time.
             pub fn generate() -> Self {
                 Self(format!(

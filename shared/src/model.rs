@@ -262,6 +262,21 @@ pub enum CrmUrlError {
     NoHost,
     #[error("must not carry credentials")]
     Credentials,
+    #[error(
+        "must have a host name of letters, digits, hyphens and dots (or an IP address), and \
+         only the characters a URL allows, others percent-encoded"
+    )]
+    Form,
+}
+
+/// Whether `s` is a URL as the API takes them: [`CrmWebhookUrl::PATTERN`]
+/// (which every URL in a request body follows: a CRM's, a button's, an
+/// image's).
+pub fn is_web_url(s: &str) -> bool {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(CrmWebhookUrl::PATTERN).expect("the URL pattern compiles")
+    });
+    PATTERN.is_match(s)
 }
 
 /// Where an account's messages are POSTed: an absolute http(s) URL with a
@@ -272,6 +287,50 @@ pub enum CrmUrlError {
 pub struct CrmWebhookUrl(url::Url);
 
 impl CrmWebhookUrl {
+    /// The URLs the API takes ([`Self::from_user`]), as a regular
+    /// expression for the OpenAPI document: http(s), a host name (letters,
+    /// digits and hyphens in dot-separated labels, the last starting with a
+    /// letter), an IPv4 address or an IPv6 one in brackets, an optional port, path, query and
+    /// fragment, each character one RFC 3986 allows there or percent-encoded.
+    /// Every URL it matches is one [`Self::parse`] takes.
+    pub const PATTERN: &'static str = concat!(
+        "^[Hh][Tt][Tt][Pp][Ss]?://(?:",
+        // A host name,
+        r"(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*",
+        // an IPv4 address,
+        r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+        // or an IPv6 address in brackets, in any of its written forms.
+        r"|\[(?:",
+        r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,5}(?::[0-9A-Fa-f]{1,4}){1,2}",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,4}(?::[0-9A-Fa-f]{1,4}){1,3}",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,3}(?::[0-9A-Fa-f]{1,4}){1,4}",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,2}(?::[0-9A-Fa-f]{1,4}){1,5}",
+        r"|[0-9A-Fa-f]{1,4}:(?::[0-9A-Fa-f]{1,4}){1,6}",
+        r"|:(?:(?::[0-9A-Fa-f]{1,4}){1,7}|:)",
+        r"|::(?:[Ff]{4}(?::0{1,4})?:)?(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+        r"|(?:[0-9A-Fa-f]{1,4}:){1,4}:(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+        r")\]",
+        ")(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?",
+        "(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*)*",
+        r"(?:\?(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?",
+        "(?:#(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
+    );
+
+    /// A CRM URL given through the API: one [`Self::PATTERN`] matches (so
+    /// the API takes exactly what its document says), then [`Self::parse`].
+    /// A URL stored before is read with `parse` alone.
+    pub fn from_user(s: &str) -> Result<Self, CrmUrlError> {
+        let url = Self::parse(s)?;
+        if is_web_url(s) {
+            Ok(url)
+        } else {
+            Err(CrmUrlError::Form)
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, CrmUrlError> {
         let url = url::Url::parse(s).map_err(|_| CrmUrlError::NotAbsolute)?;
         if !matches!(url.scheme(), "http" | "https") {

@@ -68,6 +68,17 @@ pub enum InvalidSecret {
 }
 
 impl WebhookSecret {
+    /// What [`Self::parse`] accepts, as a regular expression for the OpenAPI
+    /// document: `whsec_` and canonical, padded standard base64 of 24 to 64
+    /// bytes (8 to 21 groups of four characters, then an optional padded
+    /// tail whose last character leaves no stray bits).
+    pub const PATTERN: &'static str = concat!(
+        "^whsec_(?:",
+        "(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?",
+        "|(?:[A-Za-z0-9+/]{4}){21}(?:[A-Za-z0-9+/][AQgw]==)?",
+        ")$"
+    );
+
     /// A fresh secret from 32 random bytes of the OS generator.
     pub fn generate() -> Self {
         let mut key = [0u8; 32];

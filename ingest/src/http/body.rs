@@ -235,8 +235,10 @@ impl Schemas<'_> {
                     return Err(format!("{} is required", field(&join(path, name))));
                 }
             }
+            // An optional field is left out or, where the schema says
+            // `nullable`, null; null is not another way to leave it out.
             for (name, property) in &s.properties {
-                if let Some(v) = object.get(*name).filter(|v| !v.is_null()) {
+                if let Some(v) = object.get(*name) {
                     self.check(v, property, &join(path, name), true)?;
                 }
             }

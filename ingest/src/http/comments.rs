@@ -8,7 +8,7 @@ use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON as _, ToJSON as _};
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -17,7 +17,7 @@ use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
-use super::idempotency;
+use super::idempotency::{self, IdempotencyKey};
 use super::send::{SentMessage, access_token, api_error, within_text_limit};
 use crate::domain::Core;
 use crate::domain::comments::{ReplyError, private_reply, public_reply};
@@ -99,11 +99,8 @@ impl CommentsApi {
         account_id: Path<String>,
         comment_id: Path<String>,
         /// Makes a retry safe, as for a reply (`send_message`).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
-        )]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: IdempotencyKey,
         body: JsonBody<CommentAnswer>,
     ) -> Result<PrivateReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;
@@ -140,11 +137,8 @@ impl CommentsApi {
         account_id: Path<String>,
         comment_id: Path<String>,
         /// Makes a retry safe, as for a reply (`send_message`).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
-        )]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: IdempotencyKey,
         body: JsonBody<CommentAnswer>,
     ) -> Result<PublicReplyResponse, ApiError> {
         auth.reach(&account_id.0)?;

@@ -9,6 +9,10 @@
 use chrono::{SubsecRound as _, TimeDelta, Utc};
 use serde_json::Value;
 
+use poem_openapi::error::ParseParamError;
+use poem_openapi::registry::{MetaParamIn, MetaSchema, MetaSchemaRef};
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+
 use super::error::{ApiError, ErrorBody};
 use crate::domain::Core;
 use crate::store::{AccountRow, KeyClaim};
@@ -22,6 +26,55 @@ pub trait Kept: Sized {
     fn kept(&self) -> Option<(u16, Value)>;
     fn from_kept(status: u16, json: Value) -> Option<Self>;
 }
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+/// poem-openapi's `Header` reads a value that is not ASCII as no header at
+/// all: such a key would be ignored, and the retry it was meant to make safe
+/// would reach Meta twice. This reads the header itself, and a key outside
+/// the rule is 400 `invalid_request` naming the header.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<'a> ApiExtractor<'a> for IdempotencyKey {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::Parameter];
+    type ParamType = Option<String>;
+    type ParamRawType = ();
+
+    fn param_in() -> Option<MetaParamIn> {
+        Some(MetaParamIn::Header)
+    }
+
+    fn param_schema_ref() -> Option<MetaSchemaRef> {
+        Some(MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(1),
+            max_length: Some(MAX_KEY_LEN),
+            pattern: Some("^[!-~]+$".to_owned()),
+            ..MetaSchema::new("string")
+        })))
+    }
+
+    async fn from_request(
+        request: &'a poem::Request,
+        _body: &mut poem::RequestBody,
+        param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let Some(value) = request.headers().get(param_opts.name) else {
+            return Ok(Self(None));
+        };
+        let bytes = value.as_bytes();
+        if (1..=MAX_KEY_LEN).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic) {
+            Ok(Self(Some(String::from_utf8_lossy(bytes).into_owned())))
+        } else {
+            Err(ParseParamError {
+                name: param_opts.name,
+                reason: format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+            }
+            .into())
+        }
+    }
+}
+
+/// The longest `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 255;
 
 /// What makes two requests the same: the operation, its path parameters
 /// and its body as parsed (so spacing and key order do not matter), hashed.

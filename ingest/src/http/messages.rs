@@ -9,7 +9,7 @@ use crate::http::body::JsonBody;
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
@@ -19,6 +19,7 @@ use super::ApiTags;
 use super::accounts::find_account;
 use super::auth::ApiToken;
 use super::error::ApiError;
+use super::idempotency::IdempotencyKey;
 use super::send::{SendMessage, SendResponse, send_reply};
 use crate::domain::Core;
 use crate::store::MessageRow;
@@ -189,11 +190,8 @@ impl MessagesApi {
         /// `idempotency_key_in_progress`; the same key with another body, 422
         /// `idempotency_key_reused`. Keys are per account; up to 255 visible
         /// ASCII characters (a UUID, say).
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")
-        )]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: IdempotencyKey,
         body: JsonBody<SendMessage>,
     ) -> Result<SendResponse, ApiError> {
         send_reply(&auth, state, &account_id.0, idempotency_key.0, body).await

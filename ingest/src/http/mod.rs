@@ -52,10 +52,18 @@ pub enum ApiTags {
 pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
     let api = openapi::service();
     let api_max_body = core.config.ingest_api_max_body_bytes;
-    let spec = api.spec_endpoint();
-    // The UI page embeds Swagger UI's script and the document (1.5 MB):
-    // made when asked for, not held for the life of the process.
-    let docs = poem::endpoint::make_sync(|_| poem::web::Html(openapi::service().swagger_ui_html()));
+    let in_flight_max = core.config.common.router_account_in_flight_max;
+    let limits = move || openapi::Limits {
+        account_in_flight_max: in_flight_max,
+    };
+    // The document and the UI page (which embeds Swagger UI's script and
+    // the document, 1.5 MB) are made when asked for, not held for the life
+    // of the process.
+    let spec = poem::endpoint::make_sync(move |_| {
+        openapi::document(&limits()).with_content_type("application/json; charset=utf-8")
+    });
+    let docs =
+        poem::endpoint::make_sync(move |_| poem::web::Html(openapi::swagger_ui_html(&limits())));
     Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)

@@ -6,6 +6,10 @@ use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApiService, Webhook};
 
+mod rules;
+
+pub use rules::Limits;
+
 use super::accounts::AccountsApi;
 use super::accounts::deliveries::DeliveriesApi;
 use super::comments::CommentsApi;
@@ -324,7 +328,28 @@ pub fn service() -> ApiService {
     .webhooks::<CrmWebhooks>()
 }
 
-/// The document as committed under `openapi/openapi.json`.
+/// The document served at `/openapi.json`: poem-openapi's, with the rules
+/// its types cannot say written in ([`rules`]).
+pub fn document(limits: &Limits) -> String {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&service().spec()).expect("poem-openapi writes JSON");
+    rules::apply(&mut doc, limits);
+    serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
+}
+
+/// The document as committed under `openapi/openapi.json`: with the
+/// default settings.
 pub fn spec_json() -> String {
-    service().spec()
+    document(&Limits {
+        account_in_flight_max: shared::config::ACCOUNT_IN_FLIGHT_MAX,
+    })
+}
+
+/// The Swagger UI page, showing [`document`].
+pub fn swagger_ui_html(limits: &Limits) -> String {
+    let service = service();
+    // poem-openapi's page embeds its own document as is: put ours there.
+    service
+        .swagger_ui_html()
+        .replacen(&service.spec(), &document(limits), 1)
 }

@@ -122,8 +122,13 @@ impl SenderAction {
     }
 }
 
-/// `url` if it is an absolute http(s) URL, as Meta will fetch it.
+/// `url` if it is an absolute http(s) URL as the API takes them (the
+/// pattern its document gives, [`shared::model::is_web_url`]), as Meta will
+/// fetch it.
 pub fn http_url(url: &str) -> Option<String> {
+    if !shared::model::is_web_url(url) {
+        return None;
+    }
     url::Url::parse(url)
         .ok()
         .filter(|u| matches!(u.scheme(), "https" | "http"))

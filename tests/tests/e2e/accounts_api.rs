@@ -768,8 +768,88 @@ async fn validation_errors_name_the_field_and_the_rule() {
             json!([{ "recipient_id": "42" }]),
             "the body must be an object, not an array",
         ),
+        (
+            Method::POST,
+            format!("/api/v1/accounts/{account}/rotate-secret"),
+            json!({ "grace_period_secs": null }),
+            "field `grace_period_secs` must not be null",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/accounts/{account}"),
+            json!({ "status": null }),
+            "field `status` must not be null",
+        ),
     ];
     all_refused_and_nothing_changed(&sys, &account, before, cases).await;
+    // Where null means something, the document says `nullable`, and it works.
+    let (status, answer) = sys
+        .api_send(
+            Method::PATCH,
+            &format!("/api/v1/accounts/{account}"),
+            Some(json!({ "auto_reply_text": null, "max_in_flight": null })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The document an ingest serves states the rules that ingest applies: its
+/// own `max_in_flight` limit, closed request objects, and the one form of a
+/// URL, which the API checks with the very pattern it publishes.
+#[tokio::test]
+async fn the_served_document_states_the_rules_this_ingest_applies() {
+    let sys = System::start_with(Db::Sqlite, &[("ROUTER_ACCOUNT_IN_FLIGHT_MAX", "16")]).await;
+    let doc = sys.api_get("/openapi.json").await;
+    let schema = &doc["components"]["schemas"]["CreateAccount"];
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(schema["properties"]["max_in_flight"]["maximum"], 16);
+    let pattern = schema["properties"]["crm_webhook_url"]["pattern"]
+        .as_str()
+        .unwrap();
+    let pattern = regex::Regex::new(pattern).unwrap();
+    let mut next_id = 17841400000000500u64;
+    let mut create = |url: &str, in_flight: u32| {
+        next_id += 1;
+        json!({ "name": "Shop", "instagram_account_id": next_id.to_string(),
+                "crm_webhook_url": url, "max_in_flight": in_flight })
+    };
+    let mut refused = Vec::new();
+    for url in [
+        "https://0.com*/hook",
+        "https://crm.example/a b",
+        "https://münchen.example/hook",
+    ] {
+        assert!(!pattern.is_match(url), "{url}");
+        let (status, answer) = sys
+            .api_send(Method::POST, "/api/v1/accounts", Some(create(url, 1)))
+            .await;
+        assert_eq!(status, 400, "{url}: {answer}");
+        assert_eq!(answer["code"], "invalid_crm_webhook_url", "{url}");
+        refused.push(answer["message"].as_str().unwrap().to_owned());
+    }
+    assert!(refused[0].contains("host name"), "{}", refused[0]);
+    for url in [
+        "http://[2001:db8::1]:8080/hook",
+        "HTTPS://crm.example/hook?team=2#ig",
+    ] {
+        assert!(pattern.is_match(url), "{url}");
+        let (status, answer) = sys
+            .api_send(Method::POST, "/api/v1/accounts", Some(create(url, 16)))
+            .await;
+        assert_eq!(status, 201, "{url}: {answer}");
+    }
+    let (status, answer) = sys
+        .api_send(
+            Method::POST,
+            "/api/v1/accounts",
+            Some(create("https://crm.example/hook", 17)),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{answer}"
+    );
 }
 
 /// Every time the API and the alerts write is RFC 3339 UTC with `Z`, to the

@@ -214,9 +214,11 @@ pub struct UpdateAccount {
     #[oai(validator(max_length = 2048))]
     pub crm_webhook_url: Option<String>,
     #[oai(validator(max_length = 1000))]
+    #[oai(nullable)]
     pub auto_reply_text: MaybeUndefined<String>,
     /// `null` stops answering new comments.
     #[oai(validator(max_length = 1000))]
+    #[oai(nullable)]
     pub comment_auto_reply_text: MaybeUndefined<String>,
     pub status: Option<AccountStatus>,
     /// Replaces the Send API token (write-only): printable ASCII, no spaces.
@@ -232,9 +234,11 @@ pub struct UpdateAccount {
     #[oai(validator(minimum(value = "60"), maximum(value = "31536000")))]
     pub auto_reply_cooldown_secs: Option<i64>,
     /// The events the CRM receives; `null` for every event.
+    #[oai(nullable)]
     pub events: MaybeUndefined<Vec<EventKind>>,
     /// Deliveries in flight at once; `null` for the forwarders' default.
     #[oai(validator(minimum(value = "1")))]
+    #[oai(nullable)]
     pub max_in_flight: MaybeUndefined<i64>,
 }
 
@@ -262,7 +266,7 @@ pub enum DeleteAccountResponse {
 
 /// A CRM URL we are willing to store: absolute http(s), no credentials.
 fn parse_crm_url(s: &str) -> Result<CrmWebhookUrl, ApiError> {
-    CrmWebhookUrl::parse(s).map_err(|why| {
+    CrmWebhookUrl::from_user(s).map_err(|why| {
         ApiError::bad_request("invalid_crm_webhook_url", format!("crm_webhook_url {why}"))
     })
 }
