@@ -209,8 +209,14 @@ async fn save_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    let (news, followups): (Vec<NewMessage>, Vec<Followup>) =
-        batch.into_iter().map(|p| (p.new, p.followup)).unzip();
+    // Exactly as long as the batch (`unzip` would reserve room for four):
+    // they are held until the save is committed, for every webhook in flight.
+    let mut news = Vec::with_capacity(batch.len());
+    let mut followups = Vec::with_capacity(batch.len());
+    for p in batch {
+        news.push(p.new);
+        followups.push(p.followup);
+    }
     let outcomes = core.store.saves.save_all(news).await;
     for (followup, outcome) in followups.into_iter().zip(outcomes) {
         let Followup {

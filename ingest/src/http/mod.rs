@@ -64,6 +64,7 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
     });
     let docs =
         poem::endpoint::make_sync(move |_| poem::web::Html(openapi::swagger_ui_html(&limits())));
+    let limiter = Arc::new(auth::ApiLimiter::new(core.config.router_api_rate_limit));
     Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)
@@ -71,13 +72,7 @@ pub fn routes(core: Arc<Core>) -> impl poem::Endpoint {
             "/",
             api.around(move |next, req| limit_body(next, req, api_max_body)),
         )
-        // The request line is logged outside the handlers, with what they share.
-        .around(log_request)
-        .data(Arc::new(auth::ApiLimiter::new(
-            core.config.router_api_rate_limit,
-        )))
-        .data(core)
-        .catch_all_error(error::render_error)
+        .around(move |next, req| serve_request(next, req, limiter.clone(), core.clone()))
 }
 
 /// Reads an API request's body up to `max` bytes (413 `payload_too_large`
@@ -93,14 +88,26 @@ async fn limit_body<E: Endpoint>(
     if req.uri().path() == webhooks::PATH {
         return next.call(req).await.map(IntoResponse::into_response);
     }
-    let body = req.take_body().into_bytes_limit(max).await?;
+    // Boxed: reading a body is a 4 KiB future that Meta's notifications
+    // (most requests) never need, and every request in flight would carry it.
+    let body = Box::pin(req.take_body().into_bytes_limit(max)).await?;
     req.set_body(body);
     next.call(req).await.map(IntoResponse::into_response)
 }
 
-/// One line per request: method, path (never the query string, which holds
-/// Meta's verify token), status and duration.
-async fn log_request<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// The one layer around every request (a layer per concern would each
+/// hold its own copy of the request while it is in flight): it gives the
+/// handlers what they share, renders an error that escaped them as JSON
+/// `{code, message}`, and logs one line per request: method, path (never
+/// the query string, which holds Meta's verify token), status and duration.
+async fn serve_request<E: Endpoint>(
+    next: Arc<E>,
+    mut req: Request,
+    limiter: Arc<auth::ApiLimiter>,
+    core: Arc<Core>,
+) -> poem::Result<Response> {
+    req.extensions_mut().insert(limiter);
+    req.extensions_mut().insert(core);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // Which API token made the request, filled in once it is checked: its
@@ -109,18 +116,17 @@ async fn log_request<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     let caller = auth::CallerSlot::default();
     req.extensions_mut().insert(caller.clone());
     let started = std::time::Instant::now();
-    let result = next.call(req).await.map(IntoResponse::into_response);
-    let status = match &result {
-        Ok(resp) => resp.status(),
-        Err(e) => e.status(),
+    let resp = match next.call(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(err) => error::render_error(err).await,
     };
     tracing::info!(
         %method,
         %path,
         token = caller.0.get().map(tracing::field::display),
-        status = status.as_u16(),
+        status = resp.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "http request"
     );
-    result
+    Ok(resp)
 }
