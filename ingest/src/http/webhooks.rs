@@ -142,10 +142,10 @@ async fn receive(state: &Arc<Core>, signature: Option<String>, body: Body) -> Re
         ));
     };
     let signature = signature.to_owned();
-    // Boxed: reading the body is a 4 KiB future, done before the save,
-    // which this future would otherwise hold a place for while the save
-    // waits.
-    let bytes = match Box::pin(body.into_bytes_limit(state.config.ingest_max_body_bytes)).await {
+    let bytes = match body
+        .into_bytes_limit(state.config.ingest_max_body_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => {
             tracing::warn!("meta webhook body over the limit refused");
