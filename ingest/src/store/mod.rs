@@ -310,6 +310,9 @@ pub struct OutboxEntry {
     pub subject: String,
     pub payload: Vec<u8>,
     pub created_at: DateTime<Utc>,
+    /// A later row of its conversation is in the outbox: it is ready once
+    /// this one is removed (a conversation's rows go out one by one).
+    pub has_next: bool,
 }
 
 /// A stored message with its delivery state, as the API lists it.

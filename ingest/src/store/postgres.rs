@@ -74,7 +74,11 @@ impl PgStore {
                  ORDER BY o.created_at, o.message_id
                  LIMIT $1
                  FOR UPDATE OF o SKIP LOCKED)
-             RETURNING message_id, nats_msg_id, subject, payload, created_at",
+             RETURNING message_id, nats_msg_id, subject, payload, created_at,
+                 EXISTS (SELECT 1 FROM outbox later
+                         WHERE later.account_id = outbox.account_id
+                           AND later.conversation_id = outbox.conversation_id
+                           AND later.sequence > outbox.sequence) AS has_next",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

@@ -70,7 +70,12 @@ impl SqliteStore {
     /// One ingest publishes from an SQLite file, so a plain read will do.
     async fn lease_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT o.message_id, o.nats_msg_id, o.subject, o.payload, o.created_at FROM outbox o
+            "SELECT o.message_id, o.nats_msg_id, o.subject, o.payload, o.created_at,
+                    EXISTS (SELECT 1 FROM outbox later
+                            WHERE later.account_id = o.account_id
+                              AND later.conversation_id = o.conversation_id
+                              AND later.sequence > o.sequence) AS has_next
+             FROM outbox o
              WHERE (o.hold_until IS NULL OR o.hold_until <= $1)
                AND NOT EXISTS (
                    SELECT 1 FROM outbox earlier

@@ -36,8 +36,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes what is pending until the outbox is empty or a publish fails.
-    /// Returns how many messages JetStream acknowledged.
+    /// Publishes what is pending until nothing more is ready or a publish
+    /// fails. Returns how many messages JetStream acknowledged.
     ///
     /// A batch's outbox rows are removed while the next batch is published:
     /// the removal waits for the writer's next transaction, and publishing
@@ -62,6 +62,11 @@ impl Publisher {
             // behind would wait out its lease.
             let limit = BATCH + removing.ids.len() as u32;
             let mut batch = state.messages.pending_outbox(limit).await?;
+            // Fewer rows than asked for, none with a row queued behind it:
+            // nothing more is ready, and asking again would find nothing (at
+            // a steady load, a second query for every message). A row saved
+            // meanwhile wakes the publisher anew.
+            let drained = batch.len() < limit as usize && !batch.iter().any(|entry| entry.has_next);
             batch.retain(|entry| !removing.ids.contains(&entry.message_id));
             if batch.is_empty() {
                 if removing.is_empty() {
@@ -132,6 +137,12 @@ impl Publisher {
             if stopped_early {
                 anyhow::bail!("publishing stopped early");
             }
+            if drained && !removing.wait_all_unless_woken(&state.wakeup).await? {
+                // This call's removals are committed before it returns, so
+                // the next one never sees their rows again. A save that
+                // wakes the publisher meanwhile is published at once.
+                return Ok(published);
+            }
         }
     }
 }
@@ -189,6 +200,27 @@ impl Removals {
             self.wait_oldest().await?;
         }
         Ok(())
+    }
+
+    /// Waits for every removal, unless `wakeup` comes first (then `true`,
+    /// the removals still on their way).
+    async fn wait_all_unless_woken(&mut self, wakeup: &Notify) -> anyhow::Result<bool> {
+        while let Some((_, oldest)) = self.running.front_mut() {
+            tokio::select! {
+                // A task's handle is awaited by reference: a wake-up leaves
+                // it in place, to be awaited later.
+                done = oldest => {
+                    if let Some((message_ids, _)) = self.running.pop_front() {
+                        for id in &message_ids {
+                            self.ids.remove(id);
+                        }
+                    }
+                    done??;
+                }
+                () = wakeup.notified() => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 }
 
