@@ -331,8 +331,12 @@ pub fn service() -> ApiService {
 /// The document served at `/openapi.json`: poem-openapi's, with the rules
 /// its types cannot say written in ([`rules`]).
 pub fn document(limits: &Limits) -> String {
-    let mut doc: serde_json::Value =
-        serde_json::from_str(&service().spec()).expect("poem-openapi writes JSON");
+    with_rules(&service().spec(), limits)
+}
+
+/// poem-openapi's document `spec` with the rules written in.
+fn with_rules(spec: &str, limits: &Limits) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(spec).expect("poem-openapi writes JSON");
     rules::apply(&mut doc, limits);
     serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
 }
@@ -348,8 +352,9 @@ pub fn spec_json() -> String {
 /// The Swagger UI page, showing [`document`].
 pub fn swagger_ui_html(limits: &Limits) -> String {
     let service = service();
+    let spec = service.spec();
     // poem-openapi's page embeds its own document as is: put ours there.
     service
         .swagger_ui_html()
-        .replacen(&service.spec(), &document(limits), 1)
+        .replacen(&spec, &with_rules(&spec, limits), 1)
 }

@@ -123,16 +123,13 @@ impl SenderAction {
 }
 
 /// `url` if it is an absolute http(s) URL as the API takes them (the
-/// pattern its document gives, [`shared::model::is_web_url`]), as Meta will
-/// fetch it.
+/// pattern its document gives, [`shared::model::is_web_url`], which admits
+/// no other scheme), as Meta will fetch it.
 pub fn http_url(url: &str) -> Option<String> {
     if !shared::model::is_web_url(url) {
         return None;
     }
-    url::Url::parse(url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "https" | "http"))
-        .map(|u| u.to_string())
+    url::Url::parse(url).ok().map(|u| u.to_string())
 }
 
 /// An http(s) URL for `field`, or 400 `invalid_url`.

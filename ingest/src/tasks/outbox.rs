@@ -184,14 +184,19 @@ impl Removals {
         Ok(())
     }
 
-    async fn wait_oldest(&mut self) -> anyhow::Result<()> {
-        let Some((message_ids, task)) = self.running.pop_front() else {
-            return Ok(());
-        };
+    /// Forgets the oldest removal, its rows included, and hands back its task.
+    fn pop_oldest(&mut self) -> Option<RemovalTask> {
+        let (message_ids, task) = self.running.pop_front()?;
         for id in &message_ids {
             self.ids.remove(id);
         }
-        task.await??;
+        Some(task)
+    }
+
+    async fn wait_oldest(&mut self) -> anyhow::Result<()> {
+        if let Some(task) = self.pop_oldest() {
+            task.await??;
+        }
         Ok(())
     }
 
@@ -210,11 +215,7 @@ impl Removals {
                 // A task's handle is awaited by reference: a wake-up leaves
                 // it in place, to be awaited later.
                 done = oldest => {
-                    if let Some((message_ids, _)) = self.running.pop_front() {
-                        for id in &message_ids {
-                            self.ids.remove(id);
-                        }
-                    }
+                    self.pop_oldest();
                     done??;
                 }
                 () = wakeup.notified() => return Ok(true),
