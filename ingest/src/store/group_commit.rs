@@ -445,6 +445,23 @@ mod tests {
         again.id = "msg_again".into();
         let third = [again, published(5, "conv_a")];
         assert!(db.write_together(&third, &[], &[]).await.unwrap().is_none());
+        // A refused turn leaves no transaction open behind it (SQLite's turn
+        // begins and commits inside its own queries): the turns after it,
+        // on whichever pooled connection, write.
+        for i in 0..4 {
+            assert!(db.write_together(&third, &[], &[]).await.unwrap().is_none());
+            let (saved, _) = db
+                .write_together(&[published(10 + i, "conv_b")], &[], &[])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                saved,
+                [SaveOutcome::Saved {
+                    sequence: Some(2 + i as u64)
+                }]
+            );
+        }
         let saved = db.save_messages(&third).await.unwrap();
         assert_eq!(
             saved,

@@ -56,6 +56,12 @@ impl PgStore {
         Ok(WriteTx::new(self.pool.begin().await?, None))
     }
 
+    /// The write turn's transaction: one statement per query with
+    /// parameters, so `BEGIN` and `COMMIT` are trips of their own.
+    async fn begin_turn(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
+        self.begin_write().await
+    }
+
     /// Leases the rows for a while so another ingest's publisher skips them;
     /// a publisher that dies just lets its lease run out. A row whose
     /// conversation has an earlier one in the outbox (leased or not) waits.

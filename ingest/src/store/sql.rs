@@ -23,8 +23,33 @@ pub(super) const MESSAGE_COLUMNS: &str =
 /// write lock when it has one (SQLite: one writer at a time, queued in the
 /// process instead of in SQLite's sleeping busy handler).
 pub(super) struct WriteTx<DB: sqlx::Database> {
-    tx: sqlx::Transaction<'static, DB>,
+    conn: TxConn<DB>,
     _lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+enum TxConn<DB: sqlx::Database> {
+    /// Begun and committed by sqlx, each a trip to the database.
+    Sqlx(sqlx::Transaction<'static, DB>),
+    /// Begun by the first query's own text and committed by the last's (see
+    /// [`WriteTx::in_queries`]).
+    InQueries(InQueries<DB>),
+}
+
+struct InQueries<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    begin: &'static str,
+    begun: bool,
+    committed: bool,
+}
+
+impl<DB: sqlx::Database> Drop for InQueries<DB> {
+    /// A transaction left open (a statement refused, a caller gone) must not
+    /// go back to the pool: the connection is closed, which rolls it back.
+    fn drop(&mut self) {
+        if self.begun && !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl<DB: sqlx::Database> WriteTx<DB> {
@@ -32,24 +57,95 @@ impl<DB: sqlx::Database> WriteTx<DB> {
         tx: sqlx::Transaction<'static, DB>,
         lock: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Self {
-        Self { tx, _lock: lock }
+        Self {
+            conn: TxConn::Sqlx(tx),
+            _lock: lock,
+        }
     }
 
+    /// A transaction whose `begin` statement is sent in front of the first
+    /// query ([`Self::begin_sql`]) and whose `COMMIT` after the last
+    /// ([`Self::commit_sql`]), so a write turn takes two trips to the
+    /// database's thread instead of four (SQLite runs several statements in
+    /// one query; each trip is a hand-off to its thread and back).
+    pub(super) fn in_queries(
+        conn: sqlx::pool::PoolConnection<DB>,
+        begin: &'static str,
+        lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
+        Self {
+            conn: TxConn::InQueries(InQueries {
+                conn,
+                begin,
+                begun: false,
+                committed: false,
+            }),
+            _lock: lock,
+        }
+    }
+
+    /// What the next query starts with: the transaction's `begin` the first
+    /// time, for one begun in queries; nothing otherwise.
+    pub(super) fn begin_sql(&mut self) -> &'static str {
+        match &mut self.conn {
+            TxConn::InQueries(q) if !q.begun => {
+                q.begun = true;
+                q.begin
+            }
+            _ => "",
+        }
+    }
+
+    /// What the last query ends with: `COMMIT` for a transaction committed in
+    /// queries. Every statement before it must then fail rather than skip a
+    /// row: an error stops the query before its `COMMIT`.
+    pub(super) fn commit_sql(&self) -> &'static str {
+        match &self.conn {
+            TxConn::InQueries(_) => ";\nCOMMIT",
+            TxConn::Sqlx(_) => "",
+        }
+    }
+
+    /// Whether the last query commits ([`Self::commit_sql`]).
+    pub(super) fn commits_in_query(&self) -> bool {
+        matches!(self.conn, TxConn::InQueries(_))
+    }
+
+    /// Commits; for a transaction committed in queries, only records that
+    /// the last query (which ended with [`Self::commit_sql`]) succeeded.
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+        match self.conn {
+            TxConn::Sqlx(tx) => tx.commit().await,
+            TxConn::InQueries(mut q) => {
+                q.committed = true;
+                Ok(())
+            }
+        }
     }
 }
 
 impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
     type Target = DB::Connection;
     fn deref(&self) -> &DB::Connection {
-        &self.tx
+        match &self.conn {
+            TxConn::Sqlx(tx) => tx,
+            TxConn::InQueries(q) => &q.conn,
+        }
     }
 }
 
 impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        &mut self.tx
+        match &mut self.conn {
+            TxConn::Sqlx(tx) => tx,
+            TxConn::InQueries(q) => {
+                debug_assert!(
+                    q.begun,
+                    "a query outside the transaction: call begin_sql first"
+                );
+                &mut q.conn
+            }
+        }
     }
 }
 
@@ -118,13 +214,14 @@ impl<DB: sqlx::Database> Turn<DB>
 where
     DB::Arguments: Default,
 {
-    pub(super) fn new(form: TurnQuery) -> Self {
+    /// A turn whose query starts with `begin` (see [`WriteTx::begin_sql`]).
+    pub(super) fn new(form: TurnQuery, begin: &str) -> Self {
         let start = match form {
             TurnQuery::Statements => "",
             TurnQuery::Ctes => "WITH ",
         };
         Self {
-            query: sqlx::QueryBuilder::new(start),
+            query: sqlx::QueryBuilder::new(format!("{begin}{start}")),
             form,
             parts: 0,
             returning: Vec::new(),
@@ -340,7 +437,8 @@ macro_rules! bind_account {
 }
 
 /// Implements the three store traits for a backend type (on database `$db`)
-/// with a `pool` field and the `begin_write` and `lease_outbox` methods.
+/// with a `pool` field and the `begin_write`, `begin_turn` and `lease_outbox`
+/// methods.
 macro_rules! impl_sql_store {
     ($store:ty, $db:ty) => {
 #[async_trait::async_trait]
@@ -486,7 +584,7 @@ impl $store {
         now: DateTime<Utc>,
     ) -> Result<usize, sqlx::Error> {
         let mut insert = sqlx::QueryBuilder::new("");
-        Self::push_messages(&mut insert, rows, now);
+        Self::push_messages(&mut insert, rows, now, true);
         let done = insert
             .build()
             .persistent(keep_prepared(rows.len()))
@@ -496,10 +594,14 @@ impl $store {
     }
 
     /// The statement that inserts message rows, skipping redelivered events.
+    /// The statement that inserts new events' rows. With `skip_saved` an
+    /// event saved before (a redelivery) is left out, else it fails the
+    /// statement.
     fn push_messages(
         insert: &mut sqlx::QueryBuilder<$db>,
         rows: &[MessageRowParts<'_>],
         now: DateTime<Utc>,
+        skip_saved: bool,
     ) {
         insert.push(
             "INSERT INTO messages (id, account_id, event, event_key, instagram_message_id, direction,
@@ -531,7 +633,9 @@ impl $store {
                 .push_bind(status.as_str())
                 .push_bind(*sequence);
         });
-        insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
+        if skip_saved {
+            insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
+        }
     }
 
     /// The statement that puts published messages in the outbox; one whose
@@ -656,9 +760,10 @@ impl $store {
         let mut next = vec![0i64; conversations.len()];
         let mut wrote = vec![None; conversations.len()];
         if !conversations.is_empty() {
-            let mut counters = sqlx::QueryBuilder::new(
-                "INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
-            );
+            let mut counters = sqlx::QueryBuilder::new(format!(
+                "{}INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
+                tx.begin_sql()
+            ));
             counters.push_values(
                 &conversations,
                 |mut row, (account, conversation, count, wrote_at)| {
@@ -736,19 +841,26 @@ impl $store {
         runs: &[&[DeliveryOutcome]],
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
         let now = Utc::now();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_turn().await?;
         let mut numbered = Vec::new();
         for chunk in messages.chunks(SAVE_CHUNK) {
             numbered.push(Self::number_in(&mut tx, chunk).await?);
         }
-        let mut turn = Turn::<$db>::new(Self::TURN_QUERY);
+        let mut turn = Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql());
         let mut saved = Vec::with_capacity(messages.len());
         for (chunk, (sequences, payloads)) in messages.chunks(SAVE_CHUNK).zip(&numbered) {
             let rows = turn.part();
-            Self::push_messages(&mut turn.query, &message_rows(chunk, sequences, payloads), now);
-            turn.end_returning("'saved' AS kind, id");
             // A redelivered event has no new row, so no outbox row: the turn
-            // is rolled back and the caller saves each event on its own.
+            // is rolled back and the caller saves each event on its own. In
+            // a turn committed by its own query, its insert fails instead.
+            let skip_saved = !tx.commits_in_query();
+            Self::push_messages(
+                &mut turn.query,
+                &message_rows(chunk, sequences, payloads),
+                now,
+                skip_saved,
+            );
+            turn.end_returning("'saved' AS kind, id");
             let to_publish = outbox_rows(chunk, sequences, payloads);
             if !to_publish.is_empty() {
                 let inserted = if turn.in_order() {
@@ -777,12 +889,19 @@ impl $store {
             turn.end_returning("'known' AS kind, messages.id");
         }
         let largest = messages.len().max(published.len()).max(outcomes.len());
-        let rows: Vec<(String, String)> = turn
-            .finish()
+        turn.finish().push(tx.commit_sql());
+        let rows: Vec<(String, String)> = match turn
+            .query
             .build_query_as()
             .persistent(keep_prepared(largest))
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            // A redelivered event in a turn committed by its own query.
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         if rows.iter().filter(|(kind, _)| kind == "saved").count() < messages.len() {
             return Ok(None);
         }

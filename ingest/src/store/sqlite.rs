@@ -67,6 +67,14 @@ impl SqliteStore {
         Ok(WriteTx::new(tx, Some(turn)))
     }
 
+    /// The write turn's transaction: `BEGIN IMMEDIATE` in front of its first
+    /// query and `COMMIT` after its last, two trips to SQLite's thread fewer.
+    async fn begin_turn(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        let conn = self.pool.acquire().await?;
+        Ok(WriteTx::in_queries(conn, "BEGIN IMMEDIATE;\n", Some(turn)))
+    }
+
     /// One ingest publishes from an SQLite file, so a plain read will do.
     ///
     /// The limit is a cast, not a bare `$2`: SQLite (3.47 and later) plans a
