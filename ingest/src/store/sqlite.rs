@@ -77,7 +77,7 @@ impl SqliteStore {
 
     /// One ingest publishes from an SQLite file, so a plain read will do.
     ///
-    /// The limit is a cast, not a bare `$2`: SQLite (3.47 and later) plans a
+    /// The limit is a cast, not a bare `$2`: SQLite (3.51, as bundled) plans a
     /// bound `LIMIT` as the constant it holds and marks the statement to be
     /// compiled again whenever that parameter is bound, which sqlx does on
     /// every run. This query runs after every save; at 500 saves a second
