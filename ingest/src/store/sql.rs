@@ -39,14 +39,15 @@ struct InQueries<DB: sqlx::Database> {
     conn: sqlx::pool::PoolConnection<DB>,
     begin: &'static str,
     begun: bool,
-    committed: bool,
+    /// Committed or rolled back.
+    ended: bool,
 }
 
 impl<DB: sqlx::Database> Drop for InQueries<DB> {
-    /// A transaction left open (a statement refused, a caller gone) must not
-    /// go back to the pool: the connection is closed, which rolls it back.
+    /// A transaction left open (an error, a caller gone) must not go back to
+    /// the pool: the connection is closed, which rolls it back.
     fn drop(&mut self) {
-        if self.begun && !self.committed {
+        if self.begun && !self.ended {
             self.conn.close_on_drop();
         }
     }
@@ -78,7 +79,7 @@ impl<DB: sqlx::Database> WriteTx<DB> {
                 conn,
                 begin,
                 begun: false,
-                committed: false,
+                ended: false,
             }),
             _lock: lock,
         }
@@ -117,7 +118,24 @@ impl<DB: sqlx::Database> WriteTx<DB> {
         match self.conn {
             TxConn::Sqlx(tx) => tx.commit().await,
             TxConn::InQueries(mut q) => {
-                q.committed = true;
+                q.ended = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Rolls back, keeping the connection for the pool.
+    pub(super) async fn rollback(self) -> Result<(), sqlx::Error>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    {
+        match self.conn {
+            TxConn::Sqlx(tx) => tx.rollback().await,
+            TxConn::InQueries(mut q) => {
+                if q.begun {
+                    sqlx::Executor::execute(&mut *q.conn, "ROLLBACK").await?;
+                }
+                q.ended = true;
                 Ok(())
             }
         }
@@ -593,7 +611,6 @@ impl $store {
         Ok(done.rows_affected() as usize)
     }
 
-    /// The statement that inserts message rows, skipping redelivered events.
     /// The statement that inserts new events' rows. With `skip_saved` an
     /// event saved before (a redelivery) is left out, else it fails the
     /// statement.
@@ -898,8 +915,12 @@ impl $store {
             .await
         {
             Ok(rows) => rows,
-            // A redelivered event in a turn committed by its own query.
-            Err(e) if is_unique_violation(&e) => return Ok(None),
+            // A redelivered event in a turn committed by its own query: the
+            // query stopped before its COMMIT.
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         if rows.iter().filter(|(kind, _)| kind == "saved").count() < messages.len() {
