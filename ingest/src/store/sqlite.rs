@@ -22,7 +22,10 @@ use super::{
 };
 
 pub struct SqliteStore {
+    /// The connections that read.
     pool: SqlitePool,
+    /// The one connection write transactions run on.
+    writes: SqlitePool,
     /// One write transaction at a time: waiting here is a queue, where
     /// SQLite's own busy handler sleeps up to 100 ms between tries.
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -40,20 +43,31 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
         }
-        // One connection writes (one write transaction at a time anyway);
-        // two read. Each keeps its own page cache (up to 2 MiB) and prepared
-        // statements: with eight, ingest's peak memory under load was 11 MiB
-        // higher, for no throughput. A file cannot hang up: no ping before
+        // One connection writes (one write transaction at a time anyway),
+        // always the same one; two read. Each keeps its own page cache (up
+        // to 2 MiB) and prepared statements: with eight, ingest's peak
+        // memory under load was 11 MiB higher, for no throughput. In WAL
+        // mode a connection empties its whole page cache when it finds that
+        // another one has written since its last read, so only a connection
+        // that did every write itself keeps its cache warm: writes taken
+        // from a shared pool read their pages again from the file (30 reads
+        // a message at 500 a second). A file cannot hang up: no ping before
         // each use (one more trip to SQLite's thread for every statement
         // run on the pool, and for every save).
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writes).await?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(3)
+            .max_connections(2)
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
             pool,
+            writes,
             writer: Arc::default(),
         })
     }
@@ -63,7 +77,7 @@ impl SqliteStore {
     /// fail with SQLITE_BUSY instead of waiting.
     async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx::new(tx, Some(turn)))
     }
 
@@ -71,11 +85,15 @@ impl SqliteStore {
     /// query and `COMMIT` after its last, two trips to SQLite's thread fewer.
     async fn begin_turn(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
-        let conn = self.pool.acquire().await?;
+        let conn = self.writes.acquire().await?;
         Ok(WriteTx::in_queries(conn, "BEGIN IMMEDIATE;\n", Some(turn)))
     }
 
     /// One ingest publishes from an SQLite file, so a plain read will do.
+    /// It runs on the writing connection, between write turns: that
+    /// connection's page cache holds the rows just saved, where a reading
+    /// connection would find its cache emptied by every save and read the
+    /// outbox's pages from the file again.
     ///
     /// The limit is a cast, not a bare `$2`: SQLite (3.51, as bundled) plans a
     /// bound `LIMIT` as the constant it holds and marks the statement to be
@@ -100,7 +118,7 @@ impl SqliteStore {
         )
         .bind(Utc::now())
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writes)
         .await?)
     }
 }
