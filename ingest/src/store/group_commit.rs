@@ -374,6 +374,76 @@ mod tests {
         .unwrap();
     }
 
+    /// The ids and `has_next` of what the publisher reads next.
+    async fn next_outbox(db: &SqliteStore) -> Vec<(String, bool)> {
+        let read = db.pending_outbox(300).await.unwrap();
+        read.into_iter()
+            .map(|e| (e.message_id, e.has_next))
+            .collect()
+    }
+
+    /// A small SQLite turn reads the outbox at its end, and the publisher's
+    /// next read takes that instead of a trip to SQLite; but only while
+    /// nothing has written since, on the writing connection or another.
+    #[tokio::test]
+    async fn a_turns_outbox_read_is_used_only_while_nothing_has_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let db = SqliteStore::open(&url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let turn = [
+            published(1, "conv_a"),
+            published(2, "conv_a"),
+            published(3, "conv_b"),
+        ];
+        db.write_together(&turn, &[], &[]).await.unwrap().unwrap();
+        assert!(db.outbox_read_kept());
+        // What the turn read is what SQLite answers now: a conversation's
+        // first row only, saying that another waits behind it.
+        let kept = next_outbox(&db).await;
+        assert!(!db.outbox_read_kept(), "taken once");
+        let read = next_outbox(&db).await;
+        let expected = vec![
+            ("msg_0001".to_owned(), true),
+            ("msg_0003".to_owned(), false),
+        ];
+        assert_eq!(kept, expected);
+        assert_eq!(read, expected);
+
+        // A removal on the writing connection after the turn.
+        db.write_together(&[published(4, "conv_c")], &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(db.outbox_read_kept());
+        db.remove_from_outbox(&["msg_0001".to_owned(), "msg_0004".to_owned()])
+            .await
+            .unwrap();
+        let expected = vec![
+            ("msg_0002".to_owned(), false),
+            ("msg_0003".to_owned(), false),
+        ];
+        assert_eq!(next_outbox(&db).await, expected);
+
+        // A write on a reading connection after the turn.
+        db.write_together(&[published(5, "conv_d")], &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(db.outbox_read_kept());
+        db.execute_on_reader("DELETE FROM outbox WHERE message_id IN ('msg_0003', 'msg_0005')")
+            .await;
+        let expected = vec![("msg_0002".to_owned(), false)];
+        assert_eq!(next_outbox(&db).await, expected);
+
+        // A turn with more saves than a light load brings reads nothing.
+        let busy: Vec<_> = (10..19).map(|i| published(i, "conv_e")).collect();
+        db.write_together(&busy, &[], &[]).await.unwrap().unwrap();
+        assert!(!db.outbox_read_kept());
+    }
+
     async fn one_turn(db: impl MessageStore + AccountStore) {
         db.insert_account(&AccountRow::example("acc_1", "1"))
             .await

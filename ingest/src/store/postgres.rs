@@ -62,6 +62,16 @@ impl PgStore {
         self.begin_write().await
     }
 
+    /// A write turn never reads the outbox here: each ingest leases what
+    /// it publishes, which one turn's read cannot do for another ingest.
+    fn outbox_in_turn(&self, _saves: usize) -> Option<u64> {
+        None
+    }
+
+    fn push_outbox_read(_query: &mut sqlx::QueryBuilder<Postgres>, _now: DateTime<Utc>) {}
+
+    fn keep_outbox_read(&self, _changes: u64, _rows: Vec<OutboxEntry>) {}
+
     /// Leases the rows for a while so another ingest's publisher skips them;
     /// a publisher that dies just lets its lease run out. A row whose
     /// conversation has an earlier one in the outbox (leased or not) waits.

@@ -8,7 +8,11 @@
 //! - `lease_outbox(limit)`: the outbox read (PostgreSQL leases rows with
 //!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one);
 //! - `TURN_QUERY`: how a write turn's statements go as one query
-//!   ([`TurnQuery`]: several statements on SQLite, CTEs on PostgreSQL).
+//!   ([`TurnQuery`]: several statements on SQLite, CTEs on PostgreSQL);
+//! - `outbox_in_turn`, `push_outbox_read`, `keep_outbox_read`: whether a
+//!   write turn also reads the outbox for the publisher's next read, how,
+//!   and where it keeps what it read (SQLite, under a light load; never on
+//!   PostgreSQL).
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
@@ -455,8 +459,7 @@ macro_rules! bind_account {
 }
 
 /// Implements the three store traits for a backend type (on database `$db`)
-/// with a `pool` field and the `begin_write`, `begin_turn` and `lease_outbox`
-/// methods.
+/// with a `pool` field and the inherent methods the module's header lists.
 macro_rules! impl_sql_store {
     ($store:ty, $db:ty) => {
 #[async_trait::async_trait]
@@ -848,8 +851,10 @@ impl $store {
     /// [`MessageStore::write_together`] in four trips to the database: its
     /// transaction, the conversations' counters (the payloads need their
     /// numbers), every other write of the turn as one query ([`TurnQuery`]),
-    /// and the commit. At a few hundred messages a second, each trip (a
-    /// wake-up on each side) cost more than the statement's own work.
+    /// and the commit (on SQLite, `BEGIN` and `COMMIT` ride in the other
+    /// two, and a small turn ends with the outbox read the publisher makes
+    /// next). At a few hundred messages a second, each trip (a wake-up on
+    /// each side) cost more than the statement's own work.
     async fn write_in_one_query(
         &self,
         messages: &[NewMessage],
@@ -859,6 +864,7 @@ impl $store {
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
         let now = Utc::now();
         let mut tx = self.begin_turn().await?;
+        let read_outbox = self.outbox_in_turn(messages.len());
         let mut numbered = Vec::new();
         for chunk in messages.chunks(SAVE_CHUNK) {
             numbered.push(Self::number_in(&mut tx, chunk).await?);
@@ -905,11 +911,16 @@ impl $store {
             Self::push_states(&mut turn.query, run, counted_apart.then_some(attempts.as_str()));
             turn.end_returning("'known' AS kind, messages.id");
         }
+        if read_outbox.is_some() {
+            turn.part();
+            Self::push_outbox_read(&mut turn.query, now);
+            turn.end(None);
+        }
         let largest = messages.len().max(published.len()).max(outcomes.len());
         turn.finish().push(tx.commit_sql());
-        let rows: Vec<(String, String)> = match turn
+        let rows = match turn
             .query
-            .build_query_as()
+            .build()
             .persistent(keep_prepared(largest))
             .fetch_all(&mut *tx)
             .await
@@ -923,19 +934,30 @@ impl $store {
             }
             Err(e) => return Err(e.into()),
         };
-        if rows.iter().filter(|(kind, _)| kind == "saved").count() < messages.len() {
+        let mut inserted = 0;
+        let mut known = std::collections::HashSet::new();
+        let mut outbox = Vec::new();
+        for row in &rows {
+            let kind: &str = sqlx::Row::try_get(row, "kind")?;
+            match kind {
+                "saved" => inserted += 1,
+                "known" => {
+                    known.insert(sqlx::Row::try_get::<String, _>(row, "id")?);
+                }
+                _ => outbox.push(<OutboxEntry as sqlx::FromRow<_>>::from_row(row)?),
+            }
+        }
+        if inserted < messages.len() {
             return Ok(None);
         }
-        let known: std::collections::HashSet<&str> = rows
-            .iter()
-            .filter(|(kind, _)| kind == "known")
-            .map(|(_, id)| id.as_str())
-            .collect();
         let known = outcomes
             .iter()
             .map(|o| known.contains(o.message_id.as_str()))
             .collect();
         tx.commit().await?;
+        if let Some(changes) = read_outbox {
+            self.keep_outbox_read(changes, outbox);
+        }
         Ok(Some((saved, known)))
     }
 }

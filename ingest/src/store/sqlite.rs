@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,52 @@ pub struct SqliteStore {
     /// One write transaction at a time: waiting here is a queue, where
     /// SQLite's own busy handler sleeps up to 100 ms between tries.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Counts the transactions that may have changed the database: every
+    /// one begun on the writing connection, every commit on the others.
+    changes: Arc<AtomicU64>,
+    /// The outbox as a small write turn left it, read in the turn's own
+    /// query; good for the next outbox read while `changes` has not moved.
+    outbox_after_turn: std::sync::Mutex<Option<OutboxSnapshot>>,
+}
+
+/// The outbox read at the end of a write turn, before its commit.
+struct OutboxSnapshot {
+    /// [`SqliteStore::changes`] when the turn began.
+    changes: u64,
+    rows: Vec<OutboxEntry>,
+}
+
+/// A write turn with at most this many saves reads the outbox at its end:
+/// under a light load, the publisher reads it right after every save.
+const OUTBOX_IN_TURN_SAVES: usize = 8;
+/// The most rows that read returns. One with fewer rows is the whole ready
+/// outbox, whatever limit the publisher asks for.
+const OUTBOX_IN_TURN_ROWS: usize = 64;
+
+/// The outbox read, in two halves around the time a hold must be over by
+/// (its end is `LIMIT`, the number follows): which rows are ready (not held
+/// back, and first in their conversation) and whether a later row of their
+/// conversation waits behind them.
+macro_rules! outbox_read {
+    (head) => {
+        "SELECT o.message_id, o.nats_msg_id, o.subject, o.payload, o.created_at,
+                EXISTS (SELECT 1 FROM outbox later
+                        WHERE later.account_id = o.account_id
+                          AND later.conversation_id = o.conversation_id
+                          AND later.sequence > o.sequence) AS has_next,
+                'outbox' AS kind
+         FROM outbox o
+         WHERE (o.hold_until IS NULL OR o.hold_until <= "
+    };
+    (tail) => {
+        ")
+           AND NOT EXISTS (
+               SELECT 1 FROM outbox earlier
+               WHERE earlier.account_id = o.account_id
+                 AND earlier.conversation_id = o.conversation_id
+                 AND earlier.sequence < o.sequence)
+         ORDER BY o.created_at, o.message_id LIMIT "
+    };
 }
 
 impl SqliteStore {
@@ -60,15 +107,31 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writes).await?;
+        // A write made on a reading connection (a few rare API calls write
+        // outside a write transaction) counts as a change too.
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let changes = counted.clone();
+                Box::pin(async move {
+                    conn.lock_handle().await?.set_commit_hook(move || {
+                        changes.fetch_add(1, Ordering::SeqCst);
+                        true
+                    });
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Self {
             pool,
             writes,
             writer: Arc::default(),
+            changes,
+            outbox_after_turn: std::sync::Mutex::default(),
         })
     }
 
@@ -77,6 +140,7 @@ impl SqliteStore {
     /// fail with SQLITE_BUSY instead of waiting.
     async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx::new(tx, Some(turn)))
     }
@@ -85,6 +149,7 @@ impl SqliteStore {
     /// query and `COMMIT` after its last, two trips to SQLite's thread fewer.
     async fn begin_turn(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let conn = self.writes.acquire().await?;
         Ok(WriteTx::in_queries(conn, "BEGIN IMMEDIATE;\n", Some(turn)))
     }
@@ -101,21 +166,15 @@ impl SqliteStore {
     /// every run. This query runs after every save; at 500 saves a second
     /// recompiling it was a tenth of ingest's CPU.
     async fn lease_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT o.message_id, o.nats_msg_id, o.subject, o.payload, o.created_at,
-                    EXISTS (SELECT 1 FROM outbox later
-                            WHERE later.account_id = o.account_id
-                              AND later.conversation_id = o.conversation_id
-                              AND later.sequence > o.sequence) AS has_next
-             FROM outbox o
-             WHERE (o.hold_until IS NULL OR o.hold_until <= $1)
-               AND NOT EXISTS (
-                   SELECT 1 FROM outbox earlier
-                   WHERE earlier.account_id = o.account_id
-                     AND earlier.conversation_id = o.conversation_id
-                     AND earlier.sequence < o.sequence)
-             ORDER BY o.created_at, o.message_id LIMIT CAST($2 AS INTEGER)",
-        )
+        if let Some(rows) = self.outbox_read_in_turn(limit) {
+            return Ok(rows);
+        }
+        Ok(sqlx::query_as(concat!(
+            outbox_read!(head),
+            "$1",
+            outbox_read!(tail),
+            "CAST($2 AS INTEGER)"
+        ))
         .bind(Utc::now())
         .bind(i64::from(limit))
         .fetch_all(&self.writes)
@@ -125,6 +184,64 @@ impl SqliteStore {
 
 impl SqliteStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Statements;
+
+    /// Whether a write turn with this many saves reads the outbox at its
+    /// end, and if so the count of changes it began at (taken under the
+    /// write turn's lock, right after [`Self::begin_turn`]).
+    fn outbox_in_turn(&self, saves: usize) -> Option<u64> {
+        (1..=OUTBOX_IN_TURN_SAVES)
+            .contains(&saves)
+            .then(|| self.changes.load(Ordering::SeqCst))
+    }
+
+    /// The outbox read at the end of a write turn, in front of its `COMMIT`
+    /// (it sees the turn's own writes, and no one else writes meanwhile).
+    fn push_outbox_read(query: &mut sqlx::QueryBuilder<Sqlite>, now: DateTime<Utc>) {
+        query
+            .push(outbox_read!(head))
+            .push_bind(now)
+            .push(outbox_read!(tail))
+            .push(OUTBOX_IN_TURN_ROWS.to_string());
+    }
+
+    /// Whether a write turn's outbox read waits for the next outbox read.
+    #[cfg(test)]
+    pub(crate) fn outbox_read_kept(&self) -> bool {
+        self.outbox_after_turn
+            .lock()
+            .expect("not poisoned")
+            .is_some()
+    }
+
+    /// Runs a statement on a reading connection, outside any write turn.
+    #[cfg(test)]
+    pub(crate) async fn execute_on_reader(&self, sql: &'static str) {
+        sqlx::query(sql).execute(&self.pool).await.unwrap();
+    }
+
+    fn keep_outbox_read(&self, changes: u64, rows: Vec<OutboxEntry>) {
+        *self.outbox_after_turn.lock().expect("not poisoned") =
+            Some(OutboxSnapshot { changes, rows });
+    }
+
+    /// What the last write turn read of the outbox, if nothing may have
+    /// changed since and it answers this limit: the rows that query would
+    /// return now, without the trip to SQLite's thread. Taken once.
+    fn outbox_read_in_turn(&self, limit: u32) -> Option<Vec<OutboxEntry>> {
+        let snapshot = self
+            .outbox_after_turn
+            .lock()
+            .expect("not poisoned")
+            .take()?;
+        let whole = snapshot.rows.len() < OUTBOX_IN_TURN_ROWS;
+        let limit = limit as usize;
+        let current = snapshot.changes == self.changes.load(Ordering::SeqCst);
+        (current && (whole || limit <= OUTBOX_IN_TURN_ROWS)).then(|| {
+            let mut rows = snapshot.rows;
+            rows.truncate(limit);
+            rows
+        })
+    }
 }
 
 impl_sql_store!(SqliteStore, Sqlite);
