@@ -936,7 +936,10 @@ impl $store {
         };
         let mut inserted = 0;
         let mut known = std::collections::HashSet::new();
-        let mut outbox = Vec::new();
+        // The outbox's rows are only a shortcut for the publisher (on
+        // SQLite the turn is committed by now): one it cannot read means no
+        // shortcut, never a failed turn.
+        let mut outbox = Some(Vec::new());
         for row in &rows {
             let kind: &str = sqlx::Row::try_get(row, "kind")?;
             match kind {
@@ -944,7 +947,13 @@ impl $store {
                 "known" => {
                     known.insert(sqlx::Row::try_get::<String, _>(row, "id")?);
                 }
-                _ => outbox.push(<OutboxEntry as sqlx::FromRow<_>>::from_row(row)?),
+                _ => {
+                    let entry = <OutboxEntry as sqlx::FromRow<_>>::from_row(row).ok();
+                    outbox = outbox.zip(entry).map(|(mut rows, entry)| {
+                        rows.push(entry);
+                        rows
+                    });
+                }
             }
         }
         if inserted < messages.len() {
@@ -955,7 +964,7 @@ impl $store {
             .map(|o| known.contains(o.message_id.as_str()))
             .collect();
         tx.commit().await?;
-        if let Some(changes) = read_outbox {
+        if let (Some(changes), Some(outbox)) = (read_outbox, outbox) {
             self.keep_outbox_read(changes, outbox);
         }
         Ok(Some((saved, known)))
