@@ -135,12 +135,19 @@ impl SqliteStore {
         })
     }
 
+    /// The process's write turn, counted as a change: every write
+    /// transaction on the writing connection begins here.
+    async fn write_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = self.writer.clone().lock_owned().await;
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        turn
+    }
+
     /// Waits for the process's write turn, then takes SQLite's write lock
     /// at the start: a deferred transaction that reads and then writes can
     /// fail with SQLITE_BUSY instead of waiting.
     async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
-        let turn = self.writer.clone().lock_owned().await;
-        self.changes.fetch_add(1, Ordering::SeqCst);
+        let turn = self.write_lock().await;
         let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx::new(tx, Some(turn)))
     }
@@ -148,8 +155,7 @@ impl SqliteStore {
     /// The write turn's transaction: `BEGIN IMMEDIATE` in front of its first
     /// query and `COMMIT` after its last, two trips to SQLite's thread fewer.
     async fn begin_turn(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
-        let turn = self.writer.clone().lock_owned().await;
-        self.changes.fetch_add(1, Ordering::SeqCst);
+        let turn = self.write_lock().await;
         let conn = self.writes.acquire().await?;
         Ok(WriteTx::in_queries(conn, "BEGIN IMMEDIATE;\n", Some(turn)))
     }
