@@ -1,6 +1,5 @@
 //! `forwarder`: parse the configuration, run until SIGTERM or ctrl-c.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    shared::service::main("forwarder", forwarder::run).await
+fn main() -> std::process::ExitCode {
+    shared::service::start("forwarder", forwarder::run)
 }
