@@ -382,17 +382,23 @@ mod tests {
             .collect()
     }
 
+    /// An SQLite store in `dir` with the account `acc_1`.
+    async fn sqlite_with_account(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let db = SqliteStore::open(&url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        db
+    }
+
     /// A small SQLite turn reads the outbox at its end, and the publisher's
     /// next read takes that instead of a trip to SQLite; but only while
     /// nothing has written since, on the writing connection or another.
     #[tokio::test]
     async fn a_turns_outbox_read_is_used_only_while_nothing_has_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = SqliteStore::open(&url).await.unwrap();
-        db.insert_account(&AccountRow::example("acc_1", "1"))
-            .await
-            .unwrap();
+        let db = sqlite_with_account(&dir).await;
         let turn = [
             published(1, "conv_a"),
             published(2, "conv_a"),
@@ -442,6 +448,95 @@ mod tests {
         let busy: Vec<_> = (10..19).map(|i| published(i, "conv_e")).collect();
         db.write_together(&busy, &[], &[]).await.unwrap().unwrap();
         assert!(!db.outbox_read_kept());
+    }
+
+    fn sequences(saved: &[SaveOutcome]) -> Vec<Option<u64>> {
+        saved
+            .iter()
+            .map(|s| match s {
+                SaveOutcome::Saved { sequence } => *sequence,
+                SaveOutcome::Duplicate => None,
+            })
+            .collect()
+    }
+
+    /// Saves `messages` in one turn; their sequences.
+    async fn turn_numbers(db: &SqliteStore, messages: &[NewMessage]) -> Vec<Option<u64>> {
+        let (saved, _) = db
+            .write_together(messages, &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        sequences(&saved)
+    }
+
+    /// The sequence in the payload the outbox holds for a message that is
+    /// first in its conversation's outbox.
+    async fn payload_sequence(db: &SqliteStore, message_id: &str) -> serde_json::Value {
+        let outbox = db.pending_outbox(300).await.unwrap();
+        let entry = outbox.iter().find(|e| e.message_id == message_id).unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(&entry.payload).unwrap();
+        payload["sequence"].clone()
+    }
+
+    /// On SQLite a write turn numbers its events from the counters the turns
+    /// before it left, without reading them first; but only while nothing
+    /// else has written, and a kept counter that is not SQLite's fails the
+    /// turn before its commit.
+    #[tokio::test]
+    async fn a_turn_numbers_from_the_last_turns_counters_only_while_nothing_else_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_with_account(&dir).await;
+        let two = [published(1, "conv_a"), published(2, "conv_a")];
+        assert_eq!(turn_numbers(&db, &two).await, [Some(1), Some(2)]);
+        assert_eq!(db.counter_kept("acc_1", "conv_a"), Some(2));
+        // From memory, beside a conversation it does not know yet (which
+        // sends the turn to SQLite's counters, and is kept after it).
+        let both = [published(3, "conv_a"), published(4, "conv_b")];
+        assert_eq!(turn_numbers(&db, &both).await, [Some(3), Some(1)]);
+        assert_eq!(db.counter_kept("acc_1", "conv_b"), Some(1));
+        assert_eq!(
+            turn_numbers(&db, &[published(5, "conv_b"), published(6, "conv_a")]).await,
+            [Some(2), Some(4)]
+        );
+        assert_eq!(db.counter_kept("acc_1", "conv_a"), Some(4));
+        db.remove_from_outbox(&["msg_0001".into(), "msg_0002".into(), "msg_0003".into()])
+            .await
+            .unwrap();
+        assert_eq!(payload_sequence(&db, "msg_0006").await, 4);
+
+        // A write transaction outside the turns (the one-by-one path).
+        let saved = db.save_messages(&[published(7, "conv_a")]).await.unwrap();
+        assert_eq!(sequences(&saved), [Some(5)]);
+        assert_eq!(
+            turn_numbers(&db, &[published(8, "conv_a")]).await,
+            [Some(6)]
+        );
+
+        // A write on a reading connection.
+        db.execute_on_reader(
+            "UPDATE conversations SET last_sequence = last_sequence + 10
+             WHERE conversation_id = 'conv_a'",
+        )
+        .await;
+        assert_eq!(
+            turn_numbers(&db, &[published(9, "conv_a")]).await,
+            [Some(17)]
+        );
+
+        // A kept counter SQLite does not hold (only a bug could do this):
+        // the turn writes nothing, and the next one reads SQLite's.
+        db.corrupt_counter("acc_1", "conv_a", 3);
+        let refused = db
+            .write_together(&[published(10, "conv_a")], &[], &[])
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(db.get_message("msg_0010").await.unwrap().is_none());
+        assert_eq!(
+            turn_numbers(&db, &[published(10, "conv_a")]).await,
+            [Some(18)]
+        );
+        assert_eq!(db.counter_kept("acc_1", "conv_a"), Some(18));
     }
 
     async fn one_turn(db: impl MessageStore + AccountStore) {

@@ -12,9 +12,10 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{
-    INSERTED, MESSAGE_COLUMNS, MessageRowParts, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx,
-    is_unique_violation, keep_prepared, message_rows, outbox_rows, push_outcome_rows,
-    runs_of_distinct_messages, saved_outcomes, storable_text,
+    Conversation, Counter, Counting, INSERTED, MESSAGE_COLUMNS, MessageRowParts, Numbered,
+    ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx, is_unique_violation, keep_prepared,
+    message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages, saved_outcomes,
+    storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -71,6 +72,35 @@ impl PgStore {
     fn push_outbox_read(_query: &mut sqlx::QueryBuilder<Postgres>, _now: DateTime<Utc>) {}
 
     fn keep_outbox_read(&self, _changes: u64, _rows: Vec<OutboxEntry>) {}
+
+    /// Never from memory here: another ingest may have taken numbers in
+    /// any conversation since this one last did.
+    fn turn_changes(&self) -> u64 {
+        0
+    }
+
+    fn counters_known(
+        &self,
+        _changes: u64,
+        _conversations: &[Conversation],
+    ) -> Option<Vec<Counter>> {
+        None
+    }
+
+    fn push_counters(
+        _query: &mut sqlx::QueryBuilder<Postgres>,
+        _conversations: &[Conversation],
+        _before: &[Counter],
+        _after: &[Counter],
+    ) {
+    }
+
+    fn remember_counters<'a>(
+        &self,
+        _changes: u64,
+        _counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
+    ) {
+    }
 
     /// Leases the rows for a while so another ingest's publisher skips them;
     /// a publisher that dies just lets its lease run out. A row whose

@@ -12,7 +12,12 @@
 //! - `outbox_in_turn`, `push_outbox_read`, `keep_outbox_read`: whether a
 //!   write turn also reads the outbox for the publisher's next read, how,
 //!   and where it keeps what it read (SQLite, under a light load; never on
-//!   PostgreSQL).
+//!   PostgreSQL);
+//! - `turn_changes`, `counters_known`, `push_counters`, `remember_counters`:
+//!   the conversations' counters as the process last wrote them, so that a
+//!   write turn numbers its events without reading them first (SQLite, the
+//!   only writer of its file; never on PostgreSQL, where several ingests
+//!   write).
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
@@ -308,6 +313,124 @@ where
             }
         }
         &mut self.query
+    }
+}
+
+/// A conversation's counter: its last sequence and when its customer last
+/// wrote (for the reply windows).
+pub(super) type Counter = (i64, Option<chrono::DateTime<chrono::Utc>>);
+
+/// A conversation a chunk numbers in: account, conversation, how many of
+/// the chunk's events it publishes, the latest time its customer wrote.
+pub(super) type Conversation<'a> = (&'a str, &'a str, i64, Option<chrono::DateTime<chrono::Utc>>);
+
+/// Who takes numbers in a chunk of new events: each conversation once, with
+/// how many of its events are published and the latest time its customer
+/// wrote among them (the events that open a reply window), and each event's
+/// conversation when it is numbered or opens a window.
+pub(super) struct Counting<'a> {
+    pub(super) conversations: Vec<Conversation<'a>>,
+    pub(super) which: std::collections::HashMap<(&'a str, &'a str), usize>,
+    places: Vec<Option<usize>>,
+}
+
+/// A chunk of new events numbered: each one's sequence (when it is
+/// published) and payload (when it has one), and each conversation's
+/// counter after the chunk, in [`Counting::conversations`]' order.
+pub(super) struct Numbered<'a> {
+    pub(super) sequences: Vec<Option<i64>>,
+    pub(super) payloads: Vec<Option<Vec<u8>>>,
+    pub(super) counters: Vec<((&'a str, &'a str), Counter)>,
+}
+
+impl<'a> Counting<'a> {
+    pub(super) fn of(chunk: &'a [super::NewMessage]) -> Self {
+        // Each conversation's counter moves once, by its number of
+        // published events; they take the numbers in their order here.
+        let mut conversations: Vec<Conversation> = Vec::new();
+        let mut which = std::collections::HashMap::new();
+        let places = chunk
+            .iter()
+            .map(|m| {
+                let opens = m.opens_reply_window();
+                if !(m.publish || opens) {
+                    return None;
+                }
+                let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                let i = *which.entry(key).or_insert_with(|| {
+                    conversations.push((key.0, key.1, 0, None));
+                    conversations.len() - 1
+                });
+                let c = &mut conversations[i];
+                if opens {
+                    c.3 = c.3.max(Some(m.sent_at));
+                }
+                m.publish.then(|| {
+                    c.2 += 1;
+                    i
+                })
+            })
+            .collect();
+        Self {
+            conversations,
+            which,
+            places,
+        }
+    }
+
+    /// The counters after the chunk, from their values before it, as the
+    /// counters' statement sets them (a time the customer wrote only moves
+    /// forward).
+    pub(super) fn after(&self, before: &[Counter]) -> Vec<Counter> {
+        self.conversations
+            .iter()
+            .zip(before)
+            .map(|((_, _, count, wrote), (last, was))| (last + count, (*was).max(*wrote)))
+            .collect()
+    }
+
+    /// Numbers the chunk's events from the counters after it.
+    pub(super) fn numbered(
+        self,
+        chunk: &'a [super::NewMessage],
+        after: Vec<Counter>,
+    ) -> Numbered<'a> {
+        let mut next: Vec<i64> = self
+            .conversations
+            .iter()
+            .zip(&after)
+            .map(|((_, _, count, _), (last, _))| last - count + 1)
+            .collect();
+        let sequences: Vec<Option<i64>> = self
+            .places
+            .iter()
+            .map(|place| {
+                place.map(|i| {
+                    next[i] += 1;
+                    next[i] - 1
+                })
+            })
+            .collect();
+        let payloads = chunk
+            .iter()
+            .zip(&sequences)
+            .map(|(m, n)| {
+                let key = (m.account_id.as_str(), m.conversation_id.as_str());
+                let wrote_at = self.which.get(&key).and_then(|&i| after[i].1);
+                m.payload(n.map(|n| n as u64), wrote_at)
+            })
+            .collect();
+        let counters = self
+            .conversations
+            .iter()
+            .map(|(account, conversation, _, _)| (*account, *conversation))
+            .zip(after)
+            .collect();
+        Numbered {
+            sequences,
+            payloads,
+            counters,
+        }
     }
 }
 
@@ -721,7 +844,11 @@ impl $store {
         let now = Utc::now();
         let mut outcomes = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(SAVE_CHUNK) {
-            let (sequences, payloads) = Self::number_in(tx, chunk).await?;
+            let Numbered {
+                sequences,
+                payloads,
+                ..
+            } = Self::number_in(tx, chunk).await?;
             let rows = message_rows(chunk, &sequences, &payloads);
             let inserted = Self::insert_messages(tx, &rows, now).await?;
             if inserted < chunk.len() {
@@ -744,48 +871,21 @@ impl $store {
 
     /// Numbers new events in their conversations, with one statement for
     /// all of them, and builds their payloads: each event's sequence (when
-    /// it is published) and payload (when it has one).
-    async fn number_in(
+    /// it is published) and payload (when it has one), and each
+    /// conversation's counter as the statement left it.
+    async fn number_in<'a>(
         tx: &mut WriteTx<$db>,
-        chunk: &[NewMessage],
-    ) -> Result<(Vec<Option<i64>>, Vec<Option<Vec<u8>>>), StoreError> {
-        // Each conversation's counter moves once, by its number of
-        // published events; they take the numbers in their order here.
-        // A conversation's row also keeps when the customer last wrote
-        // (for the reply windows), from the events that open a window.
-        let mut conversations: Vec<(&str, &str, i64, Option<DateTime<Utc>>)> = Vec::new();
-        let mut which = std::collections::HashMap::new();
-        let places: Vec<Option<usize>> = chunk
-            .iter()
-            .map(|m| {
-                let opens = m.opens_reply_window();
-                if !(m.publish || opens) {
-                    return None;
-                }
-                let key = (m.account_id.as_str(), m.conversation_id.as_str());
-                let i = *which.entry(key).or_insert_with(|| {
-                    conversations.push((key.0, key.1, 0, None));
-                    conversations.len() - 1
-                });
-                let c = &mut conversations[i];
-                if opens {
-                    c.3 = c.3.max(Some(m.sent_at));
-                }
-                m.publish.then(|| {
-                    c.2 += 1;
-                    i
-                })
-            })
-            .collect();
-        let mut next = vec![0i64; conversations.len()];
-        let mut wrote = vec![None; conversations.len()];
-        if !conversations.is_empty() {
+        chunk: &'a [NewMessage],
+    ) -> Result<Numbered<'a>, StoreError> {
+        let counting = Counting::of(chunk);
+        let mut after = vec![(0, None); counting.conversations.len()];
+        if !counting.conversations.is_empty() {
             let mut counters = sqlx::QueryBuilder::new(format!(
                 "{}INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
                 tx.begin_sql()
             ));
             counters.push_values(
-                &conversations,
+                &counting.conversations,
                 |mut row, (account, conversation, count, wrote_at)| {
                     row.push_bind(*account)
                         .push_bind(*conversation)
@@ -804,34 +904,15 @@ impl $store {
             );
             let lasts: Vec<(String, String, i64, Option<DateTime<Utc>>)> = counters
                 .build_query_as()
-                .persistent(keep_prepared(conversations.len()))
+                .persistent(keep_prepared(counting.conversations.len()))
                 .fetch_all(&mut **tx)
                 .await?;
             for (account, conversation, last, wrote_at) in lasts {
-                let i = which[&(account.as_str(), conversation.as_str())];
-                next[i] = last - conversations[i].2 + 1;
-                wrote[i] = wrote_at;
+                let i = counting.which[&(account.as_str(), conversation.as_str())];
+                after[i] = (last, wrote_at);
             }
         }
-        let sequences: Vec<Option<i64>> = places
-            .iter()
-            .map(|place| {
-                place.map(|i| {
-                    next[i] += 1;
-                    next[i] - 1
-                })
-            })
-            .collect();
-        let payloads: Vec<Option<Vec<u8>>> = chunk
-            .iter()
-            .zip(&sequences)
-            .map(|(m, n)| {
-                let key = (m.account_id.as_str(), m.conversation_id.as_str());
-                let wrote_at = which.get(&key).and_then(|&i| wrote[i]);
-                m.payload(n.map(|n| n as u64), wrote_at)
-            })
-            .collect();
-        Ok((sequences, payloads))
+        Ok(counting.numbered(chunk, after))
     }
 
     /// Deletes the outbox rows of published messages.
@@ -851,10 +932,11 @@ impl $store {
     /// [`MessageStore::write_together`] in four trips to the database: its
     /// transaction, the conversations' counters (the payloads need their
     /// numbers), every other write of the turn as one query ([`TurnQuery`]),
-    /// and the commit (on SQLite, `BEGIN` and `COMMIT` ride in the other
-    /// two, and a small turn ends with the outbox read the publisher makes
-    /// next). At a few hundred messages a second, each trip (a wake-up on
-    /// each side) cost more than the statement's own work.
+    /// and the commit. On SQLite, `BEGIN` and `COMMIT` ride in the other
+    /// two, a small turn ends with the outbox read the publisher makes next,
+    /// and the counters are not read when the process knows them: most turns
+    /// are one trip. At a few hundred messages a second, each trip (a
+    /// wake-up on each side) cost more than the statement's own work.
     async fn write_in_one_query(
         &self,
         messages: &[NewMessage],
@@ -865,13 +947,39 @@ impl $store {
         let now = Utc::now();
         let mut tx = self.begin_turn().await?;
         let read_outbox = self.outbox_in_turn(messages.len());
+        // The counters as this process last wrote them, when it knows them
+        // all: the turn then numbers its events without the counters' trip,
+        // and its query sets them, checking each one's value first.
+        let changes = self.turn_changes();
+        let from_memory = (messages.len() <= SAVE_CHUNK)
+            .then(|| Counting::of(messages))
+            .filter(|c| !c.conversations.is_empty())
+            .and_then(|c| {
+                let before = self.counters_known(changes, &c.conversations)?;
+                Some((c, before))
+            });
         let mut numbered = Vec::new();
-        for chunk in messages.chunks(SAVE_CHUNK) {
-            numbered.push(Self::number_in(&mut tx, chunk).await?);
-        }
-        let mut turn = Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql());
+        let mut turn = match from_memory {
+            Some((counting, before)) => {
+                let after = counting.after(&before);
+                let mut turn = Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql());
+                turn.part();
+                Self::push_counters(&mut turn.query, &counting.conversations, &before, &after);
+                turn.end(None);
+                numbered.push(counting.numbered(messages, after));
+                turn
+            }
+            None => {
+                for chunk in messages.chunks(SAVE_CHUNK) {
+                    numbered.push(Self::number_in(&mut tx, chunk).await?);
+                }
+                Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql())
+            }
+        };
         let mut saved = Vec::with_capacity(messages.len());
-        for (chunk, (sequences, payloads)) in messages.chunks(SAVE_CHUNK).zip(&numbered) {
+        for (chunk, Numbered { sequences, payloads, .. }) in
+            messages.chunks(SAVE_CHUNK).zip(&numbered)
+        {
             let rows = turn.part();
             // A redelivered event has no new row, so no outbox row: the turn
             // is rolled back and the caller saves each event on its own. In
@@ -967,6 +1075,8 @@ impl $store {
         if let (Some(changes), Some(outbox)) = (read_outbox, outbox) {
             self.keep_outbox_read(changes, outbox);
         }
+        let counters = numbered.into_iter().flat_map(|n| n.counters);
+        self.remember_counters(changes, counters);
         Ok(Some((saved, known)))
     }
 }
