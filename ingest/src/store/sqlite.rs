@@ -122,11 +122,15 @@ impl SqliteStore {
         // from a shared pool read their pages again from the file (30 reads
         // a message at 500 a second). A file cannot hang up: no ping before
         // each use (one more trip to SQLite's thread for every statement
-        // run on the pool, and for every save).
+        // run on the pool, and for every save). The writing connection's
+        // cache is 1 MiB: the pages a write turn touches again (the indexes'
+        // right edges, the outbox, the counters) fit in it, so it reads no
+        // more from the file than with 2 (two reads a message at 500 a
+        // second either way), and ingest's peak is 1 MiB lower.
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", "-1024"))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writes).await?;
         // A write made on a reading connection (a few rare API calls write
