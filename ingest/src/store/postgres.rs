@@ -136,6 +136,8 @@ impl PgStore {
 
 impl PgStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Ctes;
+    /// Several ingests may take numbers in one conversation.
+    const COUNTERS_IN_MEMORY: bool = false;
 }
 
 impl_sql_store!(PgStore, Postgres);

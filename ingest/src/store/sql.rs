@@ -13,11 +13,11 @@
 //!   write turn also reads the outbox for the publisher's next read, how,
 //!   and where it keeps what it read (SQLite, under a light load; never on
 //!   PostgreSQL);
-//! - `turn_changes`, `counters_known`, `push_counters`, `remember_counters`:
-//!   the conversations' counters as the process last wrote them, so that a
-//!   write turn numbers its events without reading them first (SQLite, the
-//!   only writer of its file; never on PostgreSQL, where several ingests
-//!   write).
+//! - `COUNTERS_IN_MEMORY`, `turn_changes`, `counters_known`, `push_counters`,
+//!   `remember_counters`: the conversations' counters as the process last
+//!   wrote them, so that a write turn numbers its events without reading
+//!   them first (SQLite, the only writer of its file; never on PostgreSQL,
+//!   where several ingests write).
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
@@ -951,7 +951,7 @@ impl $store {
         // all: the turn then numbers its events without the counters' trip,
         // and its query sets them, checking each one's value first.
         let changes = self.turn_changes();
-        let from_memory = (messages.len() <= SAVE_CHUNK)
+        let from_memory = (Self::COUNTERS_IN_MEMORY && messages.len() <= SAVE_CHUNK)
             .then(|| Counting::of(messages))
             .filter(|c| !c.conversations.is_empty())
             .and_then(|c| {

@@ -220,6 +220,8 @@ impl SqliteStore {
 
 impl SqliteStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Statements;
+    /// The process is the file's only writer: see [`KnownCounters`].
+    const COUNTERS_IN_MEMORY: bool = true;
 
     /// Whether a write turn with this many saves reads the outbox at its
     /// end, and if so the count of changes it began at (taken under the
