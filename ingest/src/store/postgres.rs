@@ -65,16 +65,16 @@ impl PgStore {
 
     /// A write turn never reads the outbox here: each ingest leases what
     /// it publishes, which one turn's read cannot do for another ingest.
-    fn outbox_in_turn(&self, _saves: usize) -> Option<u64> {
-        None
+    fn reads_outbox_in_turn(_saves: usize) -> bool {
+        false
     }
 
     fn push_outbox_read(_query: &mut sqlx::QueryBuilder<Postgres>, _now: DateTime<Utc>) {}
 
     fn keep_outbox_read(&self, _changes: u64, _rows: Vec<OutboxEntry>) {}
 
-    /// Never from memory here: another ingest may have taken numbers in
-    /// any conversation since this one last did.
+    /// Nothing a turn reads is kept here (see the two methods above and
+    /// [`Self::COUNTERS_IN_MEMORY`]).
     fn turn_changes(&self) -> u64 {
         0
     }

@@ -9,7 +9,7 @@
 //!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one);
 //! - `TURN_QUERY`: how a write turn's statements go as one query
 //!   ([`TurnQuery`]: several statements on SQLite, CTEs on PostgreSQL);
-//! - `outbox_in_turn`, `push_outbox_read`, `keep_outbox_read`: whether a
+//! - `reads_outbox_in_turn`, `push_outbox_read`, `keep_outbox_read`: whether a
 //!   write turn also reads the outbox for the publisher's next read, how,
 //!   and where it keeps what it read (SQLite, under a light load; never on
 //!   PostgreSQL);
@@ -848,7 +848,7 @@ impl $store {
                 sequences,
                 payloads,
                 ..
-            } = Self::number_in(tx, chunk).await?;
+            } = Self::number_in(tx, chunk, Counting::of(chunk)).await?;
             let rows = message_rows(chunk, &sequences, &payloads);
             let inserted = Self::insert_messages(tx, &rows, now).await?;
             if inserted < chunk.len() {
@@ -872,12 +872,13 @@ impl $store {
     /// Numbers new events in their conversations, with one statement for
     /// all of them, and builds their payloads: each event's sequence (when
     /// it is published) and payload (when it has one), and each
-    /// conversation's counter as the statement left it.
+    /// conversation's counter as the statement left it. `counting` is
+    /// [`Counting::of`] the chunk.
     async fn number_in<'a>(
         tx: &mut WriteTx<$db>,
         chunk: &'a [NewMessage],
+        counting: Counting<'a>,
     ) -> Result<Numbered<'a>, StoreError> {
-        let counting = Counting::of(chunk);
         let mut after = vec![(0, None); counting.conversations.len()];
         if !counting.conversations.is_empty() {
             let mut counters = sqlx::QueryBuilder::new(format!(
@@ -946,21 +947,21 @@ impl $store {
     ) -> Result<Option<(Vec<SaveOutcome>, Vec<bool>)>, StoreError> {
         let now = Utc::now();
         let mut tx = self.begin_turn().await?;
-        let read_outbox = self.outbox_in_turn(messages.len());
+        let changes = self.turn_changes();
+        let read_outbox = Self::reads_outbox_in_turn(messages.len()).then_some(changes);
         // The counters as this process last wrote them, when it knows them
         // all: the turn then numbers its events without the counters' trip,
-        // and its query sets them, checking each one's value first.
-        let changes = self.turn_changes();
-        let from_memory = (Self::COUNTERS_IN_MEMORY && messages.len() <= SAVE_CHUNK)
-            .then(|| Counting::of(messages))
+        // and its query sets them, checking each one's value first. A turn
+        // of one chunk gathers its conversations once, for either way.
+        let counting = (Self::COUNTERS_IN_MEMORY && messages.len() <= SAVE_CHUNK)
+            .then(|| Counting::of(messages));
+        let before = counting
+            .as_ref()
             .filter(|c| !c.conversations.is_empty())
-            .and_then(|c| {
-                let before = self.counters_known(changes, &c.conversations)?;
-                Some((c, before))
-            });
+            .and_then(|c| self.counters_known(changes, &c.conversations));
         let mut numbered = Vec::new();
-        let mut turn = match from_memory {
-            Some((counting, before)) => {
+        let mut turn = match (counting, before) {
+            (Some(counting), Some(before)) => {
                 let after = counting.after(&before);
                 let mut turn = Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql());
                 turn.part();
@@ -969,9 +970,10 @@ impl $store {
                 numbered.push(counting.numbered(messages, after));
                 turn
             }
-            None => {
+            (mut counting, _) => {
                 for chunk in messages.chunks(SAVE_CHUNK) {
-                    numbered.push(Self::number_in(&mut tx, chunk).await?);
+                    let counting = counting.take().unwrap_or_else(|| Counting::of(chunk));
+                    numbered.push(Self::number_in(&mut tx, chunk, counting).await?);
                 }
                 Turn::<$db>::new(Self::TURN_QUERY, tx.begin_sql())
             }

@@ -224,12 +224,9 @@ impl SqliteStore {
     const COUNTERS_IN_MEMORY: bool = true;
 
     /// Whether a write turn with this many saves reads the outbox at its
-    /// end, and if so the count of changes it began at (taken under the
-    /// write turn's lock, right after [`Self::begin_turn`]).
-    fn outbox_in_turn(&self, saves: usize) -> Option<u64> {
-        (1..=OUTBOX_IN_TURN_SAVES)
-            .contains(&saves)
-            .then(|| self.changes.load(Ordering::SeqCst))
+    /// end.
+    fn reads_outbox_in_turn(saves: usize) -> bool {
+        (1..=OUTBOX_IN_TURN_SAVES).contains(&saves)
     }
 
     /// The outbox read at the end of a write turn, in front of its `COMMIT`
@@ -283,7 +280,9 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The count of changes, read by a write turn right after it begins.
+    /// The count of changes, read by a write turn right after it begins
+    /// (under the write turn's lock): what its outbox read and its counters
+    /// are good for.
     fn turn_changes(&self) -> u64 {
         self.changes.load(Ordering::SeqCst)
     }
