@@ -54,9 +54,9 @@ where
 /// per core, and memory freed into one arena serves only that arena's
 /// threads; a request is read on one tokio worker and answered on another,
 /// its rows written on SQLite's thread. With 256 webhooks in flight ingest
-/// peaked at 48-50 MiB with the default arenas and 38-40 MiB with one, at
-/// the same throughput and CPU (README, Performance; two arenas: 47 MiB).
-pub fn malloc_arenas(
+/// peaked at 48-52 MiB with the default arenas and 39-40 MiB with one, at a
+/// median throughput 3% lower (README, Performance; two arenas: 47 MiB).
+fn malloc_arenas(
     malloc_arena_max: Option<&std::ffi::OsStr>,
     glibc_tunables: Option<&std::ffi::OsStr>,
 ) -> Option<i32> {
