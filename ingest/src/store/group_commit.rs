@@ -637,4 +637,42 @@ mod tests {
         );
         assert!(db.get_message("msg_again").await.unwrap().is_none());
     }
+
+    /// A committed save reaches the database file itself within moments,
+    /// copied there by the checkpointer off the write path, with nothing
+    /// written after it; left to the writing connection it would wait in
+    /// the WAL until thousands of pages had gathered there.
+    #[tokio::test]
+    async fn the_checkpointer_copies_a_write_turn_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_with_account(&dir).await;
+        db.write_together(&[published(1, "conv_a")], &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        let copy = dir.path().join("copy.db");
+        let in_file = |copy: std::path::PathBuf| async move {
+            // The database file alone, without its WAL: what is checkpointed.
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(copy)
+                .immutable(true);
+            let mut conn = sqlx::ConnectOptions::connect(&options).await.ok()?;
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE id = 'msg_0001'")
+                .fetch_one(&mut conn)
+                .await
+                .ok()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            std::fs::copy(dir.path().join("t.db"), &copy).unwrap();
+            if in_file(copy.clone()).await == Some(1) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the saved message never reached the database file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -33,7 +33,31 @@ pub(super) const MESSAGE_COLUMNS: &str =
 /// process instead of in SQLite's sleeping busy handler).
 pub(super) struct WriteTx<DB: sqlx::Database> {
     conn: TxConn<DB>,
-    _lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<WriteTurn>,
+}
+
+/// A backend's hold on its one write turn, for as long as the transaction
+/// lives; when it ends, `ended` counts one more (SQLite's checkpointer
+/// watches it, and starts right after a write).
+pub(super) struct WriteTurn {
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+    ended: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl WriteTurn {
+    pub(super) fn new(
+        lock: tokio::sync::OwnedMutexGuard<()>,
+        ended: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    ) -> Self {
+        Self { _lock: lock, ended }
+    }
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        self.ended
+            .send_modify(|ended| *ended = ended.wrapping_add(1));
+    }
 }
 
 enum TxConn<DB: sqlx::Database> {
@@ -63,13 +87,10 @@ impl<DB: sqlx::Database> Drop for InQueries<DB> {
 }
 
 impl<DB: sqlx::Database> WriteTx<DB> {
-    pub(super) fn new(
-        tx: sqlx::Transaction<'static, DB>,
-        lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-    ) -> Self {
+    pub(super) fn new(tx: sqlx::Transaction<'static, DB>, turn: Option<WriteTurn>) -> Self {
         Self {
             conn: TxConn::Sqlx(tx),
-            _lock: lock,
+            _turn: turn,
         }
     }
 
@@ -81,7 +102,7 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     pub(super) fn in_queries(
         conn: sqlx::pool::PoolConnection<DB>,
         begin: &'static str,
-        lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+        turn: Option<WriteTurn>,
     ) -> Self {
         Self {
             conn: TxConn::InQueries(InQueries {
@@ -90,7 +111,7 @@ impl<DB: sqlx::Database> WriteTx<DB> {
                 begun: false,
                 ended: false,
             }),
-            _lock: lock,
+            _turn: turn,
         }
     }
 

@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::sql::{
     Conversation, Counter, Counting, INSERTED, MESSAGE_COLUMNS, MessageRowParts, Numbered,
-    ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx, is_unique_violation, keep_prepared,
+    ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTurn, WriteTx, is_unique_violation, keep_prepared,
     message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages, saved_outcomes,
     storable_text,
 };
@@ -34,6 +34,8 @@ pub struct SqliteStore {
     /// Counts the transactions that may have changed the database: every
     /// one begun on the writing connection, every commit on the others.
     changes: Arc<AtomicU64>,
+    /// Counts the write transactions that ended: the checkpointer watches.
+    turn_ended: Arc<tokio::sync::watch::Sender<u64>>,
     /// The outbox as a small write turn left it, read in the turn's own
     /// query; good for the next outbox read while `changes` has not moved.
     outbox_after_turn: std::sync::Mutex<Option<OutboxSnapshot>>,
@@ -100,6 +102,45 @@ macro_rules! outbox_read {
     };
 }
 
+/// How long the WAL grows between two checkpoints of the checkpointer.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Past this many pages in the WAL (about 40 MiB) the writing connection
+/// checkpoints by itself, inside the `COMMIT` that crossed it: a backstop
+/// for when the checkpointer falls behind. SQLite's default is 1,000.
+const WRITER_CHECKPOINT_PAGES: &str = "10000";
+
+/// SQLite's checkpoints (copying the WAL's pages into the database file,
+/// and an fsync of it), on a connection of their own, off the write path.
+///
+/// Left to the writing connection, a checkpoint runs inside the `COMMIT`
+/// that takes the WAL past 1,000 pages, about one write turn in 65 at 500
+/// saves a second (a save writes about 15 pages), and that turn's webhooks
+/// and those queued behind it waited 1-2 ms more: most of ingest's answer
+/// p99 at that rate (README, Performance). Here, [`CHECKPOINT_PAUSE`] after
+/// a write, and right after the next write transaction ends (or at once if
+/// none comes within another pause), a passive checkpoint copies what is
+/// committed while the writer goes on: it never blocks a writer or a
+/// reader, and the next write transaction after a complete one starts the
+/// WAL again from its beginning. An idle store is never woken; it ends
+/// with the store (`ended` dropped).
+async fn checkpoint_after_writes(pool: SqlitePool, mut ended: tokio::sync::watch::Receiver<u64>) {
+    // A write transaction has ended since the last checkpoint.
+    while ended.changed().await.is_ok() {
+        tokio::time::sleep(CHECKPOINT_PAUSE).await;
+        ended.mark_unchanged();
+        let _ = tokio::time::timeout(CHECKPOINT_PAUSE, ended.changed()).await;
+        ended.mark_unchanged();
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "sqlite checkpoint failed; the writer checkpoints by itself past 10,000 pages");
+        }
+    }
+    pool.close().await;
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -130,7 +171,12 @@ impl SqliteStore {
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone().pragma("cache_size", "-1024"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-1024")
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writes).await?;
         // A write made on a reading connection (a few rare API calls write
@@ -150,13 +196,21 @@ impl SqliteStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let (turn_ended, ended) = tokio::sync::watch::channel(0);
+        let checkpoints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.pragma("cache_size", "-64"))
+            .await?;
+        tokio::spawn(checkpoint_after_writes(checkpoints, ended));
         Ok(Self {
             pool,
             writes,
             writer: Arc::default(),
             changes,
+            turn_ended: Arc::new(turn_ended),
             outbox_after_turn: std::sync::Mutex::default(),
             counters: std::sync::Mutex::new(KnownCounters {
                 changes: 0,
@@ -167,10 +221,10 @@ impl SqliteStore {
 
     /// The process's write turn, counted as a change: every write
     /// transaction on the writing connection begins here.
-    async fn write_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        let turn = self.writer.clone().lock_owned().await;
+    async fn write_lock(&self) -> WriteTurn {
+        let lock = self.writer.clone().lock_owned().await;
         self.changes.fetch_add(1, Ordering::SeqCst);
-        turn
+        WriteTurn::new(lock, self.turn_ended.clone())
     }
 
     /// Waits for the process's write turn, then takes SQLite's write lock
