@@ -69,9 +69,12 @@ async fn the_python_receiver_verifies_and_prints_a_real_delivery() {
         "from python",
     ))
     .await;
+    // The receiver prints the delivery as indented JSON; its last line is "}".
     let mut printed = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !printed.contains("mid_py") && std::time::Instant::now() < deadline {
+    while !(printed.contains("mid_py") && printed.ends_with('}'))
+        && std::time::Instant::now() < deadline
+    {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             printed.push_str(&line);
         }
@@ -79,6 +82,19 @@ async fn the_python_receiver_verifies_and_prints_a_real_delivery() {
     assert!(
         printed.contains("\"instagram_message_id\": \"mid_py\""),
         "receiver printed: {printed}"
+    );
+    // The walk-through shows what the receiver prints: the same fields.
+    let delivered: serde_json::Value =
+        serde_json::from_str(&printed).unwrap_or_else(|e| panic!("{e}: {printed}"));
+    let fields = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        fields(&walk_through_delivery()),
+        fields(&delivered),
+        "the walk-through's printed message and a real delivery differ in their fields"
     );
     router_tests::eventually(
         Duration::from_secs(10),
@@ -91,6 +107,17 @@ async fn the_python_receiver_verifies_and_prints_a_real_delivery() {
         },
     )
     .await;
+}
+
+/// The message the walk-through shows the receiver printing.
+fn walk_through_delivery() -> serde_json::Value {
+    let intro = "and the receiver prints the message:\n\n```json\n";
+    let start = README
+        .find(intro)
+        .expect("the walk-through's printed message")
+        + intro.len();
+    let end = start + README[start..].find("```").expect("its block ends");
+    serde_json::from_str(&README[start..end]).expect("the walk-through's example is JSON")
 }
 
 /// Stops the receiver however the test ends.
