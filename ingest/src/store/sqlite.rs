@@ -118,8 +118,8 @@ const WRITER_CHECKPOINT_PAGES: &str = "10000";
 /// saves a second (a save writes about 15 pages), and that turn's webhooks
 /// and those queued behind it waited 1-2 ms more: most of ingest's answer
 /// p99 at that rate (README, Performance). Here, [`CHECKPOINT_PAUSE`] after
-/// a write, and right after the next write transaction ends (or at once if
-/// none comes within another pause), a passive checkpoint copies what is
+/// a write, and right after the next write transaction ends (or one more
+/// pause later if none comes), a passive checkpoint copies what is
 /// committed while the writer goes on: it never blocks a writer or a
 /// reader, and the next write transaction after a complete one starts the
 /// WAL again from its beginning. An idle store is never woken; it ends
