@@ -135,7 +135,11 @@ async fn checkpoint_after_writes(pool: SqlitePool, mut ended: tokio::sync::watch
             .execute(&pool)
             .await
         {
-            tracing::warn!(error = %e, "sqlite checkpoint failed; the writer checkpoints by itself past 10,000 pages");
+            tracing::warn!(
+                error = %e,
+                writer_checkpoint_pages = WRITER_CHECKPOINT_PAGES,
+                "sqlite checkpoint failed; the writing connection checkpoints by itself past that many pages"
+            );
         }
     }
     pool.close().await;
