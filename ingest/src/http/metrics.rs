@@ -41,6 +41,12 @@ pub const METRICS: &[Metric] = &[
         )),
     },
     Metric {
+        name: "router_ingest_webhook_seconds",
+        kind: Kind::Histogram,
+        help: "Time from a Meta webhook's arrival to ingest's answer, whatever the answer",
+        label: None,
+    },
+    Metric {
         name: "router_ingest_events_total",
         kind: Kind::Counter,
         help: "Events in accepted webhooks, by result",

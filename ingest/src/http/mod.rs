@@ -120,12 +120,16 @@ async fn serve_request<E: Endpoint>(
         Ok(resp) => resp.into_response(),
         Err(err) => error::render_error(err).await,
     };
+    let elapsed = started.elapsed();
+    if path == webhooks::PATH && method == poem::http::Method::POST {
+        ::metrics::histogram!("router_ingest_webhook_seconds").record(elapsed.as_secs_f64());
+    }
     tracing::info!(
         %method,
         %path,
         token = caller.0.get().map(tracing::field::display),
         status = resp.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = elapsed.as_millis() as u64,
         "http request"
     );
     Ok(resp)
