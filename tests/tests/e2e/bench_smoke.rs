@@ -33,6 +33,17 @@ async fn router_bench_runs_clean(db: Db) {
         stdout.contains("| 0 | 0 | 0 | 0 |"),
         "no refusal, loss, duplicate or bad signature:\n{stdout}"
     );
+    // Ingest's own timing of its answers, read from its /metrics: every
+    // webhook counted somewhere under the highest bucket shown.
+    let own = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("| ingest's answers by its own clock"))
+        .nth(2)
+        .unwrap_or_default();
+    assert!(
+        own.starts_with("| | ") && own.matches('%').count() == 3,
+        "ingest's own answer times:\n{stdout}"
+    );
 }
 
 router_tests::on_both_stores!(router_bench_runs_clean);
