@@ -105,10 +105,17 @@ impl PgStore {
     /// Leases the rows for a while so another ingest's publisher skips them;
     /// a publisher that dies just lets its lease run out. A row whose
     /// conversation has an earlier one in the outbox (leased or not) waits.
+    ///
+    /// The rows to lease are chosen first, as an array: with `IN (SELECT …)`
+    /// PostgreSQL planned the update as a hash join over a scan of the whole
+    /// table, and the outbox, a row in and a row out per message, holds
+    /// thousands of dead rows between two autovacuums (one lease read 678
+    /// pages mid-run at 500 messages a second). `= ANY(ARRAY(…))` looks each
+    /// one up by its key.
     async fn lease_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut rows: Vec<OutboxEntry> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + interval '30 seconds'
-             WHERE message_id IN (
+             WHERE message_id = ANY(ARRAY(
                  SELECT o.message_id FROM outbox o
                  WHERE (o.hold_until IS NULL OR o.hold_until <= now())
                    AND (o.claimed_until IS NULL OR o.claimed_until < now())
@@ -119,7 +126,7 @@ impl PgStore {
                          AND earlier.sequence < o.sequence)
                  ORDER BY o.created_at, o.message_id
                  LIMIT $1
-                 FOR UPDATE OF o SKIP LOCKED)
+                 FOR UPDATE OF o SKIP LOCKED))
              RETURNING message_id, nats_msg_id, subject, payload, created_at,
                  EXISTS (SELECT 1 FROM outbox later
                          WHERE later.account_id = outbox.account_id
