@@ -78,16 +78,8 @@ async fn metrics_and_nats_stats_show_the_flow(db: Db) {
         "router_ingest_events_total{result=\"saved\"} 3",
         "router_ingest_published_total 3",
         "router_ingest_outbox_backlog 0",
-    ] {
-        assert!(
-            ingest_metrics.contains(line),
-            "ingest /metrics lacks {line:?}:\n{ingest_metrics}"
-        );
-    }
-    assert!(ingest_metrics.contains("router_ingest_publish_seconds_bucket"));
-    // Every webhook's answer is timed, the refused one too, from half a
-    // millisecond up.
-    for line in [
+        // Every webhook's answer is timed, the refused one too, from half a
+        // millisecond up.
         "router_ingest_webhook_seconds_count 4",
         "router_ingest_webhook_seconds_bucket{le=\"0.0005\"}",
         "router_ingest_webhook_seconds_bucket{le=\"+Inf\"} 4",
@@ -97,6 +89,7 @@ async fn metrics_and_nats_stats_show_the_flow(db: Db) {
             "ingest /metrics lacks {line:?}:\n{ingest_metrics}"
         );
     }
+    assert!(ingest_metrics.contains("router_ingest_publish_seconds_bucket"));
     let forwarder_metrics = sys.forwarder_metrics().await;
     for line in [
         "router_forwarder_deliveries_total{outcome=\"delivered\"} 3",

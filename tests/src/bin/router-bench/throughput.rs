@@ -124,11 +124,8 @@ pub async fn run(load: Load) -> anyhow::Result<()> {
         .collect();
     let cpu_before = Cpu::read(&pids, load.store == Db::Postgres);
     let machine_before = Machine::read();
-    let metrics_url = format!(
-        "http://{}/metrics",
-        ingest.setting("INGEST_METRICS_ADDR").unwrap_or_default()
-    );
-    let answers_before = answer_times(&http, &metrics_url).await?;
+    let metrics_addr = ingest.setting("INGEST_METRICS_ADDR").unwrap_or_default();
+    let answers_before = answer_times(&http, metrics_addr).await;
 
     let url = format!("http://{}/webhooks/instagram", ingest.addr);
     let sent = Arc::new(Mutex::new(Sent::default()));
@@ -142,7 +139,7 @@ pub async fn run(load: Load) -> anyhow::Result<()> {
     send_on_own_thread(senders, plan, url, sent.clone()).await?;
     let sending = started.elapsed();
     let answers =
-        measure::histogram_since(&answer_times(&http, &metrics_url).await?, &answers_before);
+        measure::histogram_since(&answer_times(&http, metrics_addr).await, &answers_before);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while crm.count() < load.messages && Instant::now() < deadline {
@@ -339,15 +336,9 @@ async fn send_all(senders: &Senders, plan: Plan, url: &str, sent: &Arc<Mutex<Sen
 }
 
 /// Ingest's own histogram of its answers to Meta, from its `/metrics`.
-async fn answer_times(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<(f64, f64)>> {
-    let text = http
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(measure::histogram(&text, "router_ingest_webhook_seconds"))
+async fn answer_times(http: &reqwest::Client, metrics_addr: &str) -> Vec<(f64, f64)> {
+    let text = router_tests::metrics_at(http, metrics_addr).await;
+    measure::histogram(&text, "router_ingest_webhook_seconds")
 }
 
 fn ms(d: Option<Duration>) -> String {
