@@ -345,14 +345,13 @@ mod tests {
         one_turn(SqliteStore::open(&url).await.unwrap()).await;
     }
 
-    /// The same on PostgreSQL, where the turn is one statement of CTEs;
-    /// run when `TEST_DATABASE_URL` names a server (as the suite's
-    /// PostgreSQL half is).
-    #[tokio::test]
-    async fn one_turn_on_postgresql() {
+    /// A database of its own on the PostgreSQL server `TEST_DATABASE_URL`
+    /// names (as the suite's PostgreSQL half is run): an admin connection,
+    /// the database's URL and its name. `None` when the variable is not set.
+    async fn postgres_database() -> Option<(sqlx::PgConnection, String, String)> {
         let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
             eprintln!("TEST_DATABASE_URL is not set: not run on PostgreSQL");
-            return;
+            return None;
         };
         let name = format!("ingest_unit_{}", rand::random::<u64>());
         let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
@@ -364,14 +363,72 @@ mod tests {
             .unwrap();
         let mut url = url::Url::parse(&server).unwrap();
         url.set_path(&name);
-        let db = crate::store::PgStore::open(url.as_str()).await.unwrap();
-        one_turn(db).await;
+        Some((admin, url.to_string(), name))
+    }
+
+    async fn drop_postgres_database(mut admin: sqlx::PgConnection, name: &str) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE {name} WITH (FORCE)"
         )))
         .execute(&mut admin)
         .await
         .unwrap();
+    }
+
+    /// The same on PostgreSQL, where the turn is one statement of CTEs.
+    #[tokio::test]
+    async fn one_turn_on_postgresql() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        let db = crate::store::PgStore::open(&url).await.unwrap();
+        one_turn(db).await;
+        drop_postgres_database(admin, &name).await;
+    }
+
+    /// On PostgreSQL too a turn numbers its events from the counters its
+    /// ingest's turns left, in one statement without `BEGIN` and `COMMIT`;
+    /// but another ingest may number in the same conversation, or move the
+    /// time its customer last wrote, so the statement checks both and a
+    /// stale one writes nothing: no number is ever given twice.
+    #[tokio::test]
+    async fn two_ingests_on_postgresql_never_take_the_same_number_from_memory() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        let a = crate::store::PgStore::open(&url).await.unwrap();
+        let b = crate::store::PgStore::open(&url).await.unwrap();
+        a.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        assert_eq!(turn_numbers(&a, &[published(1, "conv_a")]).await, [Some(1)]);
+        assert_eq!(a.counter_kept("acc_1", "conv_a"), Some(1));
+        assert_eq!(turn_numbers(&a, &[published(2, "conv_a")]).await, [Some(2)]);
+
+        // Another ingest takes the next number: this one's memory is stale.
+        assert_eq!(turn_numbers(&b, &[published(3, "conv_a")]).await, [Some(3)]);
+        let refused = a.write_together(&[published(4, "conv_a")], &[], &[]).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(a.get_message("msg_0004").await.unwrap().is_none());
+        assert_eq!(turn_numbers(&a, &[published(4, "conv_a")]).await, [Some(4)]);
+        assert_eq!(turn_numbers(&a, &[published(5, "conv_a")]).await, [Some(5)]);
+
+        // Another moves the time the customer last wrote, and no number.
+        let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE conversations SET customer_wrote_at = now() WHERE conversation_id = 'conv_a'",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        let refused = a.write_together(&[published(6, "conv_a")], &[], &[]).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(turn_numbers(&a, &[published(6, "conv_a")]).await, [Some(6)]);
+        drop(other);
+        drop((a, b));
+        drop_postgres_database(admin, &name).await;
     }
 
     /// The ids and `has_next` of what the publisher reads next.
@@ -461,7 +518,7 @@ mod tests {
     }
 
     /// Saves `messages` in one turn; their sequences.
-    async fn turn_numbers(db: &SqliteStore, messages: &[NewMessage]) -> Vec<Option<u64>> {
+    async fn turn_numbers(db: &impl MessageStore, messages: &[NewMessage]) -> Vec<Option<u64>> {
         let (saved, _) = db
             .write_together(messages, &[], &[])
             .await

@@ -3,17 +3,18 @@
 //! is here: the outbox is leased row by row so concurrent publishers never
 //! work on the same message.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use shared::model::DeliveryStatus;
 use shared::wire::DeliveryOutcome;
 use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{
-    Conversation, Counter, Counting, INSERTED, MESSAGE_COLUMNS, MessageRowParts, Numbered,
-    ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx, is_unique_violation, keep_prepared,
+    Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS, MessageRowParts,
+    Numbered, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx, is_unique_violation, keep_prepared,
     message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages, saved_outcomes,
     storable_text,
 };
@@ -26,6 +27,11 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
     pool: PgPool,
+    /// Counts the write transactions this process began: what its kept
+    /// counters are good for.
+    changes: AtomicU64,
+    /// The conversations' counters as this process's write turns left them.
+    counters: KnownCounters,
 }
 
 impl PgStore {
@@ -49,18 +55,26 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            changes: AtomicU64::new(0),
+            counters: KnownCounters::new(),
+        })
     }
 
-    /// Row locks taken by each statement are enough in PostgreSQL.
+    /// Row locks taken by each statement are enough in PostgreSQL. Counted
+    /// as a change: it may move a conversation's counter.
     async fn begin_write(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         Ok(WriteTx::new(self.pool.begin().await?, None))
     }
 
-    /// The write turn's transaction: one statement per query with
-    /// parameters, so `BEGIN` and `COMMIT` are trips of their own.
+    /// The write turn's transaction, begun only if the turn takes two
+    /// statements (when its counters must be read first): most turns are
+    /// one statement of CTEs, which commits by itself.
     async fn begin_turn(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
-        self.begin_write().await
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        Ok(WriteTx::on_demand(self.pool.acquire().await?, None))
     }
 
     /// A write turn never reads the outbox here: each ingest leases what
@@ -73,33 +87,78 @@ impl PgStore {
 
     fn keep_outbox_read(&self, _changes: u64, _rows: Vec<OutboxEntry>) {}
 
-    /// Nothing a turn reads is kept here (see the two methods above and
-    /// [`Self::COUNTERS_IN_MEMORY`]).
+    /// The count of changes, read by a write turn right after it begins.
     fn turn_changes(&self) -> u64 {
-        0
+        self.changes.load(Ordering::SeqCst)
     }
 
-    fn counters_known(
-        &self,
-        _changes: u64,
-        _conversations: &[Conversation],
-    ) -> Option<Vec<Counter>> {
-        None
+    /// Each conversation's counter before this turn, if all are known.
+    fn counters_known(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
+        self.counters.all(changes, conversations)
     }
 
+    /// Sets the counters of a turn numbered from memory, each only if it
+    /// still holds both values the turn numbered from: another ingest may
+    /// have taken numbers in the conversation, or moved the time its
+    /// customer last wrote. A stale one fails the statement (a null
+    /// `last_sequence`), so the whole turn, and its events are saved one by
+    /// one. A part of the turn's CTEs: it returns nothing, and no other part
+    /// reads the counters.
     fn push_counters(
-        _query: &mut sqlx::QueryBuilder<Postgres>,
-        _conversations: &[Conversation],
-        _before: &[Counter],
-        _after: &[Counter],
+        query: &mut sqlx::QueryBuilder<Postgres>,
+        conversations: &[Conversation],
+        before: &[Counter],
+        after: &[Counter],
     ) {
+        query.push(
+            "UPDATE conversations SET
+                 last_sequence = CASE
+                     WHEN conversations.last_sequence = v.column3
+                      AND conversations.customer_wrote_at IS NOT DISTINCT FROM v.column6
+                     THEN v.column4 END,
+                 customer_wrote_at = v.column5
+             FROM (",
+        );
+        query.push_values(
+            conversations.iter().zip(before).zip(after),
+            |mut row, (((account, conversation, _, _), (last, was)), (next, wrote_at))| {
+                row.push_bind(*account)
+                    .push_bind(*conversation)
+                    .push_bind(*last)
+                    .push_bind(*next)
+                    .push_bind(*wrote_at)
+                    .push_bind(*was);
+            },
+        );
+        query.push(
+            ") AS v
+             WHERE conversations.account_id = v.column1
+               AND conversations.conversation_id = v.column2",
+        );
     }
 
+    /// Keeps the counters a committed turn left, from the turn that began
+    /// at `changes`, each time as PostgreSQL holds it (to the microsecond),
+    /// so the next turn's check compares equal values.
     fn remember_counters<'a>(
         &self,
-        _changes: u64,
-        _counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
+        changes: u64,
+        counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
     ) {
+        let stored = counters.map(|(key, (last, wrote))| {
+            let wrote = wrote.map(|at| {
+                at.with_nanosecond(at.nanosecond() / 1_000 * 1_000)
+                    .unwrap_or(at)
+            });
+            (key, (last, wrote))
+        });
+        self.counters.remember(changes, stored);
+    }
+
+    /// The counter kept for a conversation, if any.
+    #[cfg(test)]
+    pub(crate) fn counter_kept(&self, account: &str, conversation: &str) -> Option<i64> {
+        self.counters.kept(account, conversation)
     }
 
     /// Leases the rows for a while so another ingest's publisher skips them;
@@ -143,8 +202,9 @@ impl PgStore {
 
 impl PgStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Ctes;
-    /// Several ingests may take numbers in one conversation.
-    const COUNTERS_IN_MEMORY: bool = false;
+    /// Several ingests may take numbers in one conversation: the turn's
+    /// query checks each kept counter ([`Self::push_counters`]).
+    const COUNTERS_IN_MEMORY: bool = true;
 }
 
 impl_sql_store!(PgStore, Postgres);

@@ -66,6 +66,9 @@ enum TxConn<DB: sqlx::Database> {
     /// Begun by the first query's own text and committed by the last's (see
     /// [`WriteTx::in_queries`]).
     InQueries(InQueries<DB>),
+    /// Begun only when asked for; until then each statement commits by
+    /// itself (see [`WriteTx::on_demand`]).
+    OnDemand(InQueries<DB>),
 }
 
 struct InQueries<DB: sqlx::Database> {
@@ -115,6 +118,38 @@ impl<DB: sqlx::Database> WriteTx<DB> {
         }
     }
 
+    /// A transaction begun only if [`Self::begin_now`] is called: a write
+    /// turn that is one statement (PostgreSQL's, when its counters are
+    /// known) runs without `BEGIN` and `COMMIT`, two trips to the database
+    /// fewer, and is still all or nothing. Until then its query commits by
+    /// itself ([`Self::commits_in_query`]).
+    pub(super) fn on_demand(conn: sqlx::pool::PoolConnection<DB>, turn: Option<WriteTurn>) -> Self {
+        Self {
+            conn: TxConn::OnDemand(InQueries {
+                conn,
+                begin: "BEGIN",
+                begun: false,
+                ended: false,
+            }),
+            _turn: turn,
+        }
+    }
+
+    /// Begins a transaction asked for on demand, before a second statement;
+    /// nothing for the others, which have begun (or will, in their query).
+    pub(super) async fn begin_now(&mut self) -> Result<(), sqlx::Error>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    {
+        if let TxConn::OnDemand(q) = &mut self.conn
+            && !q.begun
+        {
+            sqlx::Executor::execute(&mut *q.conn, q.begin).await?;
+            q.begun = true;
+        }
+        Ok(())
+    }
+
     /// What the next query starts with: the transaction's `begin` the first
     /// time, for one begun in queries; nothing otherwise.
     pub(super) fn begin_sql(&mut self) -> &'static str {
@@ -133,21 +168,37 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     pub(super) fn commit_sql(&self) -> &'static str {
         match &self.conn {
             TxConn::InQueries(_) => ";\nCOMMIT",
-            TxConn::Sqlx(_) => "",
+            TxConn::Sqlx(_) | TxConn::OnDemand(_) => "",
         }
     }
 
-    /// Whether the last query commits ([`Self::commit_sql`]).
+    /// Whether the last query commits: by its own text
+    /// ([`Self::commit_sql`]), or by itself, as the only statement of a
+    /// transaction on demand that has not begun.
     pub(super) fn commits_in_query(&self) -> bool {
-        matches!(self.conn, TxConn::InQueries(_))
+        match &self.conn {
+            TxConn::InQueries(_) => true,
+            TxConn::OnDemand(q) => !q.begun,
+            TxConn::Sqlx(_) => false,
+        }
     }
 
     /// Commits; for a transaction committed in queries, only records that
     /// the last query (which ended with [`Self::commit_sql`]) succeeded.
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    {
         match self.conn {
             TxConn::Sqlx(tx) => tx.commit().await,
             TxConn::InQueries(mut q) => {
+                q.ended = true;
+                Ok(())
+            }
+            TxConn::OnDemand(mut q) => {
+                if q.begun {
+                    sqlx::Executor::execute(&mut *q.conn, "COMMIT").await?;
+                }
                 q.ended = true;
                 Ok(())
             }
@@ -161,7 +212,7 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     {
         match self.conn {
             TxConn::Sqlx(tx) => tx.rollback().await,
-            TxConn::InQueries(mut q) => {
+            TxConn::InQueries(mut q) | TxConn::OnDemand(mut q) => {
                 if q.begun {
                     sqlx::Executor::execute(&mut *q.conn, "ROLLBACK").await?;
                 }
@@ -177,7 +228,7 @@ impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
     fn deref(&self) -> &DB::Connection {
         match &self.conn {
             TxConn::Sqlx(tx) => tx,
-            TxConn::InQueries(q) => &q.conn,
+            TxConn::InQueries(q) | TxConn::OnDemand(q) => &q.conn,
         }
     }
 }
@@ -193,6 +244,7 @@ impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
                 );
                 &mut q.conn
             }
+            TxConn::OnDemand(q) => &mut q.conn,
         }
     }
 }
@@ -340,6 +392,99 @@ where
 /// A conversation's counter: its last sequence and when its customer last
 /// wrote (for the reply windows).
 pub(super) type Counter = (i64, Option<chrono::DateTime<chrono::Utc>>);
+
+/// The conversations' counters as this process's last write turns committed
+/// them: the next turn numbers its events from these, without first reading
+/// them (one trip to the database fewer), if no other write transaction of
+/// this process has begun since the last turn that committed. Its query
+/// still checks each value before it changes it, so a counter another
+/// process moved fails the turn instead of giving a number twice.
+pub(super) struct KnownCounters(std::sync::Mutex<Known>);
+
+struct Known {
+    /// The store's count of write transactions begun when the last turn that
+    /// committed began.
+    changes: u64,
+    /// By account and conversation (`account` NUL `conversation`).
+    counters: hashlink::LruCache<String, Counter>,
+}
+
+/// The most conversations whose counters are kept (about 100 bytes each).
+const KNOWN_COUNTERS: usize = 4096;
+
+fn counter_key(account: &str, conversation: &str) -> String {
+    format!("{account}\0{conversation}")
+}
+
+impl KnownCounters {
+    pub(super) fn new() -> Self {
+        Self(std::sync::Mutex::new(Known {
+            changes: 0,
+            counters: hashlink::LruCache::new(KNOWN_COUNTERS),
+        }))
+    }
+
+    /// The counters kept, if they are still current: only this turn's own
+    /// start (at `changes`) has counted as a change since the last turn that
+    /// committed. Otherwise they are forgotten.
+    fn current(&self, changes: u64) -> std::sync::MutexGuard<'_, Known> {
+        let mut known = self.0.lock().expect("not poisoned");
+        if known.changes + 1 != changes {
+            known.counters.clear();
+        }
+        known
+    }
+
+    /// Each conversation's counter before the turn begun at `changes`, if
+    /// all are known.
+    pub(super) fn all(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
+        let mut known = self.current(changes);
+        conversations
+            .iter()
+            .map(|(account, conversation, _, _)| {
+                known
+                    .counters
+                    .get(&counter_key(account, conversation))
+                    .copied()
+            })
+            .collect()
+    }
+
+    /// Keeps the counters a committed turn left, from the turn that began
+    /// at `changes`.
+    pub(super) fn remember<'a>(
+        &self,
+        changes: u64,
+        counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
+    ) {
+        let mut known = self.current(changes);
+        known.changes = changes;
+        for ((account, conversation), counter) in counters {
+            known
+                .counters
+                .insert(counter_key(account, conversation), counter);
+        }
+    }
+
+    /// The counter kept for a conversation, if any.
+    #[cfg(test)]
+    pub(super) fn kept(&self, account: &str, conversation: &str) -> Option<i64> {
+        let mut known = self.0.lock().expect("not poisoned");
+        known
+            .counters
+            .get(&counter_key(account, conversation))
+            .map(|c| c.0)
+    }
+
+    /// Puts a wrong value in place of a conversation's kept counter.
+    #[cfg(test)]
+    pub(super) fn corrupt(&self, account: &str, conversation: &str, last: i64) {
+        let mut known = self.0.lock().expect("not poisoned");
+        if let Some(c) = known.counters.get_mut(&counter_key(account, conversation)) {
+            c.0 = last;
+        }
+    }
+}
 
 /// A conversation a chunk numbers in: account, conversation, how many of
 /// the chunk's events it publishes, the latest time its customer wrote.
@@ -902,6 +1047,8 @@ impl $store {
     ) -> Result<Numbered<'a>, StoreError> {
         let mut after = vec![(0, None); counting.conversations.len()];
         if !counting.conversations.is_empty() {
+            // The counters, then the turn's query: two statements.
+            tx.begin_now().await?;
             let mut counters = sqlx::QueryBuilder::new(format!(
                 "{}INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
                 tx.begin_sql()

@@ -14,10 +14,10 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::sql::{
-    Conversation, Counter, Counting, INSERTED, MESSAGE_COLUMNS, MessageRowParts, Numbered,
-    ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTurn, WriteTx, is_unique_violation, keep_prepared,
-    message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages, saved_outcomes,
-    storable_text,
+    Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS, MessageRowParts,
+    Numbered, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTurn, WriteTx, is_unique_violation,
+    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
+    saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -40,26 +40,7 @@ pub struct SqliteStore {
     /// query; good for the next outbox read while `changes` has not moved.
     outbox_after_turn: std::sync::Mutex<Option<OutboxSnapshot>>,
     /// The conversations' counters as the write turns left them.
-    counters: std::sync::Mutex<KnownCounters>,
-}
-
-/// The conversations' counters as the last write turns committed them: the
-/// next turn numbers its events from these, without first reading them
-/// from SQLite (one trip to its thread fewer), if no other write
-/// transaction has run since the last turn. Its query still checks each
-/// value before it changes it.
-struct KnownCounters {
-    /// [`SqliteStore::changes`] when the last turn that committed began.
-    changes: u64,
-    /// By account and conversation (`account` NUL `conversation`).
-    counters: hashlink::LruCache<String, Counter>,
-}
-
-/// The most conversations whose counters are kept (about 100 bytes each).
-const KNOWN_COUNTERS: usize = 4096;
-
-fn counter_key(account: &str, conversation: &str) -> String {
-    format!("{account}\0{conversation}")
+    counters: KnownCounters,
 }
 
 /// The outbox read at the end of a write turn, before its commit.
@@ -216,10 +197,7 @@ impl SqliteStore {
             changes,
             turn_ended: Arc::new(turn_ended),
             outbox_after_turn: std::sync::Mutex::default(),
-            counters: std::sync::Mutex::new(KnownCounters {
-                changes: 0,
-                counters: hashlink::LruCache::new(KNOWN_COUNTERS),
-            }),
+            counters: KnownCounters::new(),
         })
     }
 
@@ -345,29 +323,9 @@ impl SqliteStore {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// The counters kept, if they are still SQLite's: only this turn's own
-    /// start has counted as a change since the last turn that committed.
-    /// Otherwise they are forgotten.
-    fn known_counters(&self, changes: u64) -> std::sync::MutexGuard<'_, KnownCounters> {
-        let mut known = self.counters.lock().expect("not poisoned");
-        if known.changes + 1 != changes {
-            known.counters.clear();
-        }
-        known
-    }
-
     /// Each conversation's counter before this turn, if all are known.
     fn counters_known(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
-        let mut known = self.known_counters(changes);
-        conversations
-            .iter()
-            .map(|(account, conversation, _, _)| {
-                known
-                    .counters
-                    .get(&counter_key(account, conversation))
-                    .copied()
-            })
-            .collect()
+        self.counters.all(changes, conversations)
     }
 
     /// Sets the counters of a turn numbered from memory, each only if it
@@ -411,32 +369,19 @@ impl SqliteStore {
         changes: u64,
         counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
     ) {
-        let mut known = self.known_counters(changes);
-        known.changes = changes;
-        for ((account, conversation), counter) in counters {
-            known
-                .counters
-                .insert(counter_key(account, conversation), counter);
-        }
+        self.counters.remember(changes, counters);
     }
 
     /// The counter kept for a conversation, if any.
     #[cfg(test)]
     pub(crate) fn counter_kept(&self, account: &str, conversation: &str) -> Option<i64> {
-        let mut known = self.counters.lock().expect("not poisoned");
-        known
-            .counters
-            .get(&counter_key(account, conversation))
-            .map(|c| c.0)
+        self.counters.kept(account, conversation)
     }
 
     /// Puts a wrong value in place of a conversation's kept counter.
     #[cfg(test)]
     pub(crate) fn corrupt_counter(&self, account: &str, conversation: &str, last: i64) {
-        let mut known = self.counters.lock().expect("not poisoned");
-        if let Some(c) = known.counters.get_mut(&counter_key(account, conversation)) {
-            c.0 = last;
-        }
+        self.counters.corrupt(account, conversation, last);
     }
 }
 
