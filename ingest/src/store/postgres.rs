@@ -3,6 +3,7 @@
 //! is here: the outbox is leased row by row so concurrent publishers never
 //! work on the same message.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, Timelike, Utc};
 use shared::model::DeliveryStatus;
 use shared::wire::DeliveryOutcome;
 use sqlx::Postgres;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::sql::{
     Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS, MessageRowParts,
@@ -27,6 +28,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
     pool: PgPool,
+    /// The outbox publisher's leases: see [`PgStore::lease_outbox`].
+    leases: PgPool,
     /// Counts the write transactions this process began: what its kept
     /// counters are good for.
     changes: AtomicU64,
@@ -34,29 +37,36 @@ pub struct PgStore {
     counters: KnownCounters,
 }
 
+/// A pool of at most `size` connections.
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a connection each time it is taken from the pool: a
+        // round trip before every statement and every save. Only a
+        // connection idle long enough to have been cut (a restarted server,
+        // a proxy's timeout) is pinged; under load none is.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            // sqlx pings a connection each time it is taken from the pool:
-            // a round trip before every statement and every save. Only a
-            // connection idle long enough to have been cut (a restarted
-            // server, a proxy's timeout) is pinged; under load none is.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect(url)
-            .await?;
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = pool_options(16).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let leases =
+            pool_options(2).connect_lazy_with(options.options([("synchronous_commit", "off")]));
         Ok(Self {
             pool,
+            leases,
             changes: AtomicU64::new(0),
             counters: KnownCounters::new(),
         })
@@ -165,6 +175,13 @@ impl PgStore {
     /// a publisher that dies just lets its lease run out. A row whose
     /// conversation has an earlier one in the outbox (leased or not) waits.
     ///
+    /// A lease is committed without waiting for the disk
+    /// (`synchronous_commit` off on the publisher's own connections): one
+    /// fsync fewer for each message, and the next commit that does wait (the
+    /// next save) makes it durable too. One lost in a crash of the server
+    /// only makes the row leasable again; it is published again and the
+    /// stream drops the copy (its removal, committed later, was lost too).
+    ///
     /// The rows to lease are chosen first, as an array: with `IN (SELECT …)`
     /// PostgreSQL planned the update as a hash join over a scan of the whole
     /// table, and the outbox, a row in and a row out per message, holds
@@ -193,7 +210,7 @@ impl PgStore {
                            AND later.sequence > outbox.sequence) AS has_next",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.leases)
         .await?;
         rows.sort_by(|a, b| (a.created_at, &a.message_id).cmp(&(b.created_at, &b.message_id)));
         Ok(rows)
