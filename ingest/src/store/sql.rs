@@ -509,6 +509,74 @@ pub(super) struct Numbered<'a> {
     pub(super) counters: Vec<((&'a str, &'a str), Counter)>,
 }
 
+/// The outbox rows a write turn claims for its own ingest's publisher as it
+/// inserts them ([`WriteTx`]'s backend decides whether it does): each
+/// conversation's first row in the turn, unless held, and only if the
+/// outbox holds no earlier row of its conversation (the query checks).
+#[derive(Default)]
+pub(super) struct Claims {
+    /// The turn's first row of each conversation, as the publisher reads it.
+    candidates: Vec<(String, String, super::OutboxEntry)>,
+    /// How many rows of each conversation the turn inserts.
+    rows: std::collections::HashMap<(String, String), usize>,
+    /// The ids the query claimed.
+    claimed: std::collections::HashSet<String>,
+    /// The query inserted a row it did not claim: only a lease finds it.
+    pub(super) queued: bool,
+}
+
+impl Claims {
+    /// Adds a statement's outbox rows; for each, whether it may be claimed.
+    pub(super) fn add(
+        &mut self,
+        rows: &[(&super::NewMessage, i64, &Vec<u8>)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<bool> {
+        rows.iter()
+            .map(|(m, _, payload)| {
+                let key = (m.account_id.clone(), m.conversation_id.clone());
+                let count = self.rows.entry(key.clone()).or_default();
+                *count += 1;
+                let first = *count == 1 && m.hold_until.is_none();
+                if first {
+                    self.candidates.push((
+                        key.0,
+                        key.1,
+                        super::OutboxEntry {
+                            message_id: m.id.clone(),
+                            nats_msg_id: None,
+                            subject: m.subject.clone(),
+                            payload: (*payload).clone(),
+                            created_at: now,
+                            has_next: false,
+                        },
+                    ));
+                }
+                first
+            })
+            .collect()
+    }
+
+    pub(super) fn claimed(&mut self, id: String) {
+        self.claimed.insert(id);
+    }
+
+    /// The rows claimed, as the publisher reads them, oldest first; and
+    /// whether a row was left for a lease.
+    pub(super) fn into_entries(self) -> (Vec<super::OutboxEntry>, bool) {
+        let queued = self.queued;
+        let mut entries = Vec::with_capacity(self.claimed.len());
+        for (account, conversation, mut entry) in self.candidates {
+            if !self.claimed.contains(&entry.message_id) {
+                continue;
+            }
+            entry.has_next = self.rows[&(account, conversation)] > 1;
+            entries.push(entry);
+        }
+        (entries, queued)
+    }
+}
+
 impl<'a> Counting<'a> {
     pub(super) fn of(chunk: &'a [super::NewMessage]) -> Self {
         // Each conversation's counter moves once, by its number of
@@ -1147,6 +1215,10 @@ impl $store {
             }
         };
         let mut saved = Vec::with_capacity(messages.len());
+        // The rows this turn may claim for this ingest's publisher: each
+        // conversation's first, if not held (see `claims_in_turn`).
+        let claiming = self.claims_in_turn();
+        let mut claims = Claims::default();
         for (chunk, Numbered { sequences, payloads, .. }) in
             messages.chunks(SAVE_CHUNK).zip(&numbered)
         {
@@ -1170,8 +1242,17 @@ impl $store {
                     format!("v.column1 IN (SELECT id FROM {rows})")
                 };
                 turn.part();
-                Self::push_outbox(&mut turn.query, &to_publish, now, &inserted);
-                turn.end(None);
+                if claiming {
+                    let firsts = claims.add(&to_publish, now);
+                    Self::push_claiming_outbox(&mut turn.query, &to_publish, now, &inserted, &firsts);
+                    turn.end_returning(
+                        "CASE WHEN claimed_until IS NULL THEN 'queued' ELSE 'claimed' END AS kind,
+                         message_id AS id",
+                    );
+                } else {
+                    Self::push_outbox(&mut turn.query, &to_publish, now, &inserted);
+                    turn.end(None);
+                }
             }
             saved.extend(saved_outcomes(sequences));
         }
@@ -1225,6 +1306,8 @@ impl $store {
                 "known" => {
                     known.insert(sqlx::Row::try_get::<String, _>(row, "id")?);
                 }
+                "claimed" => claims.claimed(sqlx::Row::try_get::<String, _>(row, "id")?),
+                "queued" => claims.queued = true,
                 _ => {
                     let entry = <OutboxEntry as sqlx::FromRow<_>>::from_row(row).ok();
                     outbox = outbox.zip(entry).map(|(mut rows, entry)| {
@@ -1245,6 +1328,7 @@ impl $store {
         if let (Some(changes), Some(outbox)) = (read_outbox, outbox) {
             self.keep_outbox_read(changes, outbox);
         }
+        self.hand_over(claims, published);
         let counters = numbered.into_iter().flat_map(|n| n.counters);
         self.remember_counters(changes, counters);
         Ok(Some((saved, known)))

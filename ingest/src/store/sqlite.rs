@@ -14,10 +14,10 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::sql::{
-    Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS, MessageRowParts,
-    Numbered, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTurn, WriteTx, is_unique_violation,
-    keep_prepared, message_rows, outbox_rows, push_outcome_rows, runs_of_distinct_messages,
-    saved_outcomes, storable_text,
+    Claims, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
+    MessageRowParts, Numbered, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTurn, WriteTx,
+    is_unique_violation, keep_prepared, message_rows, outbox_rows, push_outcome_rows,
+    runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -274,6 +274,25 @@ impl SqliteStore {
             .push(outbox_read!(tail))
             .push(OUTBOX_IN_TURN_ROWS.to_string());
     }
+
+    /// A write turn's outbox read serves the publisher here instead (the
+    /// methods above): nothing is claimed.
+    fn claims_in_turn(&self) -> bool {
+        false
+    }
+
+    /// Not called ([`Self::claims_in_turn`]).
+    fn push_claiming_outbox(
+        query: &mut sqlx::QueryBuilder<Sqlite>,
+        rows: &[(&NewMessage, i64, &Vec<u8>)],
+        now: DateTime<Utc>,
+        inserted: &str,
+        _claim: &[bool],
+    ) {
+        Self::push_outbox(query, rows, now, inserted);
+    }
+
+    fn hand_over(&self, _claims: Claims, _removed: &[String]) {}
 
     /// Whether a write turn's outbox read waits for the next outbox read.
     #[cfg(test)]
