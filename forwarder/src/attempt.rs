@@ -27,6 +27,10 @@ use crate::crm::Answer;
 use crate::lane::LaneContext;
 use shared::observe::Throughput;
 
+/// An attempt on a message whose ack timer was restarted (or started) this
+/// recently does not restart it again.
+const FRESH_ENOUGH: Duration = Duration::from_secs(1);
+
 /// A message a lane holds: received, not yet settled.
 pub struct Held {
     pub message: jetstream::Message,
@@ -136,8 +140,14 @@ async fn attempt(ctx: Arc<LaneContext>, mut job: Job) -> Finished {
                     _ = tokio::time::sleep(ctx.ack_wait / 3) => job.held.keep().await,
                 }
             };
-            // Restart the ack timer: the attempt gets the whole ack wait.
-            job.held.keep().await;
+            // Restart the ack timer: the attempt gets the whole ack wait
+            // (the CRM's timeout and 10 s). Not for a message whose timer
+            // started under a second ago (most first attempts): it has
+            // nine of those ten seconds left, and each message is one
+            // acknowledgement fewer for nats-server.
+            if job.held.fresh_since.elapsed() >= FRESH_ENOUGH {
+                job.held.keep().await;
+            }
             let gauge = metrics::gauge!("router_forwarder_in_flight");
             gauge.increment(1.0);
             let started = Instant::now();
