@@ -160,20 +160,7 @@ impl PgStore {
                 THEN now() + interval '",
         );
         query.push(CLAIM).push("' END FROM (");
-        query.push_values(
-            rows.iter().zip(claim),
-            |mut row, ((m, sequence, payload), claim)| {
-                row.push_bind(&m.id)
-                    .push_bind(&m.subject)
-                    .push_bind(*payload)
-                    .push_bind(now)
-                    .push_bind(m.hold_until)
-                    .push_bind(&m.account_id)
-                    .push_bind(&m.conversation_id)
-                    .push_bind(*sequence)
-                    .push_bind(*claim);
-            },
-        );
+        Self::push_outbox_values(query, rows, now, Some(claim));
         query.push(") AS v WHERE ").push(inserted);
     }
 
@@ -230,46 +217,6 @@ impl PgStore {
     /// Each conversation's counter before this turn, if all are known.
     fn counters_known(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
         self.counters.all(changes, conversations)
-    }
-
-    /// Sets the counters of a turn numbered from memory, each only if it
-    /// still holds both values the turn numbered from: another ingest may
-    /// have taken numbers in the conversation, or moved the time its
-    /// customer last wrote. A stale one fails the statement (a null
-    /// `last_sequence`), so the whole turn, and its events are saved one by
-    /// one. A part of the turn's CTEs: it returns nothing, and no other part
-    /// reads the counters.
-    fn push_counters(
-        query: &mut sqlx::QueryBuilder<Postgres>,
-        conversations: &[Conversation],
-        before: &[Counter],
-        after: &[Counter],
-    ) {
-        query.push(
-            "UPDATE conversations SET
-                 last_sequence = CASE
-                     WHEN conversations.last_sequence = v.column3
-                      AND conversations.customer_wrote_at IS NOT DISTINCT FROM v.column6
-                     THEN v.column4 END,
-                 customer_wrote_at = v.column5
-             FROM (",
-        );
-        query.push_values(
-            conversations.iter().zip(before).zip(after),
-            |mut row, (((account, conversation, _, _), (last, was)), (next, wrote_at))| {
-                row.push_bind(*account)
-                    .push_bind(*conversation)
-                    .push_bind(*last)
-                    .push_bind(*next)
-                    .push_bind(*wrote_at)
-                    .push_bind(*was);
-            },
-        );
-        query.push(
-            ") AS v
-             WHERE conversations.account_id = v.column1
-               AND conversations.conversation_id = v.column2",
-        );
     }
 
     /// Keeps the counters a committed turn left, from the turn that began

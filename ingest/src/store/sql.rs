@@ -1028,7 +1028,19 @@ impl $store {
             "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
                 account_id, conversation_id, sequence) SELECT * FROM (",
         );
-        outbox.push_values(published, |mut row, (m, sequence, payload)| {
+        Self::push_outbox_values(outbox, published, now, None);
+        outbox.push(") AS v WHERE ").push(saved_rows);
+    }
+
+    /// The outbox rows' values, `column1` to `column8` in the outbox's
+    /// order, and `column9` from `claim` when there is one.
+    fn push_outbox_values(
+        outbox: &mut sqlx::QueryBuilder<$db>,
+        published: &[(&NewMessage, i64, &Vec<u8>)],
+        now: DateTime<Utc>,
+        claim: Option<&[bool]>,
+    ) {
+        outbox.push_values(published.iter().enumerate(), |mut row, (i, (m, sequence, payload))| {
             row.push_bind(&m.id)
                 .push_bind(&m.subject)
                 .push_bind(*payload)
@@ -1037,8 +1049,50 @@ impl $store {
                 .push_bind(&m.account_id)
                 .push_bind(&m.conversation_id)
                 .push_bind(*sequence);
+            if let Some(claim) = claim {
+                row.push_bind(claim[i]);
+            }
         });
-        outbox.push(") AS v WHERE ").push(saved_rows);
+    }
+
+    /// Sets the counters of a turn numbered from memory, each only if it
+    /// still holds both values the turn numbered from: on PostgreSQL
+    /// another ingest may have taken numbers in the conversation, or moved
+    /// the time its customer last wrote (on SQLite only a bug could). A
+    /// stale one fails the statement (a null `last_sequence`), so the whole
+    /// turn, and its events are saved one by one. As a PostgreSQL CTE it
+    /// returns nothing, and no other part reads the counters.
+    fn push_counters(
+        query: &mut sqlx::QueryBuilder<$db>,
+        conversations: &[Conversation],
+        before: &[Counter],
+        after: &[Counter],
+    ) {
+        query.push(
+            "UPDATE conversations SET
+                 last_sequence = CASE
+                     WHEN conversations.last_sequence = v.column3
+                      AND conversations.customer_wrote_at IS NOT DISTINCT FROM v.column6
+                     THEN v.column4 END,
+                 customer_wrote_at = v.column5
+             FROM (",
+        );
+        query.push_values(
+            conversations.iter().zip(before).zip(after),
+            |mut row, (((account, conversation, _, _), (last, was)), (next, wrote_at))| {
+                row.push_bind(*account)
+                    .push_bind(*conversation)
+                    .push_bind(*last)
+                    .push_bind(*next)
+                    .push_bind(*wrote_at)
+                    .push_bind(*was);
+            },
+        );
+        query.push(
+            ") AS v
+             WHERE conversations.account_id = v.column1
+               AND conversations.conversation_id = v.column2",
+        );
     }
 
     /// The statement that deletes published messages' outbox rows.

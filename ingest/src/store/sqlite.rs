@@ -347,40 +347,6 @@ impl SqliteStore {
         self.counters.all(changes, conversations)
     }
 
-    /// Sets the counters of a turn numbered from memory, each only if it
-    /// still holds the value the turn numbered from: a stale one fails the
-    /// statement (`NOT NULL constraint failed`), so the whole turn, before
-    /// its `COMMIT`, and its events are saved one by one.
-    fn push_counters(
-        query: &mut sqlx::QueryBuilder<Sqlite>,
-        conversations: &[Conversation],
-        before: &[Counter],
-        after: &[Counter],
-    ) {
-        query.push(
-            "UPDATE conversations SET
-                 last_sequence = CASE WHEN conversations.last_sequence = v.column3
-                                      THEN v.column4 END,
-                 customer_wrote_at = v.column5
-             FROM (",
-        );
-        query.push_values(
-            conversations.iter().zip(before).zip(after),
-            |mut row, (((account, conversation, _, _), (last, _)), (next, wrote_at))| {
-                row.push_bind(*account)
-                    .push_bind(*conversation)
-                    .push_bind(*last)
-                    .push_bind(*next)
-                    .push_bind(*wrote_at);
-            },
-        );
-        query.push(
-            ") AS v
-             WHERE conversations.account_id = v.column1
-               AND conversations.conversation_id = v.column2",
-        );
-    }
-
     /// Keeps the counters a committed turn left, from the turn that began
     /// at `changes`.
     fn remember_counters<'a>(
