@@ -42,7 +42,7 @@ pub struct PgStore {
 /// How long a write turn claims the rows it hands to its publisher: they
 /// are published within milliseconds, or, if this ingest stops first,
 /// leased by another (or by it after a restart) once the claim runs out.
-const CLAIM: &str = "10 seconds";
+const CLAIM: &str = "now() + interval '10 seconds'";
 /// A row handed over longer ago than this is left to a lease: its claim
 /// may run out before it is published.
 const HANDED_FOR: Duration = Duration::from_secs(5);
@@ -129,39 +129,13 @@ impl PgStore {
     fn keep_outbox_read(&self, _changes: u64, _rows: Vec<OutboxEntry>) {}
 
     /// A write turn claims the first row of each conversation it inserts
-    /// and hands it to this ingest's publisher, instead of the publisher
-    /// leasing it with a statement of its own (a third of PostgreSQL's CPU
-    /// for each message at 500 a second); unless too many wait already.
-    fn claims_in_turn(&self) -> bool {
-        self.handed.lock().expect("not poisoned").rows.len() < MAX_HANDED
-    }
-
-    /// The outbox rows of a turn, each row marked in `claim` claimed for
-    /// [`CLAIM`] if no earlier row of its conversation is in the outbox.
-    /// The statement sees the outbox as it was before it, and an earlier
-    /// row of the conversation is committed or waited for by then (its
-    /// counter is locked by this turn).
-    fn push_claiming_outbox(
-        query: &mut sqlx::QueryBuilder<Postgres>,
-        rows: &[(&NewMessage, i64, &Vec<u8>)],
-        now: DateTime<Utc>,
-        inserted: &str,
-        claim: &[bool],
-    ) {
-        query.push(
-            "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
-                account_id, conversation_id, sequence, claimed_until)
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
-                v.column7, v.column8,
-                CASE WHEN v.column9 AND NOT EXISTS (
-                    SELECT 1 FROM outbox earlier
-                    WHERE earlier.account_id = v.column6
-                      AND earlier.conversation_id = v.column7)
-                THEN now() + interval '",
-        );
-        query.push(CLAIM).push("' END FROM (");
-        Self::push_outbox_values(query, rows, now, Some(claim));
-        query.push(") AS v WHERE ").push(inserted);
+    /// (until this time) and hands it to this ingest's publisher, instead of
+    /// the publisher leasing it with a statement of its own (a third of
+    /// PostgreSQL's CPU for each message at 500 a second); unless too many
+    /// wait already.
+    fn claim_until(&self) -> Option<&'static str> {
+        let handed = self.handed.lock().expect("not poisoned");
+        (handed.rows.len() < MAX_HANDED).then_some(CLAIM)
     }
 
     /// Queues what a committed turn claimed for the publisher, and forgets
@@ -214,11 +188,6 @@ impl PgStore {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// Each conversation's counter before this turn, if all are known.
-    fn counters_known(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
-        self.counters.all(changes, conversations)
-    }
-
     /// Keeps the counters a committed turn left, from the turn that began
     /// at `changes`, each time as PostgreSQL holds it (to the microsecond),
     /// so the next turn's check compares equal values.
@@ -235,12 +204,6 @@ impl PgStore {
             (key, (last, wrote))
         });
         self.counters.remember(changes, stored);
-    }
-
-    /// The counter kept for a conversation, if any.
-    #[cfg(test)]
-    pub(crate) fn counter_kept(&self, account: &str, conversation: &str) -> Option<i64> {
-        self.counters.kept(account, conversation)
     }
 
     /// Leases the rows for a while so another ingest's publisher skips them;
@@ -301,9 +264,6 @@ impl PgStore {
 
 impl PgStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Ctes;
-    /// Several ingests may take numbers in one conversation: the turn's
-    /// query checks each kept counter ([`Self::push_counters`]).
-    const COUNTERS_IN_MEMORY: bool = true;
 }
 
 impl_sql_store!(PgStore, Postgres);

@@ -13,11 +13,15 @@
 //!   write turn also reads the outbox for the publisher's next read, how,
 //!   and where it keeps what it read (SQLite, under a light load; never on
 //!   PostgreSQL);
-//! - `COUNTERS_IN_MEMORY`, `turn_changes`, `counters_known`, `push_counters`,
-//!   `remember_counters`: the conversations' counters as the process last
+//! - `claim_until`, `hand_over`: whether a write turn claims its new outbox
+//!   rows for this ingest's publisher, and hands them over in memory
+//!   (PostgreSQL, whose publisher would otherwise lease each one; never on
+//!   SQLite, where the outbox read above does that job);
+//! - `turn_changes`, `remember_counters` and a `counters` field
+//!   ([`KnownCounters`]): the conversations' counters as the process last
 //!   wrote them, so that a write turn numbers its events without reading
-//!   them first (SQLite, the only writer of its file; never on PostgreSQL,
-//!   where several ingests write).
+//!   them first; its statement checks each one, since on PostgreSQL several
+//!   ingests may number in one conversation.
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
@@ -954,6 +958,12 @@ impl $crate::store::AccountStore for $store {
 }
 
 impl $store {
+    /// The counter kept for a conversation, if any.
+    #[cfg(test)]
+    pub(crate) fn counter_kept(&self, account: &str, conversation: &str) -> Option<i64> {
+        self.counters.kept(account, conversation)
+    }
+
     /// Inserts message rows, each with its place in its conversation and
     /// its payload; a redelivered event is skipped. Returns how many were new.
     async fn insert_messages(
@@ -1018,28 +1028,39 @@ impl $store {
     /// The statement that puts published messages in the outbox; one whose
     /// row was not inserted (a redelivery) is left out, by `saved_rows`, a
     /// condition on `v.column1`, the message id.
+    ///
+    /// With `claim`, a write turn's claim ([`Claims`]): each row marked
+    /// in its list is claimed until its time (an SQL expression) if no
+    /// earlier row of its conversation is in the outbox. The statement sees
+    /// the outbox as it was before it, and an earlier row of the
+    /// conversation is committed or waited for by then (its counter is
+    /// locked by the turn).
     fn push_outbox(
         outbox: &mut sqlx::QueryBuilder<$db>,
         published: &[(&NewMessage, i64, &Vec<u8>)],
         now: DateTime<Utc>,
         saved_rows: &str,
+        claim: Option<(&str, &[bool])>,
     ) {
         outbox.push(
             "INSERT INTO outbox (message_id, subject, payload, created_at, hold_until,
-                account_id, conversation_id, sequence) SELECT * FROM (",
+                account_id, conversation_id, sequence",
         );
-        Self::push_outbox_values(outbox, published, now, None);
-        outbox.push(") AS v WHERE ").push(saved_rows);
-    }
-
-    /// The outbox rows' values, `column1` to `column8` in the outbox's
-    /// order, and `column9` from `claim` when there is one.
-    fn push_outbox_values(
-        outbox: &mut sqlx::QueryBuilder<$db>,
-        published: &[(&NewMessage, i64, &Vec<u8>)],
-        now: DateTime<Utc>,
-        claim: Option<&[bool]>,
-    ) {
+        if let Some((until, _)) = claim {
+            outbox.push(format!(
+                ", claimed_until)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
+                    v.column7, v.column8,
+                    CASE WHEN v.column9 AND NOT EXISTS (
+                        SELECT 1 FROM outbox earlier
+                        WHERE earlier.account_id = v.column6
+                          AND earlier.conversation_id = v.column7)
+                    THEN {until} END FROM ("
+            ));
+        } else {
+            outbox.push(") SELECT * FROM (");
+        }
+        let marked = claim.map(|(_, marked)| marked);
         outbox.push_values(published.iter().enumerate(), |mut row, (i, (m, sequence, payload))| {
             row.push_bind(&m.id)
                 .push_bind(&m.subject)
@@ -1049,10 +1070,11 @@ impl $store {
                 .push_bind(&m.account_id)
                 .push_bind(&m.conversation_id)
                 .push_bind(*sequence);
-            if let Some(claim) = claim {
-                row.push_bind(claim[i]);
+            if let Some(marked) = marked {
+                row.push_bind(marked[i]);
             }
         });
+        outbox.push(") AS v WHERE ").push(saved_rows);
     }
 
     /// Sets the counters of a turn numbered from memory, each only if it
@@ -1145,7 +1167,7 @@ impl $store {
             let published = outbox_rows(chunk, &sequences, &payloads);
             if !published.is_empty() {
                 let mut outbox = sqlx::QueryBuilder::new("");
-                Self::push_outbox(&mut outbox, &published, now, INSERTED);
+                Self::push_outbox(&mut outbox, &published, now, INSERTED, None);
                 outbox
                     .build()
                     .persistent(keep_prepared(published.len()))
@@ -1243,12 +1265,11 @@ impl $store {
         // all: the turn then numbers its events without the counters' trip,
         // and its query sets them, checking each one's value first. A turn
         // of one chunk gathers its conversations once, for either way.
-        let counting = (Self::COUNTERS_IN_MEMORY && messages.len() <= SAVE_CHUNK)
-            .then(|| Counting::of(messages));
+        let counting = (messages.len() <= SAVE_CHUNK).then(|| Counting::of(messages));
         let before = counting
             .as_ref()
             .filter(|c| !c.conversations.is_empty())
-            .and_then(|c| self.counters_known(changes, &c.conversations));
+            .and_then(|c| self.counters.all(changes, &c.conversations));
         let mut numbered = Vec::new();
         let mut turn = match (counting, before) {
             (Some(counting), Some(before)) => {
@@ -1270,8 +1291,9 @@ impl $store {
         };
         let mut saved = Vec::with_capacity(messages.len());
         // The rows this turn may claim for this ingest's publisher: each
-        // conversation's first, if not held (see `claims_in_turn`).
-        let claiming = self.claims_in_turn();
+        // conversation's first, if not held, until this time (see
+        // `claim_until`).
+        let claiming = self.claim_until();
         let mut claims = Claims::default();
         for (chunk, Numbered { sequences, payloads, .. }) in
             messages.chunks(SAVE_CHUNK).zip(&numbered)
@@ -1296,15 +1318,16 @@ impl $store {
                     format!("v.column1 IN (SELECT id FROM {rows})")
                 };
                 turn.part();
-                if claiming {
+                if let Some(until) = claiming {
                     let firsts = claims.add(&to_publish, now);
-                    Self::push_claiming_outbox(&mut turn.query, &to_publish, now, &inserted, &firsts);
+                    let claim = Some((until, firsts.as_slice()));
+                    Self::push_outbox(&mut turn.query, &to_publish, now, &inserted, claim);
                     turn.end_returning(
                         "CASE WHEN claimed_until IS NULL THEN 'queued' ELSE 'claimed' END AS kind,
                          message_id AS id",
                     );
                 } else {
-                    Self::push_outbox(&mut turn.query, &to_publish, now, &inserted);
+                    Self::push_outbox(&mut turn.query, &to_publish, now, &inserted, None);
                     turn.end(None);
                 }
             }

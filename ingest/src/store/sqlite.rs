@@ -256,8 +256,6 @@ impl SqliteStore {
 
 impl SqliteStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Statements;
-    /// The process is the file's only writer: see [`KnownCounters`].
-    const COUNTERS_IN_MEMORY: bool = true;
 
     /// Whether a write turn with this many saves reads the outbox at its
     /// end.
@@ -277,19 +275,8 @@ impl SqliteStore {
 
     /// A write turn's outbox read serves the publisher here instead (the
     /// methods above): nothing is claimed.
-    fn claims_in_turn(&self) -> bool {
-        false
-    }
-
-    /// Not called ([`Self::claims_in_turn`]).
-    fn push_claiming_outbox(
-        query: &mut sqlx::QueryBuilder<Sqlite>,
-        rows: &[(&NewMessage, i64, &Vec<u8>)],
-        now: DateTime<Utc>,
-        inserted: &str,
-        _claim: &[bool],
-    ) {
-        Self::push_outbox(query, rows, now, inserted);
+    fn claim_until(&self) -> Option<&'static str> {
+        None
     }
 
     fn hand_over(&self, _claims: Claims, _removed: &[String]) {}
@@ -342,11 +329,6 @@ impl SqliteStore {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// Each conversation's counter before this turn, if all are known.
-    fn counters_known(&self, changes: u64, conversations: &[Conversation]) -> Option<Vec<Counter>> {
-        self.counters.all(changes, conversations)
-    }
-
     /// Keeps the counters a committed turn left, from the turn that began
     /// at `changes`.
     fn remember_counters<'a>(
@@ -355,12 +337,6 @@ impl SqliteStore {
         counters: impl Iterator<Item = ((&'a str, &'a str), Counter)>,
     ) {
         self.counters.remember(changes, counters);
-    }
-
-    /// The counter kept for a conversation, if any.
-    #[cfg(test)]
-    pub(crate) fn counter_kept(&self, account: &str, conversation: &str) -> Option<i64> {
-        self.counters.kept(account, conversation)
     }
 
     /// Puts a wrong value in place of a conversation's kept counter.
