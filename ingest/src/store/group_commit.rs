@@ -386,6 +386,106 @@ mod tests {
         drop_postgres_database(admin, &name).await;
     }
 
+    /// Turns of more rows than PostgreSQL takes as a `VALUES` list (it
+    /// sends them as one array a column): on both stores every event is
+    /// numbered in its conversation's order, values left out stay null, and
+    /// a next turn of as many removals and outcomes records them all.
+    #[tokio::test]
+    async fn large_turns_save_number_remove_and_record_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        large_turns(SqliteStore::open(&url).await.unwrap()).await;
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        large_turns(crate::store::PgStore::open(&url).await.unwrap()).await;
+        drop_postgres_database(admin, &name).await;
+    }
+
+    async fn large_turns(db: impl MessageStore + AccountStore) {
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let conversation = |i: usize| format!("conv_{}", i % 12);
+        // 36 events over 12 conversations; two of them not published (no
+        // number, no outbox row), one without text.
+        let mut first: Vec<NewMessage> = (0..36).map(|i| published(i, &conversation(i))).collect();
+        for i in [7, 20] {
+            first[i] = message(i, "acc_1");
+            first[i].conversation_id = conversation(i);
+        }
+        first[5].text = None;
+        // Numbered from memory the second time: twelve counters at once.
+        let second: Vec<NewMessage> = (36..48).map(|i| published(i, &conversation(i))).collect();
+        let mut expected = std::collections::HashMap::new();
+        for turn in [&first, &second] {
+            let (saved, _) = db.write_together(turn, &[], &[]).await.unwrap().unwrap();
+            for (m, outcome) in turn.iter().zip(saved) {
+                let want = m.publish.then(|| {
+                    let last = expected.entry(m.conversation_id.clone()).or_insert(0);
+                    *last += 1;
+                    *last
+                });
+                assert_eq!(outcome, SaveOutcome::Saved { sequence: want }, "{}", m.id);
+            }
+        }
+        let row = db.get_message("msg_0005").await.unwrap().unwrap();
+        assert_eq!(row.sequence, Some(1));
+        let published_ids: Vec<String> = first
+            .iter()
+            .chain(&second)
+            .filter(|m| m.publish)
+            .map(|m| m.id.clone())
+            .collect();
+        let mut outbox: Vec<String> = db
+            .pending_outbox(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message_id)
+            .collect();
+        // One row a conversation is ready at a time: the first of each.
+        outbox.sort();
+        assert_eq!(outbox.len(), 12, "{outbox:?}");
+
+        // Every published row removed, and an outcome for each, in one turn:
+        // every other one a retry without a status code.
+        let outcomes: Vec<DeliveryOutcome> = published_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut o = delivered(id);
+                if i % 2 == 1 {
+                    o.outcome = shared::subjects::Outcome::Retrying;
+                    o.status_code = None;
+                    o.error = Some("connection refused".into());
+                }
+                o
+            })
+            .collect();
+        let (_, known) = db
+            .write_together(&[], &published_ids, &outcomes)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(known, vec![true; published_ids.len()]);
+        assert!(db.pending_outbox(100).await.unwrap().is_empty());
+        for (i, id) in published_ids.iter().enumerate() {
+            let row = db.get_message(id).await.unwrap().unwrap();
+            let status = if i % 2 == 1 {
+                shared::model::DeliveryStatus::Retrying
+            } else {
+                shared::model::DeliveryStatus::Delivered
+            };
+            assert_eq!(
+                (row.delivery_status, row.delivery_attempts),
+                (status, 1),
+                "{id}"
+            );
+            assert_eq!(row.last_status_code.is_none(), i % 2 == 1, "{id}");
+        }
+    }
+
     /// On PostgreSQL too a turn numbers its events from the counters its
     /// ingest's turns left, in one statement without `BEGIN` and `COMMIT`;
     /// but another ingest may number in the same conversation, or move the

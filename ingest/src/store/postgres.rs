@@ -14,14 +14,18 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::sql::{
-    Claims, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
-    MessageRowParts, Numbered, ReplayRow, SAVE_CHUNK, Turn, TurnQuery, WriteTx,
-    is_unique_violation, keep_prepared, message_rows, outbox_rows, push_outcome_rows,
+    Claims, Column, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
+    MessageRowParts, Numbered, OUTCOME_NAMES, ReplayRow, Rows, SAVE_CHUNK, Turn, TurnQuery,
+    WriteTx, is_unique_violation, message_rows, outbox_rows, outcome_columns, push_values_rows,
     runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
 };
+
+/// The most rows a statement takes as a `VALUES` list (see
+/// [`PgStore::push_rows`]).
+const ROWS_AS_VALUES: usize = 8;
 
 /// A pooled connection idle this long is checked before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
@@ -30,6 +34,8 @@ pub struct PgStore {
     pool: PgPool,
     /// The outbox publisher's leases: see [`PgStore::lease_outbox`].
     leases: PgPool,
+    /// The write turns' connections: see [`PgStore::begin_turn`].
+    turns: PgPool,
     /// Counts the write transactions this process began: what its kept
     /// counters are good for.
     changes: AtomicU64,
@@ -90,11 +96,14 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)?;
         let pool = pool_options(16).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let leases =
-            pool_options(2).connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        let leases = pool_options(2)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let turns = pool_options(2)
+            .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
         Ok(Self {
             pool,
             leases,
+            turns,
             changes: AtomicU64::new(0),
             counters: KnownCounters::new(),
             handed: std::sync::Mutex::default(),
@@ -113,9 +122,17 @@ impl PgStore {
     /// The write turn's transaction, begun only if the turn takes two
     /// statements (when its counters must be read first): most turns are
     /// one statement of CTEs, which commits by itself.
+    ///
+    /// It runs on connections of its own that always use a statement's
+    /// generic plan. A turn's rows go as arrays ([`Self::push_rows`]), so
+    /// its few shapes of statement are each planned once, as lookups by key
+    /// for any number of rows; left to choose, PostgreSQL planned a
+    /// one-row turn again at every run (its own plan looks cheaper than the
+    /// generic one, which assumes ten rows an array), and that planning
+    /// nearly doubled its CPU a message at 500 a second.
     async fn begin_turn(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        Ok(WriteTx::on_demand(self.pool.acquire().await?, None))
+        Ok(WriteTx::on_demand(self.turns.acquire().await?, None))
     }
 
     /// A write turn never reads the outbox here: each ingest leases what
@@ -264,6 +281,64 @@ impl PgStore {
 
 impl PgStore {
     const TURN_QUERY: TurnQuery = TurnQuery::Ctes;
+
+    /// Every statement is kept prepared: up to [`ROWS_AS_VALUES`] rows its
+    /// shapes are few, and beyond, its rows go as one array per column, so
+    /// its text no longer depends on how many there are.
+    fn keep_prepared(_rows: usize) -> bool {
+        true
+    }
+
+    /// A few rows as a `VALUES` list, a parameter for each value; more as
+    /// `UNNEST` of one array parameter per column. A `VALUES` list of any
+    /// length made a statement of a new shape for each count of rows,
+    /// planned anew each time: at saturation, planning was a third of
+    /// PostgreSQL's CPU. But `UNNEST` of several arrays gathers each array's
+    /// values before the first row, which for a row or two cost more than
+    /// the planning it saves.
+    fn push_rows(query: &mut sqlx::QueryBuilder<Postgres>, columns: &[Column<'_>], rows: Rows<'_>) {
+        if columns.first().map_or(0, Column::len) <= ROWS_AS_VALUES {
+            push_values_rows(query, columns, rows);
+            return;
+        }
+        if matches!(rows, Rows::Insert) {
+            query.push("SELECT * FROM ");
+        }
+        query.push("UNNEST(");
+        for (j, column) in columns.iter().enumerate() {
+            if j > 0 {
+                query.push(", ");
+            }
+            match column {
+                Column::Text(v) => query.push_bind(v),
+                Column::OptText(v) => query.push_bind(v),
+                Column::Int(v) => query.push_bind(v),
+                Column::OptInt(v) => query.push_bind(v),
+                Column::Time(v) => query.push_bind(v),
+                Column::OptTime(v) => query.push_bind(v),
+                Column::Bytes(v) => query.push_bind(v),
+                Column::OptBytes(v) => query.push_bind(v),
+                Column::Bool(v) => query.push_bind(v),
+            };
+        }
+        query.push(")");
+        match rows {
+            Rows::Insert => {}
+            Rows::Numbered => {
+                let names: Vec<String> =
+                    (1..=columns.len()).map(|j| format!("column{j}")).collect();
+                query.push(format!(" AS v({})", names.join(", ")));
+            }
+            Rows::Named(names) => {
+                query.push(format!(" AS v({})", names.join(", ")));
+            }
+        }
+    }
+
+    /// `= ANY` of the values, as one array parameter.
+    fn push_in(query: &mut sqlx::QueryBuilder<Postgres>, values: &[String]) {
+        query.push("= ANY(").push_bind(values).push(")");
+    }
 }
 
 impl_sql_store!(PgStore, Postgres);

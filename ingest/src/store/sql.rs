@@ -7,6 +7,11 @@
 //!   (SQLite: one writer at a time, in the process, and `BEGIN IMMEDIATE`);
 //! - `lease_outbox(limit)`: the outbox read (PostgreSQL leases rows with
 //!   `FOR UPDATE SKIP LOCKED` so several ingests never publish the same one);
+//! - `push_rows`, `push_in`, `keep_prepared`: how a multi-row statement's
+//!   rows ([`Column`]s) and a list of ids are sent, and whether the
+//!   statement is kept prepared (SQLite: a parameter for each value, kept
+//!   prepared up to eight rows; PostgreSQL: the same up to eight rows, an
+//!   array a column beyond, always kept prepared);
 //! - `TURN_QUERY`: how a write turn's statements go as one query
 //!   ([`TurnQuery`]: several statements on SQLite, CTEs on PostgreSQL);
 //! - `reads_outbox_in_turn`, `push_outbox_read`, `keep_outbox_read`: whether a
@@ -712,15 +717,6 @@ pub(super) fn saved_outcomes(
     })
 }
 
-/// Whether a multi-row statement of `rows` rows is kept prepared. Under
-/// light load every group is one to a few rows, the same few shapes again
-/// and again, and parsing them was a sixth of ingest's CPU; a larger group's
-/// shape seldom repeats and would crowd the statement cache (100 per
-/// connection): it is parsed each time.
-pub(super) fn keep_prepared(rows: usize) -> bool {
-    rows <= 8
-}
-
 /// Consecutive runs of at most [`SAVE_CHUNK`] outcomes, each of different
 /// messages.
 pub(super) fn runs_of_distinct_messages(
@@ -743,40 +739,143 @@ pub(super) fn runs_of_distinct_messages(
     runs
 }
 
-/// Outcomes as rows of a subquery, `SELECT ... UNION ALL SELECT ...` (one
-/// spelling both databases take, where a `VALUES` list cannot name its
-/// columns in SQLite).
-pub(super) fn push_outcome_rows<DB: sqlx::Database>(
+/// One column of a multi-row statement's rows: every row's value, in order.
+/// A backend's `push_rows` sends them as it takes them best (SQLite a
+/// parameter for each value, PostgreSQL an array for each column).
+pub(super) enum Column<'a> {
+    Text(Vec<&'a str>),
+    OptText(Vec<Option<&'a str>>),
+    Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
+    Time(Vec<chrono::DateTime<chrono::Utc>>),
+    OptTime(Vec<Option<chrono::DateTime<chrono::Utc>>>),
+    Bytes(Vec<&'a [u8]>),
+    OptBytes(Vec<Option<&'a [u8]>>),
+    Bool(Vec<bool>),
+}
+
+impl Column<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::OptText(v) => v.len(),
+            Column::Int(v) => v.len(),
+            Column::OptInt(v) => v.len(),
+            Column::Time(v) => v.len(),
+            Column::OptTime(v) => v.len(),
+            Column::Bytes(v) => v.len(),
+            Column::OptBytes(v) => v.len(),
+            Column::Bool(v) => v.len(),
+        }
+    }
+}
+
+/// Where a backend's `push_rows` puts a statement's rows.
+#[derive(Clone, Copy)]
+pub(super) enum Rows<'n> {
+    /// As the rows of an `INSERT INTO t (…)`.
+    Insert,
+    /// As a `FROM` item `v` whose columns are `column1`, `column2`, …
+    Numbered,
+    /// As a `FROM` item `v` whose columns have these names.
+    Named(&'n [&'n str]),
+}
+
+/// Rows as a `VALUES` list, a parameter for each value; named columns as
+/// `SELECT … UNION ALL SELECT …` (a `VALUES` list cannot name its columns
+/// in SQLite).
+pub(super) fn push_values_rows<DB: sqlx::Database>(
     query: &mut sqlx::QueryBuilder<DB>,
-    outcomes: &[shared::wire::DeliveryOutcome],
+    columns: &[Column<'_>],
+    rows: Rows<'_>,
 ) where
     for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     for<'a> Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     for<'a> chrono::DateTime<chrono::Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<chrono::DateTime<chrono::Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a [u8]>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    for (i, o) in outcomes.iter().enumerate() {
-        if i > 0 {
-            query.push(" UNION ALL ");
+    let count = columns.first().map_or(0, Column::len);
+    let names = match rows {
+        Rows::Insert => None,
+        Rows::Numbered => {
+            query.push("(");
+            None
         }
-        query
-            .push("SELECT ")
-            .push_bind(o.message_id.as_str())
-            .push(" AS message_id, ")
-            .push_bind(o.inbound_sequence as i64)
-            .push(" AS inbound_seq, ")
-            .push_bind(i64::from(o.attempt))
-            .push(" AS attempt, ")
-            .push_bind(o.outcome.as_str())
-            .push(" AS outcome, ")
-            .push_bind(o.status_code.map(i64::from))
-            .push(" AS status_code, ")
-            .push_bind(o.error.as_deref())
-            .push(" AS error, ")
-            .push_bind(o.at)
-            .push(" AS at");
+        Rows::Named(names) => {
+            query.push("(");
+            Some(names)
+        }
+    };
+    if names.is_none() {
+        query.push("VALUES ");
     }
+    for i in 0..count {
+        match (i, names) {
+            (0, None) => query.push("("),
+            (_, None) => query.push(", ("),
+            (0, Some(_)) => query.push("SELECT "),
+            (_, Some(_)) => query.push(" UNION ALL SELECT "),
+        };
+        for (j, column) in columns.iter().enumerate() {
+            if j > 0 {
+                query.push(", ");
+            }
+            match column {
+                Column::Text(v) => query.push_bind(v[i]),
+                Column::OptText(v) => query.push_bind(v[i]),
+                Column::Int(v) => query.push_bind(v[i]),
+                Column::OptInt(v) => query.push_bind(v[i]),
+                Column::Time(v) => query.push_bind(v[i]),
+                Column::OptTime(v) => query.push_bind(v[i]),
+                Column::Bytes(v) => query.push_bind(v[i]),
+                Column::OptBytes(v) => query.push_bind(v[i]),
+                Column::Bool(v) => query.push_bind(v[i]),
+            };
+            if let Some(names) = names {
+                query.push(" AS ").push(names[j]);
+            }
+        }
+        if names.is_none() {
+            query.push(")");
+        }
+    }
+    if !matches!(rows, Rows::Insert) {
+        query.push(") AS v");
+    }
+}
+
+/// The names of [`outcome_columns`], in their order.
+pub(super) const OUTCOME_NAMES: &[&str] = &[
+    "message_id",
+    "inbound_seq",
+    "attempt",
+    "outcome",
+    "status_code",
+    "error",
+    "at",
+];
+
+/// Outcomes as the columns [`OUTCOME_NAMES`] names.
+pub(super) fn outcome_columns(outcomes: &[shared::wire::DeliveryOutcome]) -> Vec<Column<'_>> {
+    vec![
+        Column::Text(outcomes.iter().map(|o| o.message_id.as_str()).collect()),
+        Column::Int(outcomes.iter().map(|o| o.inbound_sequence as i64).collect()),
+        Column::Int(outcomes.iter().map(|o| i64::from(o.attempt)).collect()),
+        Column::Text(outcomes.iter().map(|o| o.outcome.as_str()).collect()),
+        Column::OptInt(
+            outcomes
+                .iter()
+                .map(|o| o.status_code.map(i64::from))
+                .collect(),
+        ),
+        Column::OptText(outcomes.iter().map(|o| o.error.as_deref()).collect()),
+        Column::Time(outcomes.iter().map(|o| o.at).collect()),
+    ]
 }
 
 /// Binds every column of an account, in the order of the accounts table:
@@ -975,7 +1074,7 @@ impl $store {
         Self::push_messages(&mut insert, rows, now, true);
         let done = insert
             .build()
-            .persistent(keep_prepared(rows.len()))
+            .persistent(Self::keep_prepared(rows.len()))
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() as usize)
@@ -995,31 +1094,38 @@ impl $store {
                 conversation_id, sender_id, recipient_id, message_type, text, attachments, sent_at,
                 created_at, subject, payload, delivery_status, sequence) ",
         );
-        insert.push_values(rows, |mut row, (m, sequence, payload)| {
-            let status = if m.publish {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Skipped
-            };
-            row.push_bind(&m.id)
-                .push_bind(&m.account_id)
-                .push_bind(m.event.as_str())
-                .push_bind(&m.event_key)
-                .push_bind(&m.instagram_message_id)
-                .push_bind(m.direction.as_str())
-                .push_bind(&m.conversation_id)
-                .push_bind(&m.sender_id)
-                .push_bind(&m.recipient_id)
-                .push_bind(&m.message_type)
-                .push_bind(m.text.as_deref().map(storable_text))
-                .push_bind(&m.attachments)
-                .push_bind(m.sent_at)
-                .push_bind(now)
-                .push_bind(&m.subject)
-                .push_bind(*payload)
-                .push_bind(status.as_str())
-                .push_bind(*sequence);
-        });
+        let texts: Vec<Option<std::borrow::Cow<'_, str>>> = rows
+            .iter()
+            .map(|(m, _, _)| m.text.as_deref().map(storable_text))
+            .collect();
+        let text = |f: fn(&NewMessage) -> &str| Column::Text(rows.iter().map(|(m, _, _)| f(m)).collect());
+        let columns = [
+            text(|m| &m.id),
+            text(|m| &m.account_id),
+            text(|m| m.event.as_str()),
+            text(|m| &m.event_key),
+            text(|m| &m.instagram_message_id),
+            text(|m| m.direction.as_str()),
+            text(|m| &m.conversation_id),
+            text(|m| &m.sender_id),
+            text(|m| &m.recipient_id),
+            text(|m| &m.message_type),
+            Column::OptText(texts.iter().map(|t| t.as_deref()).collect()),
+            text(|m| &m.attachments),
+            Column::Time(rows.iter().map(|(m, _, _)| m.sent_at).collect()),
+            Column::Time(vec![now; rows.len()]),
+            text(|m| &m.subject),
+            Column::OptBytes(rows.iter().map(|(_, _, p)| p.map(Vec::as_slice)).collect()),
+            text(|m| {
+                if m.publish {
+                    DeliveryStatus::Pending.as_str()
+                } else {
+                    DeliveryStatus::Skipped.as_str()
+                }
+            }),
+            Column::OptInt(rows.iter().map(|(_, n, _)| *n).collect()),
+        ];
+        Self::push_rows(insert, &columns, Rows::Insert);
         if skip_saved {
             insert.push(" ON CONFLICT (account_id, event_key) DO NOTHING");
         }
@@ -1055,26 +1161,29 @@ impl $store {
                         SELECT 1 FROM outbox earlier
                         WHERE earlier.account_id = v.column6
                           AND earlier.conversation_id = v.column7)
-                    THEN {until} END FROM ("
+                    THEN {until} END FROM "
             ));
         } else {
-            outbox.push(") SELECT * FROM (");
+            outbox.push(") SELECT * FROM ");
         }
-        let marked = claim.map(|(_, marked)| marked);
-        outbox.push_values(published.iter().enumerate(), |mut row, (i, (m, sequence, payload))| {
-            row.push_bind(&m.id)
-                .push_bind(&m.subject)
-                .push_bind(*payload)
-                .push_bind(now)
-                .push_bind(m.hold_until)
-                .push_bind(&m.account_id)
-                .push_bind(&m.conversation_id)
-                .push_bind(*sequence);
-            if let Some(marked) = marked {
-                row.push_bind(marked[i]);
-            }
-        });
-        outbox.push(") AS v WHERE ").push(saved_rows);
+        let text = |f: fn(&NewMessage) -> &str| {
+            Column::Text(published.iter().map(|(m, _, _)| f(m)).collect())
+        };
+        let mut columns = vec![
+            text(|m| &m.id),
+            text(|m| &m.subject),
+            Column::Bytes(published.iter().map(|(_, _, p)| p.as_slice()).collect()),
+            Column::Time(vec![now; published.len()]),
+            Column::OptTime(published.iter().map(|(m, _, _)| m.hold_until).collect()),
+            text(|m| &m.account_id),
+            text(|m| &m.conversation_id),
+            Column::Int(published.iter().map(|(_, n, _)| *n).collect()),
+        ];
+        if let Some((_, marked)) = claim {
+            columns.push(Column::Bool(marked.to_vec()));
+        }
+        Self::push_rows(outbox, &columns, Rows::Numbered);
+        outbox.push(" WHERE ").push(saved_rows);
     }
 
     /// Sets the counters of a turn numbered from memory, each only if it
@@ -1097,21 +1206,19 @@ impl $store {
                       AND conversations.customer_wrote_at IS NOT DISTINCT FROM v.column6
                      THEN v.column4 END,
                  customer_wrote_at = v.column5
-             FROM (",
+             FROM ",
         );
-        query.push_values(
-            conversations.iter().zip(before).zip(after),
-            |mut row, (((account, conversation, _, _), (last, was)), (next, wrote_at))| {
-                row.push_bind(*account)
-                    .push_bind(*conversation)
-                    .push_bind(*last)
-                    .push_bind(*next)
-                    .push_bind(*wrote_at)
-                    .push_bind(*was);
-            },
-        );
+        let columns = [
+            Column::Text(conversations.iter().map(|c| c.0).collect()),
+            Column::Text(conversations.iter().map(|c| c.1).collect()),
+            Column::Int(before.iter().map(|c| c.0).collect()),
+            Column::Int(after.iter().map(|c| c.0).collect()),
+            Column::OptTime(after.iter().map(|c| c.1).collect()),
+            Column::OptTime(before.iter().map(|c| c.1).collect()),
+        ];
+        Self::push_rows(query, &columns, Rows::Numbered);
         query.push(
-            ") AS v
+            "
              WHERE conversations.account_id = v.column1
                AND conversations.conversation_id = v.column2",
         );
@@ -1119,12 +1226,8 @@ impl $store {
 
     /// The statement that deletes published messages' outbox rows.
     fn push_removal(delete: &mut sqlx::QueryBuilder<$db>, message_ids: &[String]) {
-        delete.push("DELETE FROM outbox WHERE message_id IN (");
-        let mut ids = delete.separated(", ");
-        for id in message_ids {
-            ids.push_bind(id);
-        }
-        delete.push(")");
+        delete.push("DELETE FROM outbox WHERE message_id ");
+        Self::push_in(delete, message_ids);
     }
 
     /// Saves events with three statements per [`SAVE_CHUNK`] of them (the
@@ -1170,7 +1273,7 @@ impl $store {
                 Self::push_outbox(&mut outbox, &published, now, INSERTED, None);
                 outbox
                     .build()
-                    .persistent(keep_prepared(published.len()))
+                    .persistent(Self::keep_prepared(published.len()))
                     .execute(&mut **tx)
                     .await?;
             }
@@ -1197,15 +1300,14 @@ impl $store {
                 "{}INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
                 tx.begin_sql()
             ));
-            counters.push_values(
-                &counting.conversations,
-                |mut row, (account, conversation, count, wrote_at)| {
-                    row.push_bind(*account)
-                        .push_bind(*conversation)
-                        .push_bind(*count)
-                        .push_bind(*wrote_at);
-                },
-            );
+            let conversations = &counting.conversations;
+            let columns = [
+                Column::Text(conversations.iter().map(|c| c.0).collect()),
+                Column::Text(conversations.iter().map(|c| c.1).collect()),
+                Column::Int(conversations.iter().map(|c| c.2).collect()),
+                Column::OptTime(conversations.iter().map(|c| c.3).collect()),
+            ];
+            Self::push_rows(&mut counters, &columns, Rows::Insert);
             counters.push(
                 " ON CONFLICT (account_id, conversation_id)
                  DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
@@ -1217,7 +1319,7 @@ impl $store {
             );
             let lasts: Vec<(String, String, i64, Option<DateTime<Utc>>)> = counters
                 .build_query_as()
-                .persistent(keep_prepared(counting.conversations.len()))
+                .persistent(Self::keep_prepared(counting.conversations.len()))
                 .fetch_all(&mut **tx)
                 .await?;
             for (account, conversation, last, wrote_at) in lasts {
@@ -1235,7 +1337,7 @@ impl $store {
             Self::push_removal(&mut delete, chunk);
             delete
                 .build()
-                .persistent(keep_prepared(chunk.len()))
+                .persistent(Self::keep_prepared(chunk.len()))
                 .execute(&mut **tx)
                 .await?;
         }
@@ -1357,7 +1459,7 @@ impl $store {
         let rows = match turn
             .query
             .build()
-            .persistent(keep_prepared(largest))
+            .persistent(Self::keep_prepared(largest))
             .fetch_all(&mut *tx)
             .await
         {
@@ -2172,7 +2274,7 @@ impl $store {
             Self::push_attempts(&mut attempts, chunk);
             attempts
                 .build()
-                .persistent(keep_prepared(chunk.len()))
+                .persistent(Self::keep_prepared(chunk.len()))
                 .execute(&mut **tx)
                 .await?;
             let mut states = sqlx::QueryBuilder::new("");
@@ -2180,7 +2282,7 @@ impl $store {
             states.push(" RETURNING messages.id");
             let updated: std::collections::HashSet<String> = states
                 .build_query_scalar()
-                .persistent(keep_prepared(chunk.len()))
+                .persistent(Self::keep_prepared(chunk.len()))
                 .fetch_all(&mut **tx)
                 .await?
                 .into_iter()
@@ -2195,11 +2297,11 @@ impl $store {
     fn push_attempts(attempts: &mut sqlx::QueryBuilder<$db>, run: &[DeliveryOutcome]) {
         attempts.push(
             "INSERT INTO delivery_attempts (message_id, inbound_seq, attempt, outcome, status_code, error, at)
-             SELECT v.message_id, v.inbound_seq, v.attempt, v.outcome, v.status_code, v.error, v.at FROM (",
+             SELECT v.message_id, v.inbound_seq, v.attempt, v.outcome, v.status_code, v.error, v.at FROM ",
         );
-        push_outcome_rows(attempts, run);
+        Self::push_rows(attempts, &outcome_columns(run), Rows::Named(OUTCOME_NAMES));
         attempts.push(
-            ") AS v WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
+            " WHERE EXISTS (SELECT 1 FROM messages WHERE id = v.message_id)
              ON CONFLICT DO NOTHING",
         );
     }
@@ -2232,10 +2334,10 @@ impl $store {
                     ELSE dead_at END,
                 last_inbound_seq = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.inbound_seq ELSE last_inbound_seq END,
                 last_attempt = CASE WHEN (delivery_status NOT IN ('delivered', 'discarded') AND (last_inbound_seq < v.inbound_seq OR (last_inbound_seq = v.inbound_seq AND last_attempt < v.attempt))) THEN v.attempt ELSE last_attempt END
-             FROM (",
+             FROM ",
         );
-        push_outcome_rows(states, run);
-        states.push(") AS v WHERE messages.id = v.message_id");
+        Self::push_rows(states, &outcome_columns(run), Rows::Named(OUTCOME_NAMES));
+        states.push(" WHERE messages.id = v.message_id");
     }
 }
     };
