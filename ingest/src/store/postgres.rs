@@ -124,12 +124,13 @@ impl PgStore {
     /// one statement of CTEs, which commits by itself.
     ///
     /// It runs on connections of its own that always use a statement's
-    /// generic plan. A turn's rows go as arrays ([`Self::push_rows`]), so
-    /// its few shapes of statement are each planned once, as lookups by key
-    /// for any number of rows; left to choose, PostgreSQL planned a
-    /// one-row turn again at every run (its own plan looks cheaper than the
-    /// generic one, which assumes ten rows an array), and that planning
-    /// nearly doubled its CPU a message at 500 a second.
+    /// generic plan. A turn's rows beyond eight go as arrays
+    /// ([`Self::push_rows`]), so its few shapes of statement are each
+    /// planned once, as lookups by key for any number of rows. Left to
+    /// choose, PostgreSQL planned a statement of arrays again at every run
+    /// (a plan for the arrays' actual lengths looks cheaper than the generic
+    /// one, which assumes ten rows an array): the very planning the arrays
+    /// are there to save.
     async fn begin_turn(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
         self.changes.fetch_add(1, Ordering::SeqCst);
         Ok(WriteTx::on_demand(self.turns.acquire().await?, None))
