@@ -153,6 +153,15 @@ impl SqliteStore {
         // right edges, the outbox, the counters) fit in it, so it reads no
         // more from the file than with 2 (two reads a message at 500 a
         // second either way), and ingest's peak is 1 MiB lower.
+        //
+        // Its temporary data stays in memory: a write turn runs several
+        // statements inside one transaction, so each keeps a statement
+        // journal (the original of every page it changes, to undo itself
+        // alone), and past 64 KiB (16 pages, which a turn of one save with
+        // its removal and outcome already reaches) SQLite spills that journal
+        // to a new file in the temp directory, created and unlinked within the
+        // turn: 7% of turns at 500 messages a second, three in four at
+        // saturation. The journal lives only as long as its statement.
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
@@ -160,6 +169,7 @@ impl SqliteStore {
                 options
                     .clone()
                     .pragma("cache_size", "-1024")
+                    .pragma("temp_store", "memory")
                     .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
             )
             .await?;
