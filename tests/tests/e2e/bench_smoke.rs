@@ -1,6 +1,7 @@
 //! A short run of `router-bench throughput` on each store: it exits with an
-//! error on any refused webhook, lost or duplicated message or bad
-//! signature. Counts only; its speed figures mean nothing in a debug build.
+//! error on any refused webhook, lost or duplicated message, bad signature
+//! or conversation delivered out of order. Counts only; its speed figures
+//! mean nothing in a debug build.
 
 use router_tests::Db;
 
@@ -18,6 +19,9 @@ async fn router_bench_runs_clean(db: Db) {
             "4",
             "--accounts",
             "3",
+            // Twenty messages a conversation, so that order is checked.
+            "--conversations",
+            "20",
         ])
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -30,8 +34,8 @@ async fn router_bench_runs_clean(db: Db) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("| 0 | 0 | 0 | 0 |"),
-        "no refusal, loss, duplicate or bad signature:\n{stdout}"
+        stdout.contains("| 0 | 0 | 0 | 0 | 0 |"),
+        "no refusal, loss, duplicate, bad signature or disorder:\n{stdout}"
     );
     // Ingest's own timing of its answers, read from its /metrics: every
     // webhook counted somewhere under the highest bucket shown.

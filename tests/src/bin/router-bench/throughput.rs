@@ -249,12 +249,16 @@ pub async fn run(load: Load) -> anyhow::Result<()> {
     println!();
     let lost = load.messages.saturating_sub(first_arrival.len());
     let duplicates = deliveries.len() - first_arrival.len();
+    let out_of_order = router_tests::arrivals_by_conversation(&deliveries)
+        .values()
+        .filter(|sequences| !router_tests::in_order(sequences))
+        .count();
     println!(
-        "| refused webhooks | lost | duplicates | bad signatures |\n|---|---|---|---|\n| {} | {lost} | {duplicates} | {bad_signatures} |",
+        "| refused webhooks | lost | duplicates | bad signatures | conversations out of order |\n|---|---|---|---|---|\n| {} | {lost} | {duplicates} | {bad_signatures} | {out_of_order} |",
         sent.refused
     );
-    if sent.refused + lost + duplicates + bad_signatures > 0 {
-        anyhow::bail!("errors, losses or duplicates: the figures above do not count");
+    if sent.refused + lost + duplicates + bad_signatures + out_of_order > 0 {
+        anyhow::bail!("errors, losses, duplicates or disorder: the figures above do not count");
     }
     Ok(())
 }
