@@ -15,6 +15,40 @@ mod group_commit;
 mod postgres;
 mod sealed;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Databases for the stores' own tests.
+
+    /// A database of its own on the PostgreSQL server `TEST_DATABASE_URL`
+    /// names (as the suite's PostgreSQL half is run): an admin connection,
+    /// the database's URL and its name. `None` when the variable is not set.
+    pub(crate) async fn postgres_database() -> Option<(sqlx::PgConnection, String, String)> {
+        let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
+            eprintln!("TEST_DATABASE_URL is not set: not run on PostgreSQL");
+            return None;
+        };
+        let name = format!("ingest_unit_{}", rand::random::<u64>());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&name);
+        Some((admin, url.to_string(), name))
+    }
+
+    pub(crate) async fn drop_postgres_database(mut admin: sqlx::PgConnection, name: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
 
 use std::sync::Arc;
 
