@@ -151,8 +151,9 @@ impl PgStore {
     /// one statement of CTEs, which commits by itself.
     ///
     /// It runs on connections of its own ([`turn_options`]) that always use
-    /// a statement's generic plan, never a read of a whole table. A turn's rows beyond eight go as arrays
-    /// ([`Self::push_rows`]), so its few shapes of statement are each
+    /// a statement's generic plan, never a read of a whole table. A turn's
+    /// rows beyond eight go as arrays ([`Self::push_rows`]), so its few
+    /// shapes of statement are each
     /// planned once, as lookups by key for any number of rows. Left to
     /// choose, PostgreSQL planned a statement of arrays again at every run
     /// (a plan for the arrays' actual lengths looks cheaper than the generic
@@ -398,29 +399,36 @@ mod tests {
         .unwrap();
     }
 
-    /// Runs `statement` (one parameter) in a transaction rolled back after,
-    /// and says how many times it read the outbox whole.
-    async fn whole_reads<T>(conn: &mut PgConnection, statement: &'static str, param: T) -> i64
-    where
-        T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'static,
-    {
+    /// Runs `statement` in a transaction rolled back after, and says how
+    /// many times it read the outbox whole.
+    async fn whole_reads(
+        conn: &mut PgConnection,
+        statement: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> i64 {
         // The view counts what this connection did and has not yet reported,
         // earlier transactions included: the difference is this statement's.
         const READS: &str =
             "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'outbox'";
         let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
         let before: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
-        sqlx::query(statement)
-            .bind(param)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        statement.execute(&mut *tx).await.unwrap();
         let after: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
         tx.rollback().await.unwrap();
         after - before
     }
 
-    const REMOVAL: &str = "DELETE FROM outbox WHERE message_id = ANY($1)";
+    /// How many times a write turn's removal of one row, as the store
+    /// builds it, read the outbox whole.
+    async fn removal_reads(conn: &mut PgConnection) -> i64 {
+        let mut removal = sqlx::QueryBuilder::new("");
+        PgStore::push_removal(&mut removal, &["msg_3".to_owned()]);
+        whole_reads(conn, removal.build()).await
+    }
+
+    /// How many times a lease of 100 rows read the outbox whole.
+    async fn lease_reads(conn: &mut PgConnection) -> i64 {
+        whole_reads(conn, sqlx::query(LEASE).bind(100_i64)).await
+    }
 
     /// Plans made while the outbox held a handful of rows, as at a steady
     /// load and as the last `ANALYZE` saw it, still find rows by their keys
@@ -449,20 +457,19 @@ mod tests {
         // A write turn's plan is made once and kept: it must not read the
         // whole table even now. A lease may, for five rows; left to
         // PostgreSQL, it keeps a plan after a statement's fifth run.
-        let removal = || vec!["msg_3".to_owned()];
-        assert_eq!(whole_reads(&mut turn, REMOVAL, removal()).await, 0);
+        assert_eq!(removal_reads(&mut turn).await, 0);
         for _ in 0..6 {
-            whole_reads(&mut lease, LEASE, 100_i64).await;
+            lease_reads(&mut lease).await;
         }
 
         fill(&mut setup, 6, 20_000).await;
         assert_eq!(
-            whole_reads(&mut turn, REMOVAL, removal()).await,
+            removal_reads(&mut turn).await,
             0,
             "a removal read the whole outbox"
         );
         assert_eq!(
-            whole_reads(&mut lease, LEASE, 100_i64).await,
+            lease_reads(&mut lease).await,
             0,
             "a lease read the whole outbox"
         );
