@@ -510,6 +510,109 @@ mod tests {
         drop_postgres_database(admin, &name).await;
     }
 
+    /// A restarted ingest knows no counter: its first turn reads the
+    /// conversations' counters and numbers on from them, gives a
+    /// conversation new to the database its first number, and the turn
+    /// after that numbers from memory.
+    async fn a_turn_reads_the_counters_it_does_not_know(
+        first: impl MessageStore + AccountStore,
+        restarted: impl MessageStore + AccountStore,
+    ) {
+        first
+            .insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let two = [published(1, "conv_a"), published(2, "conv_a")];
+        assert_eq!(turn_numbers(&first, &two).await, [Some(1), Some(2)]);
+        drop(first);
+        let both = [
+            published(3, "conv_a"),
+            published(4, "conv_new"),
+            published(5, "conv_a"),
+        ];
+        assert_eq!(
+            turn_numbers(&restarted, &both).await,
+            [Some(3), Some(1), Some(4)]
+        );
+        let next = [published(6, "conv_new"), published(7, "conv_a")];
+        assert_eq!(turn_numbers(&restarted, &next).await, [Some(2), Some(5)]);
+    }
+
+    #[tokio::test]
+    async fn a_turn_reads_the_counters_it_does_not_know_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        a_turn_reads_the_counters_it_does_not_know(
+            SqliteStore::open(&url).await.unwrap(),
+            SqliteStore::open(&url).await.unwrap(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_turn_reads_the_counters_it_does_not_know_on_postgresql() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        a_turn_reads_the_counters_it_does_not_know(
+            crate::store::PgStore::open(&url).await.unwrap(),
+            crate::store::PgStore::open(&url).await.unwrap(),
+        )
+        .await;
+        drop_postgres_database(admin, &name).await;
+    }
+
+    /// A turn reads the counters it does not know without holding a
+    /// transaction open: another ingest may give a conversation its first
+    /// number between the read and the turn's statement. The statement then
+    /// fails on that conversation's key and writes nothing (the group commit
+    /// saves its events one by one instead), and no number is given twice.
+    #[tokio::test]
+    async fn a_conversation_another_ingest_creates_after_the_read_fails_the_turn() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        let db = crate::store::PgStore::open(&url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        // The other ingest's transaction has numbered conv_a's first event
+        // (not committed yet, so the read does not see it).
+        let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+        sqlx::query(
+            "INSERT INTO conversations (account_id, conversation_id, last_sequence)
+             VALUES ('acc_1', 'conv_a', 1)",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        let db = Arc::new(db);
+        let turn = tokio::spawn({
+            let db = db.clone();
+            async move { db.write_together(&[published(1, "conv_a")], &[], &[]).await }
+        });
+        // The turn has read no counter and now waits on the other's key.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!turn.is_finished());
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        let refused = turn.await.unwrap();
+        assert!(matches!(refused, Ok(None)), "{refused:?}");
+        assert!(db.get_message("msg_0001").await.unwrap().is_none());
+        // Saved one by one, as the group commit does next: number 2.
+        let saved = db.save_messages(&[published(1, "conv_a")]).await.unwrap();
+        assert_eq!(sequences(&saved), [Some(2)]);
+        assert_eq!(
+            turn_numbers(&*db, &[published(2, "conv_a")]).await,
+            [Some(3)]
+        );
+        drop(other);
+        drop(db);
+        drop_postgres_database(admin, &name).await;
+    }
+
     /// The ids and `has_next` of what the publisher reads next.
     async fn next_outbox(db: &SqliteStore) -> Vec<(String, bool)> {
         let read = db.pending_outbox(300).await.unwrap();

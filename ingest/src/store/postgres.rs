@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::sql::{
     Claims, Column, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
     MessageRowParts, Numbered, OUTCOME_NAMES, ReplayRow, Rows, SAVE_CHUNK, Turn, TurnQuery,
-    WriteTx, is_unique_violation, message_rows, outbox_rows, outcome_columns, push_values_rows,
-    runs_of_distinct_messages, saved_outcomes, storable_text,
+    WriteTx, is_unique_violation, message_rows, outbox_rows, outcome_columns, picked,
+    push_values_rows, runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
     AccountRow, DeadLetterFilter, MessageRow, NewMessage, OutboxEntry, SaveOutcome, StoreError,
@@ -147,8 +147,10 @@ impl PgStore {
     }
 
     /// The write turn's transaction, begun only if the turn takes two
-    /// statements (when its counters must be read first): most turns are
-    /// one statement of CTEs, which commits by itself.
+    /// statements that write (a turn of more than [`SAVE_CHUNK`] events,
+    /// numbered chunk by chunk): every other turn is one statement of CTEs,
+    /// which commits by itself, after a plain read of its conversations'
+    /// counters when this ingest does not know them all.
     ///
     /// It runs on connections of its own ([`turn_options`]) that always use
     /// a statement's generic plan, never a read of a whole table. A turn's

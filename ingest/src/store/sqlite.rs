@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use super::sql::{
     Claims, Column, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
     MessageRowParts, Numbered, OUTCOME_NAMES, ReplayRow, Rows, SAVE_CHUNK, Turn, TurnQuery,
-    WriteTurn, WriteTx, is_unique_violation, message_rows, outbox_rows, outcome_columns,
+    WriteTurn, WriteTx, is_unique_violation, message_rows, outbox_rows, outcome_columns, picked,
     push_values_rows, runs_of_distinct_messages, saved_outcomes, storable_text,
 };
 use super::{
