@@ -469,9 +469,9 @@ mod tests {
             .unwrap();
         let mut turn = turn_options(options.clone()).connect().await.unwrap();
         let mut lease = lease_options(options).connect().await.unwrap();
-        // A write turn's plan is made once and kept: it must not read the
-        // whole table even now. A lease may, for five rows; left to
-        // PostgreSQL, it keeps a plan after a statement's fifth run.
+        // A write turn's plan and a lease's are made here, on five rows, and
+        // kept (left to PostgreSQL, a plan is kept after a statement's fifth
+        // run): the removal finds its row by key even now.
         assert!(removal_reads(&mut turn).await <= 1);
         for _ in 0..6 {
             lease_reads(&mut lease).await;
