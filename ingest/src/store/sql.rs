@@ -1234,9 +1234,10 @@ impl $store {
         );
     }
 
-    /// The statement that gives conversations new to the database their
-    /// counters; it fails on a conversation another writer has given one
-    /// since the turn read it.
+    /// The `INSERT` that gives conversations their counters. As a write
+    /// turn's part, for conversations its read did not find, it fails on one
+    /// another writer has given a counter since; [`Self::number_in`] adds to
+    /// it what to do with a conversation that has one.
     fn push_new_counters(
         query: &mut sqlx::QueryBuilder<$db>,
         conversations: &[Conversation],
@@ -1326,18 +1327,11 @@ impl $store {
         if !counting.conversations.is_empty() {
             // The counters, then the turn's query: two statements.
             tx.begin_now().await?;
-            let mut counters = sqlx::QueryBuilder::new(format!(
-                "{}INSERT INTO conversations (account_id, conversation_id, last_sequence, customer_wrote_at) ",
-                tx.begin_sql()
-            ));
-            let conversations = &counting.conversations;
-            let columns = [
-                Column::Text(conversations.iter().map(|c| c.0).collect()),
-                Column::Text(conversations.iter().map(|c| c.1).collect()),
-                Column::Int(conversations.iter().map(|c| c.2).collect()),
-                Column::OptTime(conversations.iter().map(|c| c.3).collect()),
-            ];
-            Self::push_rows(&mut counters, &columns, Rows::Insert);
+            // Each conversation's counter as if it were new, added to the
+            // one the database holds if it is not.
+            let mut counters = sqlx::QueryBuilder::new(tx.begin_sql());
+            let as_new = counting.after(&after);
+            Self::push_new_counters(&mut counters, &counting.conversations, &as_new);
             counters.push(
                 " ON CONFLICT (account_id, conversation_id)
                  DO UPDATE SET last_sequence = conversations.last_sequence + excluded.last_sequence,
