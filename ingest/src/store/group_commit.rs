@@ -613,6 +613,86 @@ mod tests {
         drop_postgres_database(admin, &name).await;
     }
 
+    /// On PostgreSQL a write turn hands the first row of a conversation to
+    /// its publisher, and leaves the next one, behind a row still in the
+    /// outbox, to a lease: the publisher leases it as soon as the turn that
+    /// removes the row before it commits, not at its next tick, though it
+    /// no longer leases at every wake-up that finds nothing handed over.
+    #[tokio::test]
+    async fn a_row_left_to_a_lease_is_leased_once_the_row_before_it_is_removed() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        let db = crate::store::PgStore::open(&url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let next = async || -> Vec<String> {
+            let read = db.pending_outbox(256).await.unwrap();
+            read.into_iter().map(|e| e.message_id).collect()
+        };
+        for i in [1, 2] {
+            let turn = [published(i, "conv_a")];
+            db.write_together(&turn, &[], &[]).await.unwrap().unwrap();
+        }
+        assert_eq!(next().await, ["msg_0001"]);
+        assert!(next().await.is_empty());
+        let removal = ["msg_0001".to_owned()];
+        db.write_together(&[], &removal, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next().await, ["msg_0002"]);
+        drop(db);
+        drop_postgres_database(admin, &name).await;
+    }
+
+    /// An ingest that starts with rows in the outbox (another one stopped,
+    /// its claims ran out; or NATS was down) drains them as fast as they
+    /// are removed: once a lease found rows, the rows behind them are leased
+    /// as soon as the turn removing them commits, not at the next tick.
+    #[tokio::test]
+    async fn rows_behind_leased_ones_are_leased_once_those_are_removed() {
+        let Some((admin, url, name)) = postgres_database().await else {
+            return;
+        };
+        let stopped = crate::store::PgStore::open(&url).await.unwrap();
+        stopped
+            .insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        let turn = [published(1, "conv_a"), published(2, "conv_a")];
+        stopped
+            .write_together(&turn, &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        drop(stopped);
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE outbox SET claimed_until = NULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let db = crate::store::PgStore::open(&url).await.unwrap();
+        let next = async || -> Vec<(String, bool)> {
+            let read = db.pending_outbox(256).await.unwrap();
+            read.into_iter()
+                .map(|e| (e.message_id, e.has_next))
+                .collect()
+        };
+        assert_eq!(next().await, [("msg_0001".to_owned(), true)]);
+        let removal = ["msg_0001".to_owned()];
+        db.write_together(&[], &removal, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next().await, [("msg_0002".to_owned(), false)]);
+        drop((conn, db));
+        drop_postgres_database(admin, &name).await;
+    }
+
     /// The ids and `has_next` of what the publisher reads next.
     async fn next_outbox(db: &SqliteStore) -> Vec<(String, bool)> {
         let read = db.pending_outbox(300).await.unwrap();

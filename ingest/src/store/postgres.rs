@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use shared::model::DeliveryStatus;
@@ -59,16 +59,60 @@ const MAX_HANDED: usize = 4096;
 /// what only a lease finds (a hold ended, another ingest's lease run out)
 /// waits at most this long under load.
 const LEASE_AT_LEAST_EVERY: Duration = Duration::from_millis(50);
+/// For this long after a turn left a row to a lease (or another write ran),
+/// each call of the publisher that finds nothing handed over leases: the
+/// row may be waiting for the removal of the row before it in its
+/// conversation, which the publisher is committing.
+const LEASE_WHEN_EMPTY_FOR: Duration = Duration::from_secs(1);
 
 /// The rows this ingest's write turns claimed for its publisher, and when
 /// the outbox itself must be leased.
 #[derive(Default)]
 struct Handed {
-    rows: std::collections::VecDeque<(std::time::Instant, OutboxEntry)>,
+    rows: std::collections::VecDeque<(Instant, OutboxEntry)>,
     /// A row only a lease finds may be ready: the last turn inserted one it
     /// did not claim, or another write transaction ran.
     lease_due: bool,
-    last_lease: Option<std::time::Instant>,
+    /// When that last happened.
+    left_to_lease: Option<Instant>,
+    last_lease: Option<Instant>,
+}
+
+impl Handed {
+    /// A row only a lease finds may be ready now or soon.
+    fn lease_soon(&mut self, now: Instant) {
+        self.lease_due = true;
+        self.left_to_lease = Some(now);
+    }
+
+    /// Up to `limit` rows handed over (recent enough), and whether the
+    /// outbox must be leased too: when something only a lease finds may be
+    /// ready, and at least every [`LEASE_AT_LEAST_EVERY`]. A call that finds
+    /// nothing handed over does not lease otherwise: at a steady load the
+    /// turns hand every row over, and the publisher is woken once for
+    /// several (in a run at 500 messages a second, every lease found nothing).
+    fn take(&mut self, limit: usize, now: Instant) -> (Vec<OutboxEntry>, bool) {
+        while self
+            .rows
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > HANDED_FOR)
+        {
+            self.rows.pop_front();
+        }
+        let take = self.rows.len().min(limit);
+        let rows: Vec<OutboxEntry> = self.rows.drain(..take).map(|(_, e)| e).collect();
+        let since = |at: Option<Instant>| at.map(|at| now.duration_since(at));
+        let lease = self.lease_due
+            || (rows.is_empty()
+                && since(self.left_to_lease).is_some_and(|d| d < LEASE_WHEN_EMPTY_FOR))
+            || since(self.last_lease).is_none_or(|d| d >= LEASE_AT_LEAST_EVERY);
+        let lease = lease && rows.len() < limit;
+        if lease {
+            self.lease_due = false;
+            self.last_lease = Some(now);
+        }
+        (rows, lease)
+    }
 }
 
 /// A pool of at most `size` connections.
@@ -146,7 +190,10 @@ impl PgStore {
     async fn begin_write(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
         self.changes.fetch_add(1, Ordering::SeqCst);
         // It may make an outbox row ready (a hold released, a replay).
-        self.handed.lock().expect("not poisoned").lease_due = true;
+        self.handed
+            .lock()
+            .expect("not poisoned")
+            .lease_soon(Instant::now());
         Ok(WriteTx::new(self.pool.begin().await?, None))
     }
 
@@ -203,36 +250,20 @@ impl PgStore {
                 .rows
                 .retain(|(_, e)| !removed.contains(e.message_id.as_str()));
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         handed.rows.extend(entries.into_iter().map(|e| (now, e)));
-        handed.lease_due |= queued;
+        if queued {
+            handed.lease_soon(now);
+        }
     }
 
-    /// What the publisher reads first: the rows handed over (recent enough),
-    /// and whether the outbox must be leased too.
+    /// What the publisher reads first: the rows handed over, and whether
+    /// the outbox must be leased too ([`Handed::take`]).
     fn take_handed(&self, limit: usize) -> (Vec<OutboxEntry>, bool) {
-        let mut handed = self.handed.lock().expect("not poisoned");
-        let now = std::time::Instant::now();
-        while handed
-            .rows
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > HANDED_FOR)
-        {
-            handed.rows.pop_front();
-        }
-        let take = handed.rows.len().min(limit);
-        let rows: Vec<OutboxEntry> = handed.rows.drain(..take).map(|(_, e)| e).collect();
-        let lease = rows.is_empty()
-            || handed.lease_due
-            || handed
-                .last_lease
-                .is_none_or(|at| now.duration_since(at) >= LEASE_AT_LEAST_EVERY);
-        let lease = lease && rows.len() < limit;
-        if lease {
-            handed.lease_due = false;
-            handed.last_lease = Some(now);
-        }
-        (rows, lease)
+        self.handed
+            .lock()
+            .expect("not poisoned")
+            .take(limit, Instant::now())
     }
 
     /// The count of changes, read by a write turn right after it begins.
@@ -280,7 +311,14 @@ impl PgStore {
     async fn lease_outbox(&self, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let (mut rows, lease) = self.take_handed(limit as usize);
         if lease {
-            rows.extend(self.lease_from_table(limit - rows.len() as u32).await?);
+            let leased = self.lease_from_table(limit - rows.len() as u32).await?;
+            if !leased.is_empty() {
+                // More may follow: the rows behind these in their
+                // conversations once they are removed, those past the limit.
+                let mut handed = self.handed.lock().expect("not poisoned");
+                handed.lease_soon(Instant::now());
+            }
+            rows.extend(leased);
         }
         rows.sort_by(|a, b| (a.created_at, &a.message_id).cmp(&(b.created_at, &b.message_id)));
         Ok(rows)
@@ -394,6 +432,69 @@ mod tests {
 
     use super::*;
     use crate::store::testing::{drop_postgres_database, postgres_database};
+
+    fn entry(id: &str) -> OutboxEntry {
+        OutboxEntry {
+            message_id: id.to_owned(),
+            nats_msg_id: None,
+            subject: "router.inbound.acc_1".to_owned(),
+            payload: Vec::new(),
+            created_at: Utc::now(),
+            has_next: false,
+        }
+    }
+
+    /// The publisher goes to the outbox table when something only a lease
+    /// finds may be ready, and at least every 50 ms; a wake-up that finds
+    /// nothing handed over (the turns hand every row over at a steady load)
+    /// does not, unless a row was left to a lease in the last second.
+    #[test]
+    fn the_publisher_leases_only_when_a_row_may_be_waiting_for_it() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // The ids of the rows taken, and whether the call leases.
+        let take = |handed: &mut Handed, limit: usize, ms: u64| -> (Vec<String>, bool) {
+            let (rows, lease) = handed.take(limit, at(ms));
+            (rows.into_iter().map(|e| e.message_id).collect(), lease)
+        };
+        let none: Vec<String> = Vec::new();
+        let mut handed = Handed::default();
+        // The first call leases (rows of another ingest, of a past run).
+        assert_eq!(take(&mut handed, 256, 0), (none.clone(), true));
+        // A turn hands a row over: taken without a lease.
+        handed.rows.push_back((at(1), entry("msg_1")));
+        assert_eq!(take(&mut handed, 256, 2), (vec!["msg_1".to_owned()], false));
+        // Woken again with nothing handed over: nothing to do.
+        assert_eq!(take(&mut handed, 256, 3), (none.clone(), false));
+        // But the outbox is leased every 50 ms.
+        assert_eq!(take(&mut handed, 256, 50), (none.clone(), true));
+        assert_eq!(take(&mut handed, 256, 51), (none.clone(), false));
+
+        // A turn leaves a row to a lease (its conversation's row before it
+        // is still in the outbox): the next call leases even with a row
+        // handed over...
+        handed.rows.push_back((at(52), entry("msg_2")));
+        handed.lease_soon(at(52));
+        assert_eq!(take(&mut handed, 256, 53), (vec!["msg_2".to_owned()], true));
+        // ...and, for a second, every call that finds nothing handed over:
+        // the row is ready once the publisher's removal of the one before
+        // commits.
+        assert_eq!(take(&mut handed, 256, 54), (none.clone(), true));
+        assert_eq!(take(&mut handed, 256, 60), (none.clone(), true));
+        assert_eq!(take(&mut handed, 256, 1_051), (none.clone(), true));
+        assert_eq!(take(&mut handed, 256, 1_053), (none.clone(), false));
+
+        // A full batch handed over leases nothing, whatever is due.
+        handed.lease_soon(at(1_100));
+        for id in ["msg_3", "msg_4"] {
+            handed.rows.push_back((at(1_100), entry(id)));
+        }
+        assert!(!take(&mut handed, 2, 1_101).1);
+        // A row handed over too long ago is left to a lease (its claim may
+        // run out first).
+        handed.rows.push_back((at(1_102), entry("msg_5")));
+        assert_eq!(take(&mut handed, 256, 7_000), (none, true));
+    }
 
     /// Outbox rows `from..=to`, without their messages (foreign keys are off
     /// on this connection), over a hundred conversations.
