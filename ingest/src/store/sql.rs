@@ -2049,6 +2049,9 @@ impl $crate::store::MessageStore for $store {
             .await?)
     }
 
+    /// Every dead letter has its `dead_at`; saying so lets PostgreSQL walk
+    /// the index of messages set aside (`messages_set_aside`, which holds
+    /// no other row, so a delivery outcome never adds to it).
     async fn list_dead_letters(
         &self,
         f: &DeadLetterFilter,
@@ -2057,7 +2060,7 @@ impl $crate::store::MessageStore for $store {
     ) -> Result<Vec<MessageRow>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE delivery_status = 'dead'
+             WHERE delivery_status = 'dead' AND dead_at IS NOT NULL
                AND ($1 IS NULL OR account_id = $1)
                AND ($2 IS NULL OR dead_at >= $2)
                AND ($3 IS NULL OR dead_at < $3)
