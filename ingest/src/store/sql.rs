@@ -2050,8 +2050,8 @@ impl $crate::store::MessageStore for $store {
     }
 
     /// Every dead letter has its `dead_at`; saying so lets PostgreSQL walk
-    /// the index of messages set aside (`messages_set_aside`, which holds
-    /// no other row, so a delivery outcome never adds to it).
+    /// the index of messages set aside (`messages_set_aside`: dead letters
+    /// and discarded ones only, so a delivery outcome never adds to it).
     async fn list_dead_letters(
         &self,
         f: &DeadLetterFilter,
