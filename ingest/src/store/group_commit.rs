@@ -572,10 +572,7 @@ mod tests {
         let Some((admin, url, name)) = postgres_database().await else {
             return;
         };
-        let db = crate::store::PgStore::open(&url).await.unwrap();
-        db.insert_account(&AccountRow::example("acc_1", "1"))
-            .await
-            .unwrap();
+        let db = postgres_with_account(&url).await;
         // The other ingest's transaction has numbered conv_a's first event
         // (not committed yet, so the read does not see it).
         let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
@@ -623,26 +620,19 @@ mod tests {
         let Some((admin, url, name)) = postgres_database().await else {
             return;
         };
-        let db = crate::store::PgStore::open(&url).await.unwrap();
-        db.insert_account(&AccountRow::example("acc_1", "1"))
-            .await
-            .unwrap();
-        let next = async || -> Vec<String> {
-            let read = db.pending_outbox(256).await.unwrap();
-            read.into_iter().map(|e| e.message_id).collect()
-        };
+        let db = postgres_with_account(&url).await;
         for i in [1, 2] {
             let turn = [published(i, "conv_a")];
             db.write_together(&turn, &[], &[]).await.unwrap().unwrap();
         }
-        assert_eq!(next().await, ["msg_0001"]);
-        assert!(next().await.is_empty());
+        assert_eq!(next_outbox(&db).await, [("msg_0001".to_owned(), false)]);
+        assert!(next_outbox(&db).await.is_empty());
         let removal = ["msg_0001".to_owned()];
         db.write_together(&[], &removal, &[])
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(next().await, ["msg_0002"]);
+        assert_eq!(next_outbox(&db).await, [("msg_0002".to_owned(), false)]);
         drop(db);
         drop_postgres_database(admin, &name).await;
     }
@@ -656,11 +646,7 @@ mod tests {
         let Some((admin, url, name)) = postgres_database().await else {
             return;
         };
-        let stopped = crate::store::PgStore::open(&url).await.unwrap();
-        stopped
-            .insert_account(&AccountRow::example("acc_1", "1"))
-            .await
-            .unwrap();
+        let stopped = postgres_with_account(&url).await;
         let turn = [published(1, "conv_a"), published(2, "conv_a")];
         stopped
             .write_together(&turn, &[], &[])
@@ -676,29 +662,32 @@ mod tests {
             .await
             .unwrap();
         let db = crate::store::PgStore::open(&url).await.unwrap();
-        let next = async || -> Vec<(String, bool)> {
-            let read = db.pending_outbox(256).await.unwrap();
-            read.into_iter()
-                .map(|e| (e.message_id, e.has_next))
-                .collect()
-        };
-        assert_eq!(next().await, [("msg_0001".to_owned(), true)]);
+        assert_eq!(next_outbox(&db).await, [("msg_0001".to_owned(), true)]);
         let removal = ["msg_0001".to_owned()];
         db.write_together(&[], &removal, &[])
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(next().await, [("msg_0002".to_owned(), false)]);
+        assert_eq!(next_outbox(&db).await, [("msg_0002".to_owned(), false)]);
         drop((conn, db));
         drop_postgres_database(admin, &name).await;
     }
 
     /// The ids and `has_next` of what the publisher reads next.
-    async fn next_outbox(db: &SqliteStore) -> Vec<(String, bool)> {
+    async fn next_outbox(db: &impl MessageStore) -> Vec<(String, bool)> {
         let read = db.pending_outbox(300).await.unwrap();
         read.into_iter()
             .map(|e| (e.message_id, e.has_next))
             .collect()
+    }
+
+    /// A PostgreSQL store on the database at `url` with the account `acc_1`.
+    async fn postgres_with_account(url: &str) -> crate::store::PgStore {
+        let db = crate::store::PgStore::open(url).await.unwrap();
+        db.insert_account(&AccountRow::example("acc_1", "1"))
+            .await
+            .unwrap();
+        db
     }
 
     /// An SQLite store in `dir` with the account `acc_1`.
