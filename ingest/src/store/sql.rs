@@ -2049,9 +2049,10 @@ impl $crate::store::MessageStore for $store {
             .await?)
     }
 
-    /// Every dead letter has its `dead_at`; saying so lets PostgreSQL walk
-    /// the index of messages set aside (`messages_set_aside`: dead letters
-    /// and discarded ones only, so a delivery outcome never adds to it).
+    /// Every dead letter has its `dead_at`; saying so lets either database
+    /// walk the index of messages set aside (`messages_set_aside`: dead
+    /// letters and discarded ones only, so neither a save nor a delivery
+    /// outcome touches it).
     async fn list_dead_letters(
         &self,
         f: &DeadLetterFilter,
