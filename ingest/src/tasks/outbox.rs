@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
+use futures::FutureExt;
 use futures::future::join_all;
 use shared::observe::Throughput;
 use shared::shutdown::{Backoff, nap};
@@ -61,6 +62,11 @@ impl Publisher {
             // not one of them is published now, since a leased row left
             // behind would wait out its lease.
             let limit = BATCH + removing.ids.len() as u32;
+            // This read sees every save committed before it: a wake-up rung
+            // for one of them (its webhook's answer rings it once committed,
+            // often while the publisher is busy) would only end the next
+            // wait at once, for a read that finds nothing new.
+            let _ = state.wakeup.notified().now_or_never();
             let mut batch = state.messages.pending_outbox(limit).await?;
             // Fewer rows than asked for, none with a row queued behind it:
             // nothing more is ready, and asking again would find nothing (at

@@ -636,3 +636,37 @@ router_tests::on_both_stores!(
     messages_sent_while_nats_is_down_are_all_delivered_after_it_returns,
     logs_hold_no_secret_token_or_message_text,
 );
+
+/// At a steady load the outbox publisher reads each saved message from what
+/// the write turn that saved it read of the outbox, without a trip to
+/// SQLite. A webhook's answer rings the publisher once its save is
+/// committed, often while the publisher is already publishing that message;
+/// that wake-up must not send it to SQLite for a read that finds nothing new
+/// (before: about three reads in four messages, on the connection the saves
+/// wait for). Counted in sqlx's log of the statements ingest runs.
+#[tokio::test]
+async fn at_a_steady_load_sqlites_publisher_does_not_read_the_outbox_again_for_each_message() {
+    let sys = System::start_with(Db::Sqlite, &[("RUST_LOG", "info,sqlx::query=debug")]).await;
+    let crm = CrmReceiver::start().await;
+    let (account, _) = sys.create_account(BUSINESS, &crm.url()).await;
+    let messages = 200;
+    let mut every = tokio::time::interval(Duration::from_millis(2));
+    for i in 0..messages {
+        every.tick().await;
+        let customer = format!("{}", 7700 + i % 20);
+        let webhook = meta::text_message(BUSINESS, &customer, &format!("mid_steady_{i}"), "hi");
+        assert_eq!(sys.send_meta_webhook(&webhook).await.status(), 200);
+    }
+    crm.wait_for(messages, WAIT).await;
+    sys.wait_all_delivered(&account, messages, WAIT).await;
+    let reads = sys
+        .ingest
+        .logs()
+        .lines()
+        .filter(|line| line.contains(r#"summary="SELECT o.message_id"#))
+        .count();
+    assert!(
+        reads < messages / 10,
+        "{reads} outbox reads on SQLite for {messages} messages"
+    );
+}
