@@ -984,6 +984,26 @@ mod tests {
         }
     }
 
+    /// Copies an SQLite store's WAL into its database file and empties it;
+    /// again while the store's own checkpointer holds the WAL (`busy`).
+    async fn empty_the_wal(dir: &tempfile::TempDir) {
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if busy == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the WAL stayed busy");
+    }
+
     /// The b-trees (tables and indexes) whose pages the last write turns
     /// put in an SQLite store's WAL, by name, each with its count of pages.
     async fn pages_in_the_wal(
@@ -1052,8 +1072,7 @@ mod tests {
                 .unwrap();
         }
         // The WAL emptied, then one turn more.
-        db.execute_on_reader("PRAGMA wal_checkpoint(TRUNCATE)")
-            .await;
+        empty_the_wal(&dir).await;
         let (save, removal, outcome) = turn(200);
         let (_, known) = db
             .write_together(&save, &removal, &outcome)
