@@ -659,9 +659,16 @@ async fn at_a_steady_load_sqlites_publisher_does_not_read_the_outbox_again_for_e
     }
     crm.wait_for(messages, WAIT).await;
     sys.wait_all_delivered(&account, messages, WAIT).await;
-    let reads = sys
-        .ingest
-        .logs()
+    let logs = sys.ingest.logs();
+    let statements = logs
+        .lines()
+        .filter(|line| line.contains("summary="))
+        .count();
+    assert!(
+        statements >= messages,
+        "{statements} statements in sqlx's log: not where this test counts them"
+    );
+    let reads = logs
         .lines()
         .filter(|line| line.contains(r#"summary="SELECT o.message_id"#))
         .count();
