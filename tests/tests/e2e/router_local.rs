@@ -35,6 +35,20 @@ fn answers(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+/// Whether an HTTP server answers on `port`: router-local binds ingest's
+/// port before it starts nats-server, and serves on it only after.
+fn serves(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut head = [0; 8];
+    stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
+}
+
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
@@ -66,7 +80,7 @@ async fn a_second_one_is_refused_and_a_hangup_stops_it_with_its_nats_server() {
     wait_until(
         "the first router-local serving",
         Duration::from_secs(60),
-        || answers(ingest),
+        || serves(ingest),
     )
     .await;
     assert!(answers(nats_port), "it started its nats-server");
