@@ -690,10 +690,14 @@ mod tests {
         db
     }
 
+    /// The SQLite database file the tests below keep in `dir`.
+    fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}/t.db", dir.path().display())
+    }
+
     /// An SQLite store in `dir` with the account `acc_1`.
     async fn sqlite_with_account(dir: &tempfile::TempDir) -> SqliteStore {
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = SqliteStore::open(&url).await.unwrap();
+        let db = SqliteStore::open(&sqlite_url(dir)).await.unwrap();
         db.insert_account(&AccountRow::example("acc_1", "1"))
             .await
             .unwrap();
@@ -986,14 +990,10 @@ mod tests {
 
     /// Copies an SQLite store's WAL into its database file and empties it;
     /// again while the store's own checkpointer holds the WAL (`busy`).
-    async fn empty_the_wal(dir: &tempfile::TempDir) {
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-            .await
-            .unwrap();
+    async fn empty_the_wal(conn: &mut sqlx::SqliteConnection) {
         for _ in 0..100 {
             let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn)
                 .await
                 .unwrap();
             if busy == 0 {
@@ -1005,24 +1005,19 @@ mod tests {
     }
 
     /// The b-trees (tables and indexes) whose pages the last write turns
-    /// put in an SQLite store's WAL, by name, each with its count of pages.
+    /// put in the WAL of the store in `dir` (`conn` is a connection to it),
+    /// by name, each with its count of pages.
     async fn pages_in_the_wal(
         dir: &tempfile::TempDir,
+        conn: &mut sqlx::SqliteConnection,
     ) -> std::collections::BTreeMap<String, usize> {
-        let path = dir.path().join("t.db");
-        let wal = std::fs::read(path.with_extension("db-wal")).unwrap();
-        let be = |at: usize| u32::from_be_bytes(wal[at..at + 4].try_into().unwrap());
-        let page_size = be(8) as usize;
+        let wal = std::fs::read(dir.path().join("t.db-wal")).unwrap();
+        let be = |bytes: &[u8]| u32::from_be_bytes(bytes[..4].try_into().unwrap());
+        let page_size = be(&wal[8..]) as usize;
         let salts = &wal[16..24];
-        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-            "sqlite://{}",
-            path.display()
-        ))
-        .await
-        .unwrap();
         let owners: std::collections::HashMap<i64, String> =
             sqlx::query_as::<_, (String, i64)>("SELECT name, pageno FROM dbstat")
-                .fetch_all(&mut conn)
+                .fetch_all(conn)
                 .await
                 .unwrap()
                 .into_iter()
@@ -1035,7 +1030,7 @@ mod tests {
             if &frame[8..16] != salts {
                 break;
             }
-            let page = i64::from(u32::from_be_bytes(frame[..4].try_into().unwrap()));
+            let page = i64::from(be(frame));
             let owner = owners.get(&page).cloned().unwrap_or_else(|| "?".into());
             *pages.entry(owner).or_insert(0) += 1;
         }
@@ -1072,7 +1067,10 @@ mod tests {
                 .unwrap();
         }
         // The WAL emptied, then one turn more.
-        empty_the_wal(&dir).await;
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&dir))
+            .await
+            .unwrap();
+        empty_the_wal(&mut conn).await;
         let (save, removal, outcome) = turn(200);
         let (_, known) = db
             .write_together(&save, &removal, &outcome)
@@ -1083,7 +1081,7 @@ mod tests {
         // One page of each b-tree the turn changes, and of no other: none of
         // the dead-letter index (`messages_set_aside`), none of a separate
         // key for the attempts.
-        let pages = pages_in_the_wal(&dir).await;
+        let pages = pages_in_the_wal(&dir, &mut conn).await;
         let written: Vec<&str> = pages.keys().map(String::as_str).collect();
         assert_eq!(
             written,
