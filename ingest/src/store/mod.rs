@@ -12,6 +12,7 @@
 mod sql;
 mod cached;
 mod group_commit;
+mod kept;
 mod postgres;
 mod sealed;
 mod sqlite;

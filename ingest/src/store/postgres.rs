@@ -13,6 +13,7 @@ use shared::wire::DeliveryOutcome;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use super::kept::KeptConnection;
 use super::sql::{
     Claims, Column, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
     MessageRowParts, Numbered, OUTCOME_NAMES, ReplayRow, Rows, SAVE_CHUNK, Turn, TurnQuery,
@@ -34,8 +35,9 @@ pub struct PgStore {
     pool: PgPool,
     /// The outbox publisher's leases: see [`PgStore::lease_outbox`].
     leases: PgPool,
-    /// The write turns' connections: see [`PgStore::begin_turn`].
-    turns: PgPool,
+    /// The write turns' connection, kept out of its pool between turns:
+    /// see [`PgStore::begin_turn`].
+    turns: KeptConnection<Postgres>,
     /// Counts the write transactions this process began: what its kept
     /// counters are good for.
     changes: AtomicU64,
@@ -176,7 +178,10 @@ impl PgStore {
         let pool = pool_options(16).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let leases = pool_options(2).connect_lazy_with(lease_options(options.clone()));
-        let turns = pool_options(2).connect_lazy_with(turn_options(options));
+        let turns = KeptConnection::new(
+            pool_options(2).connect_lazy_with(turn_options(options)),
+            Some(PING_IF_IDLE_FOR),
+        );
         Ok(Self {
             pool,
             leases,
@@ -214,9 +219,13 @@ impl PgStore {
     /// (a plan for the arrays' actual lengths looks cheaper than the generic
     /// one, which assumes ten rows an array): the very planning the arrays
     /// are there to save.
+    ///
+    /// One turn at a time (the group commit's writer), on the same
+    /// connection, which stays out of the pool between turns
+    /// ([`KeptConnection`]).
     async fn begin_turn(&self) -> Result<WriteTx<Postgres>, sqlx::Error> {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        Ok(WriteTx::on_demand(self.turns.acquire().await?, None))
+        Ok(WriteTx::on_demand(self.turns.take().await?, "BEGIN", None))
     }
 
     /// A write turn never reads the outbox here: each ingest leases what

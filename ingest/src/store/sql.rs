@@ -31,6 +31,8 @@
 //!
 //! Opening and migrations are in `sqlite.rs` and `postgres.rs`.
 
+use super::kept::KeptGuard;
+
 /// The message columns the API reads, in [`super::MessageRow`]'s order.
 pub(super) const MESSAGE_COLUMNS: &str =
     "id, account_id, event, instagram_message_id, direction, conversation_id,
@@ -82,7 +84,7 @@ enum TxConn<DB: sqlx::Database> {
 }
 
 struct InQueries<DB: sqlx::Database> {
-    conn: sqlx::pool::PoolConnection<DB>,
+    conn: KeptGuard<DB>,
     begin: &'static str,
     begun: bool,
     /// Committed or rolled back.
@@ -90,11 +92,15 @@ struct InQueries<DB: sqlx::Database> {
 }
 
 impl<DB: sqlx::Database> Drop for InQueries<DB> {
-    /// A transaction left open (an error, a caller gone) must not go back to
-    /// the pool: the connection is closed, which rolls it back.
+    /// A transaction left open (an early return, an error, a caller gone)
+    /// is rolled back before the connection's next use; one ended leaves
+    /// the connection ready for it. A statement that was to commit by
+    /// itself and did not end well hands the connection back to its pool.
     fn drop(&mut self) {
-        if self.begun && !self.ended {
-            self.conn.close_on_drop();
+        if self.ended {
+            self.conn.keep();
+        } else if self.begun {
+            self.conn.keep_rolling_back();
         }
     }
 }
@@ -113,7 +119,7 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     /// database's thread instead of four (SQLite runs several statements in
     /// one query; each trip is a hand-off to its thread and back).
     pub(super) fn in_queries(
-        conn: sqlx::pool::PoolConnection<DB>,
+        conn: KeptGuard<DB>,
         begin: &'static str,
         turn: Option<WriteTurn>,
     ) -> Self {
@@ -133,11 +139,15 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     /// known) runs without `BEGIN` and `COMMIT`, two trips to the database
     /// fewer, and is still all or nothing. Until then its query commits by
     /// itself ([`Self::commits_in_query`]).
-    pub(super) fn on_demand(conn: sqlx::pool::PoolConnection<DB>, turn: Option<WriteTurn>) -> Self {
+    pub(super) fn on_demand(
+        conn: KeptGuard<DB>,
+        begin: &'static str,
+        turn: Option<WriteTurn>,
+    ) -> Self {
         Self {
             conn: TxConn::OnDemand(InQueries {
                 conn,
-                begin: "BEGIN",
+                begin,
                 begun: false,
                 ended: false,
             }),

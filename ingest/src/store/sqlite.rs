@@ -13,6 +13,7 @@ use shared::wire::DeliveryOutcome;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+use super::kept::KeptConnection;
 use super::sql::{
     Claims, Column, Conversation, Counter, Counting, INSERTED, KnownCounters, MESSAGE_COLUMNS,
     MessageRowParts, Numbered, OUTCOME_NAMES, ReplayRow, Rows, SAVE_CHUNK, Turn, TurnQuery,
@@ -26,8 +27,9 @@ use super::{
 pub struct SqliteStore {
     /// The connections that read.
     pool: SqlitePool,
-    /// The one connection write transactions run on.
-    writes: SqlitePool,
+    /// The one connection write transactions run on, kept out of its pool
+    /// between them ([`KeptConnection`]); the outbox is read on it too.
+    writes: KeptConnection<Sqlite>,
     /// One write transaction at a time: waiting here is a queue, where
     /// SQLite's own busy handler sleeps up to 100 ms between tries.
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -202,7 +204,7 @@ impl SqliteStore {
         tokio::spawn(checkpoint_after_writes(checkpoints, ended));
         Ok(Self {
             pool,
-            writes,
+            writes: KeptConnection::new(writes, None),
             writer: Arc::default(),
             changes,
             turn_ended: Arc::new(turn_ended),
@@ -224,15 +226,17 @@ impl SqliteStore {
     /// fail with SQLITE_BUSY instead of waiting.
     async fn begin_write(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.write_lock().await;
-        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx::new(tx, Some(turn)))
+        let conn = self.writes.take().await?;
+        let mut tx = WriteTx::on_demand(conn, "BEGIN IMMEDIATE", Some(turn));
+        tx.begin_now().await?;
+        Ok(tx)
     }
 
     /// The write turn's transaction: `BEGIN IMMEDIATE` in front of its first
     /// query and `COMMIT` after its last, two trips to SQLite's thread fewer.
     async fn begin_turn(&self) -> Result<WriteTx<Sqlite>, sqlx::Error> {
         let turn = self.write_lock().await;
-        let conn = self.writes.acquire().await?;
+        let conn = self.writes.take().await?;
         Ok(WriteTx::in_queries(conn, "BEGIN IMMEDIATE;\n", Some(turn)))
     }
 
@@ -251,7 +255,8 @@ impl SqliteStore {
         if let Some(rows) = self.outbox_read_in_turn(limit) {
             return Ok(rows);
         }
-        Ok(sqlx::query_as(concat!(
+        let mut conn = self.writes.take().await?;
+        let rows = sqlx::query_as(concat!(
             outbox_read!(head),
             "$1",
             outbox_read!(tail),
@@ -259,8 +264,10 @@ impl SqliteStore {
         ))
         .bind(Utc::now())
         .bind(i64::from(limit))
-        .fetch_all(&self.writes)
-        .await?)
+        .fetch_all(&mut *conn)
+        .await?;
+        conn.keep();
+        Ok(rows)
     }
 }
 
