@@ -14,6 +14,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=plan /src/recipe.json recipe.json
+# The build settings (SQLite's, see .cargo/config.toml) apply to the cooked
+# dependencies too.
+COPY .cargo .cargo
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked -p ingest -p forwarder \

@@ -389,3 +389,67 @@ impl SqliteStore {
 }
 
 impl_sql_store!(SqliteStore, Sqlite);
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::store::{AccountRow, AccountStore};
+
+    /// Opens a store in `dir` and saves an account, on a thread of its own
+    /// where the system call `failing` fails with an I/O error: the
+    /// threads the store starts (SQLite's) get the same filter.
+    fn open_and_write_where_failing(dir: &tempfile::TempDir, failing: i64) -> Result<(), String> {
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let probe = dir.path().join("probe");
+        std::thread::spawn(move || {
+            let filter: seccompiler::BpfProgram = seccompiler::SeccompFilter::new(
+                [(failing, vec![])].into_iter().collect(),
+                seccompiler::SeccompAction::Allow,
+                seccompiler::SeccompAction::Errno(libc::EIO as u32),
+                std::env::consts::ARCH.try_into().unwrap(),
+            )
+            .unwrap()
+            .try_into()
+            .unwrap();
+            seccompiler::apply_filter(&filter).unwrap();
+            // The filter holds: the call fails outside SQLite too.
+            let file = std::fs::File::create(probe).unwrap();
+            let synced = if failing == libc::SYS_fsync {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            };
+            assert_eq!(synced.unwrap_err().raw_os_error(), Some(libc::EIO));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let db = SqliteStore::open(&url).await.map_err(|e| e.to_string())?;
+                let account = AccountRow::example("acc_1", "1");
+                db.insert_account(&account)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let saved = db.get_account("acc_1").await.map_err(|e| e.to_string())?;
+                assert_eq!(saved.map(|a| a.id).as_deref(), Some("acc_1"));
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Every commit (the migrations' on the writing connection, a write on
+    /// a reading one) is made durable with `fdatasync`, never `fsync`: the
+    /// bundled SQLite is built with `HAVE_FDATASYNC` (.cargo/config.toml).
+    /// Without it a store cannot even open where `fsync` fails.
+    #[test]
+    fn commits_sync_with_fdatasync_never_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        open_and_write_where_failing(&dir, libc::SYS_fsync).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let refused = open_and_write_where_failing(&dir, libc::SYS_fdatasync).unwrap_err();
+        assert!(refused.contains("disk I/O error"), "{refused}");
+    }
+}
