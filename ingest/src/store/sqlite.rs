@@ -390,7 +390,11 @@ impl SqliteStore {
 
 impl_sql_store!(SqliteStore, Sqlite);
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(
+    test,
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod tests {
     use super::*;
     use crate::store::{AccountRow, AccountStore};
