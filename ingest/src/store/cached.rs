@@ -172,12 +172,13 @@ mod tests {
 
     use super::*;
     use crate::store::SqliteStore;
+    use crate::store::testing::sqlite_url;
 
     #[tokio::test]
     async fn own_writes_apply_at_once_and_another_ingests_within_a_second() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db: Arc<dyn AccountStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let db: Arc<dyn AccountStore> =
+            Arc::new(SqliteStore::open(&sqlite_url(&dir)).await.unwrap());
         let cached = CachedAccounts::new(db.clone());
         let ig = "17841400000000001";
         assert!(cached.account_by_instagram_id(ig).await.unwrap().is_none());
@@ -278,8 +279,8 @@ mod tests {
         use futures::FutureExt as _;
 
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db: Arc<dyn AccountStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let db: Arc<dyn AccountStore> =
+            Arc::new(SqliteStore::open(&sqlite_url(&dir)).await.unwrap());
         let gated = Arc::new(Gated {
             inner: db.clone(),
             open: tokio::sync::watch::Sender::new(true),

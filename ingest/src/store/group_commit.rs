@@ -237,7 +237,7 @@ mod tests {
     use shared::model::{Direction, EventKind};
 
     use super::*;
-    use crate::store::testing::{drop_postgres_database, postgres_database};
+    use crate::store::testing::{drop_postgres_database, postgres_database, sqlite_url};
     use crate::store::{AccountRow, AccountStore, SqliteStore};
     use shared::model::MessageEvent;
 
@@ -270,8 +270,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_saves_share_commits_and_one_refused_save_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let db = Arc::new(SqliteStore::open(&sqlite_url(&dir)).await.unwrap());
         db.insert_account(&AccountRow::example("acc_1", "1"))
             .await
             .unwrap();
@@ -342,8 +341,7 @@ mod tests {
     #[tokio::test]
     async fn one_turn_saves_numbers_removes_and_records_and_a_redelivery_leaves_no_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        one_turn(SqliteStore::open(&url).await.unwrap()).await;
+        one_turn(SqliteStore::open(&sqlite_url(&dir)).await.unwrap()).await;
     }
 
     /// The same on PostgreSQL, where the turn is one statement of CTEs.
@@ -364,8 +362,7 @@ mod tests {
     #[tokio::test]
     async fn large_turns_save_number_remove_and_record_every_row() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        large_turns(SqliteStore::open(&url).await.unwrap()).await;
+        large_turns(SqliteStore::open(&sqlite_url(&dir)).await.unwrap()).await;
         let Some((admin, url, name)) = postgres_database().await else {
             return;
         };
@@ -541,7 +538,7 @@ mod tests {
     #[tokio::test]
     async fn a_turn_reads_the_counters_it_does_not_know_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let url = sqlite_url(&dir);
         a_turn_reads_the_counters_it_does_not_know(
             SqliteStore::open(&url).await.unwrap(),
             SqliteStore::open(&url).await.unwrap(),
@@ -688,11 +685,6 @@ mod tests {
             .await
             .unwrap();
         db
-    }
-
-    /// The SQLite database file the tests below keep in `dir`.
-    fn sqlite_url(dir: &tempfile::TempDir) -> String {
-        format!("sqlite://{}/t.db", dir.path().display())
     }
 
     /// An SQLite store in `dir` with the account `acc_1`.

@@ -20,6 +20,12 @@ mod sqlite;
 pub(crate) mod testing {
     //! Databases for the stores' own tests.
 
+    /// The SQLite database file a store's test keeps in `dir`, as a URL
+    /// (`t.db`, beside its WAL `t.db-wal`).
+    pub(crate) fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}/t.db", dir.path().display())
+    }
+
     /// A database of its own on the PostgreSQL server `TEST_DATABASE_URL`
     /// names (as the suite's PostgreSQL half is run): an admin connection,
     /// the database's URL and its name. `None` when the variable is not set.

@@ -397,13 +397,14 @@ impl_sql_store!(SqliteStore, Sqlite);
 ))]
 mod tests {
     use super::*;
+    use crate::store::testing::sqlite_url;
     use crate::store::{AccountRow, AccountStore};
 
     /// Opens a store in `dir` and saves an account, on a thread of its own
     /// where the system call `failing` fails with an I/O error: the
     /// threads the store starts (SQLite's) get the same filter.
     fn open_and_write_where_failing(dir: &tempfile::TempDir, failing: i64) -> Result<(), String> {
-        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let url = sqlite_url(dir);
         let probe = dir.path().join("probe");
         std::thread::spawn(move || {
             let filter: seccompiler::BpfProgram = seccompiler::SeccompFilter::new(
