@@ -608,13 +608,16 @@ pub async fn post_meta_webhook(
 
 /// The Prometheus text a service serves at `addr`.
 pub async fn metrics_at(http: &reqwest::Client, addr: &str) -> String {
+    try_metrics_at(http, addr).await.unwrap()
+}
+
+/// The same, or the error of a service that serves none there.
+pub async fn try_metrics_at(http: &reqwest::Client, addr: &str) -> reqwest::Result<String> {
     http.get(format!("http://{addr}/metrics"))
         .send()
-        .await
-        .unwrap()
+        .await?
         .text()
         .await
-        .unwrap()
 }
 
 #[cfg(test)]

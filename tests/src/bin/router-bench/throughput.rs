@@ -343,14 +343,9 @@ async fn send_all(senders: &Senders, plan: Plan, url: &str, sent: &Arc<Mutex<Sen
 /// that serves none there (before 2026-12-01, such as the *before* of the README's
 /// results) gives none, and its table reads "-".
 async fn answer_times(http: &reqwest::Client, metrics_addr: &str) -> Vec<(f64, f64)> {
-    let Ok(answer) = http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-    else {
+    let Ok(text) = router_tests::try_metrics_at(http, metrics_addr).await else {
         return Vec::new();
     };
-    let text = answer.text().await.unwrap_or_default();
     measure::histogram(&text, "router_ingest_webhook_seconds")
 }
 
