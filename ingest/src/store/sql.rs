@@ -225,7 +225,8 @@ impl<DB: sqlx::Database> WriteTx<DB> {
         }
     }
 
-    /// Rolls back, keeping the connection for the pool.
+    /// Rolls back, keeping the connection: sqlx's transaction for its pool,
+    /// the others for the kept connection's next use ([`KeptGuard::keep`]).
     pub(super) async fn rollback(self) -> Result<(), sqlx::Error>
     where
         for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
